@@ -1,0 +1,430 @@
+"""Data sets and input pipelines.
+
+`load(name, batch_size=...)` returns a `DataBundle` of batched `tf.data` pipelines
+yielding `(images float32 NHWC normalized, labels int32)`. Every data set goes
+through the same plumbing (`_build`): take the first N examples, shuffle and
+augment the training split, crop/resize, normalize, batch, prefetch. A data set
+only describes its raw splits and crops (`_Source`).
+"""
+
+import dataclasses
+import gzip
+import os
+from typing import Callable, Optional
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+_FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+_FASHION_MNIST_ALL_FILES = _FASHION_MNIST_FILES["train"] + _FASHION_MNIST_FILES["test"]
+_SHUFFLE_BUFFER = 10_000
+_CENTER_CROP_FRACTION = 0.875
+
+
+class DataError(ValueError):
+    """Missing or invalid data; the message says what was wrong and how to fix it."""
+
+
+def _read_idx(path, ndim):
+    """Reads a gzipped unsigned-byte IDX file with `ndim` dimensions.
+
+    Args:
+        path: the `.gz` file.
+        ndim: expected number of dimensions (3 for images, 1 for labels).
+
+    Returns:
+        A read-only uint8 numpy array of the stored shape.
+
+    Raises:
+        DataError: the file is not valid gzip, has the wrong magic number or a
+            size that does not match its header.
+    """
+    fix = "Replace it with an intact copy (for example reinstall `dataset-fashion-mnist`)."
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path} is not a readable gzip file ({e}). {fix}") from e
+    header = 4 * (ndim + 1)
+    magic = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
+    if len(data) < header or magic != 0x800 + ndim:
+        raise DataError(
+            f"{path} has a bad IDX magic number {magic} (expected {0x800 + ndim} for a "
+            f"{ndim}-D unsigned-byte file): it is corrupt or not the right file. {fix}"
+        )
+    shape = [int.from_bytes(data[4 * i : 4 * i + 4], "big") for i in range(1, ndim + 1)]
+    if len(data) != header + int(np.prod(shape)):
+        raise DataError(
+            f"{path} is truncated or corrupt: its header promises shape {shape} "
+            f"({header + int(np.prod(shape))} bytes) but it holds {len(data)} bytes. {fix}"
+        )
+    return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
+
+
+def _read_fashion_mnist_split(data_dir, split):
+    """Reads one split (`train` or `test`) of Fashion-MNIST IDX files from `data_dir`."""
+    image_file, label_file = _FASHION_MNIST_FILES[split]
+    for file in (image_file, label_file):
+        if not os.path.isfile(os.path.join(data_dir, file)):
+            raise DataError(
+                f"Fashion-MNIST file {file} is missing from {data_dir}. Put the four files "
+                f"{', '.join(_FASHION_MNIST_ALL_FILES)} there (as shipped by "
+                f"the Debian package `dataset-fashion-mnist` in {DEBIAN_FASHION_MNIST_DIR}), "
+                "or drop --data_dir to use the installed copy or TFDS."
+            )
+    images = _read_idx(os.path.join(data_dir, image_file), ndim=3)
+    labels = _read_idx(os.path.join(data_dir, label_file), ndim=1)
+    if images.shape[1:] != (28, 28) or len(images) != len(labels):
+        raise DataError(
+            f"Fashion-MNIST {split} files in {data_dir} do not match: images {images.shape}, "
+            f"labels {labels.shape}; expected (N, 28, 28) images and N labels. Replace them "
+            "with an intact copy."
+        )
+    return images[..., None], labels.astype(np.int64)
+
+
+def _tfds_load(name, data_dir, splits, hint, **kwargs):
+    """`tfds.load` of supervised `splits`, wrapping any failure in a DataError with `hint`."""
+    try:
+        return tfds.load(name, split=list(splits), data_dir=data_dir, as_supervised=True, **kwargs)
+    except Exception as e:  # TFDS raises many types (network, missing files, ...).
+        raise DataError(f"Could not load TFDS data set {name!r}: {e}. {hint}") from e
+
+
+def load_fashion_mnist(data_dir=None):
+    """Loads Fashion-MNIST as numpy arrays.
+
+    Looks in `data_dir` if given, else in `DEBIAN_FASHION_MNIST_DIR`, else asks TFDS.
+
+    Args:
+        data_dir: folder holding the four gzipped IDX files, or None.
+
+    Returns:
+        `((x_train, y_train), (x_test, y_test))`; x uint8 (N, 28, 28, 1), y int64 (N,).
+
+    Raises:
+        DataError: the data is missing, incomplete or corrupt.
+    """
+    if data_dir is not None and not os.path.isdir(data_dir):
+        raise DataError(
+            f"Fashion-MNIST data_dir {data_dir} does not exist. Pass --data_dir pointing to a "
+            "folder with the gzipped IDX files, or omit it to use the Debian package "
+            "`dataset-fashion-mnist` or TFDS."
+        )
+    if data_dir is None and all(
+        os.path.isfile(os.path.join(DEBIAN_FASHION_MNIST_DIR, f)) for f in _FASHION_MNIST_ALL_FILES
+    ):
+        data_dir = DEBIAN_FASHION_MNIST_DIR
+    if data_dir is not None:
+        return tuple(_read_fashion_mnist_split(data_dir, split) for split in ("train", "test"))
+    hint = (
+        "Install the files with `apt-get install dataset-fashion-mnist`, pass --data_dir "
+        "pointing to a folder with the gzipped IDX files, or allow TFDS to download "
+        "`fashion_mnist` (needs network)."
+    )
+    splits = _tfds_load("fashion_mnist", None, ("train", "test"), hint, batch_size=-1)
+    return tuple(tuple(tfds.as_numpy(split)) for split in splits)
+
+
+@dataclasses.dataclass
+class DataBundle:
+    """Batched input pipelines of one data set, for the GLOBAL batch size.
+
+    Attributes:
+        train: shuffled, augmented, full batches (not repeated).
+        test: deterministic order, not augmented, last batch may be partial.
+        num_classes: number of labels.
+        input_shape: (H, W, C) of one image.
+        train_examples: examples per training epoch (before dropping the remainder).
+        test_examples: examples in `test`.
+        name: data set name.
+        train_unaugmented: training split in file order, test-time preprocessing,
+            full batches; used by `calibration_batches` (falls back to `train`).
+    """
+
+    train: tf.data.Dataset
+    test: tf.data.Dataset
+    num_classes: int
+    input_shape: tuple
+    train_examples: int
+    test_examples: int
+    name: str
+    train_unaugmented: Optional[tf.data.Dataset] = dataclasses.field(default=None, repr=False)
+
+    def calibration_batches(self, n):
+        """Returns the first `n` batches of un-augmented training `(x, y)` (for BN calibration)."""
+        source = self.train if self.train_unaugmented is None else self.train_unaugmented
+        return source.take(n)
+
+    def representative_images(self, n):
+        """Returns the first `n` preprocessed test images as float32 numpy (N, H, W, C).
+
+        Raises:
+            DataError: the test split has fewer than `n` images.
+        """
+        images = [x for x, _ in self.test.unbatch().take(n).as_numpy_iterator()]
+        if len(images) < n:
+            raise DataError(
+                f"Asked for {n} representative images but the {self.name} test split has only "
+                f"{len(images)}. Ask for fewer or raise test_limit."
+            )
+        return np.stack(images).astype(np.float32)
+
+
+@dataclasses.dataclass
+class _Source:
+    """Raw splits of one data set and how to crop them.
+
+    Attributes:
+        train, test: unbatched `(image uint8 HWC, integer label)` datasets.
+        num_classes: number of labels.
+        input_shape: (H, W, C) after cropping.
+        mean, std: per-channel normalization on the [0, 1] scale.
+        random_crop: `(image, seed) -> image` of `input_shape`, training only.
+        center_crop: `image -> image` of `input_shape`, deterministic.
+    """
+
+    train: tf.data.Dataset
+    test: tf.data.Dataset
+    num_classes: int
+    input_shape: tuple
+    mean: tuple
+    std: tuple
+    random_crop: Callable
+    center_crop: Callable
+
+
+def _pad_random_crop(pad):
+    """Returns a crop that zero-pads by `pad` pixels and randomly crops back to size."""
+
+    def crop(image, seed):
+        padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+        return tf.image.stateless_random_crop(padded, tf.shape(image), seed)
+
+    return crop
+
+
+def _random_resized_crop(size):
+    """Returns an Inception-style crop: random area 8-100 %, aspect 3/4-4/3, resized to `size`."""
+
+    def crop(image, seed):
+        begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
+            tf.shape(image),
+            bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+            seed=seed,
+            area_range=(0.08, 1.0),
+            aspect_ratio_range=(3 / 4, 4 / 3),
+            max_attempts=10,
+        )
+        return tf.image.resize(tf.slice(image, begin, extent), [size, size], antialias=True)
+
+    return crop
+
+
+def _resize_center_crop(size):
+    """Returns a crop that resizes the shorter side to `size / 0.875` and center-crops `size`."""
+    shorter = round(size / _CENTER_CROP_FRACTION)
+
+    def crop(image):
+        hw = tf.cast(tf.shape(image)[:2], tf.float32)
+        new_hw = tf.cast(tf.round(hw * shorter / tf.reduce_min(hw)), tf.int32)
+        image = tf.image.resize(image, new_hw, antialias=True)
+        return tf.image.resize_with_crop_or_pad(image, size, size)
+
+    return crop
+
+
+def _native_size(name, image_size, size):
+    """Rejects an `image_size` that differs from a fixed-size data set's `size`."""
+    if image_size not in (None, size):
+        raise DataError(
+            f"{name} images are {size}x{size}; image_size={image_size} is not supported for it. "
+            "Leave image_size unset."
+        )
+
+
+def _fashion_mnist(data_dir, image_size):
+    """Fashion-MNIST from IDX files or TFDS: 28x28x1, pad-2 crop + flip."""
+    _native_size("fashion_mnist", image_size, 28)
+    train, test = load_fashion_mnist(data_dir)
+    return _Source(
+        train=tf.data.Dataset.from_tensor_slices(train),
+        test=tf.data.Dataset.from_tensor_slices(test),
+        num_classes=10,
+        input_shape=(28, 28, 1),
+        mean=(0.2860,),
+        std=(0.3530,),
+        random_crop=_pad_random_crop(2),
+        center_crop=tf.identity,
+    )
+
+
+def _cifar10(data_dir, image_size):
+    """CIFAR-10 from TFDS: 32x32x3, pad-4 crop + flip."""
+    _native_size("cifar10", image_size, 32)
+    hint = "TFDS needs network access to download cifar10, or a data_dir where it was prepared."
+    train, test = _tfds_load("cifar10", data_dir, ("train", "test"), hint)
+    return _Source(
+        train=train,
+        test=test,
+        num_classes=10,
+        input_shape=(32, 32, 3),
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2470, 0.2435, 0.2616),
+        random_crop=_pad_random_crop(4),
+        center_crop=tf.identity,
+    )
+
+
+def _imagenet_style(train, test, num_classes, image_size):
+    """A source with ImageNet crops and normalization at `image_size` (default 224)."""
+    size = image_size or 224
+    return _Source(
+        train=train,
+        test=test,
+        num_classes=num_classes,
+        input_shape=(size, size, 3),
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        random_crop=_random_resized_crop(size),
+        center_crop=_resize_center_crop(size),
+    )
+
+
+def _imagenet2012(data_dir, image_size):
+    """ImageNet-1k from TFDS, prepared from the manually downloaded tar files in `data_dir`."""
+    hint = (
+        "ImageNet cannot be downloaded automatically: put ILSVRC2012_img_train.tar and "
+        "ILSVRC2012_img_val.tar in --data_dir (or point it to an already prepared TFDS folder)."
+    )
+    if data_dir is None or not os.path.isdir(data_dir):
+        raise DataError(f"imagenet2012 needs an existing --data_dir (got {data_dir}). {hint}")
+    config = tfds.download.DownloadConfig(manual_dir=data_dir)
+    train, test = _tfds_load(
+        "imagenet2012",
+        data_dir,
+        ("train", "validation"),
+        hint,
+        download_and_prepare_kwargs={"download_config": config},
+    )
+    return _imagenet_style(train, test, 1000, image_size)
+
+
+def _image_folder(data_dir, image_size):
+    """`data_dir/{train,test}/<class>/<image>` read with `tfds.ImageFolder`, ImageNet preprocessing."""
+    layout = (
+        "image_folder needs --data_dir with subfolders train/ and test/, each holding one "
+        "folder of images per class."
+    )
+    if data_dir is None or not os.path.isdir(data_dir):
+        raise DataError(f"{layout} Got data_dir={data_dir}, which does not exist.")
+    builder = tfds.ImageFolder(data_dir)
+    missing = [s for s in ("train", "test") if s not in builder.info.splits]
+    if missing:
+        raise DataError(f"{layout} {data_dir} has no {' or '.join(missing)} split (no images found).")
+    train, test = (builder.as_dataset(split=s, as_supervised=True) for s in ("train", "test"))
+    return _imagenet_style(train, test, builder.info.features["label"].num_classes, image_size)
+
+
+_SOURCES = {
+    "fashion_mnist": _fashion_mnist,
+    "cifar10": _cifar10,
+    "imagenet2012": _imagenet2012,
+    "image_folder": _image_folder,
+}
+
+
+def _batches(ds, fn, batch_size, drop_remainder):
+    """Maps `fn` in parallel (keeping order), batches and prefetches."""
+    ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+
+
+def _build(name, source, *, batch_size, train_limit, test_limit, augment, seed):
+    """Turns a `_Source` into a `DataBundle` (shared by all data sets)."""
+    train = source.train if train_limit is None else source.train.take(train_limit)
+    test = source.test if test_limit is None else source.test.take(test_limit)
+    train_examples, test_examples = int(train.cardinality()), int(test.cardinality())
+    if train_examples < batch_size:
+        raise DataError(
+            f"{name} has {train_examples} training examples (train_limit={train_limit}), fewer "
+            f"than one global batch of {batch_size}; training would have no full batch. Raise "
+            "train_limit or lower batch_size."
+        )
+    mean, std = tf.constant(source.mean), tf.constant(source.std)
+
+    def normalize(image, label):
+        return (tf.cast(image, tf.float32) / 255.0 - mean) / std, tf.cast(label, tf.int32)
+
+    def plain(image, label):
+        return normalize(source.center_crop(image), label)
+
+    def augmented(example, seed_pair):
+        crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed_pair, 2))
+        image = source.random_crop(example[0], crop_seed)
+        return normalize(tf.image.stateless_random_flip_left_right(image, flip_seed), example[1])
+
+    shuffled = train.shuffle(min(train_examples, _SHUFFLE_BUFFER), seed=seed)
+    if augment:
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        train_batches = _batches(tf.data.Dataset.zip(shuffled, seeds), augmented, batch_size, True)
+    else:
+        train_batches = _batches(shuffled, plain, batch_size, True)
+    return DataBundle(
+        train=train_batches,
+        test=_batches(test, plain, batch_size, False),
+        num_classes=source.num_classes,
+        input_shape=source.input_shape,
+        train_examples=train_examples,
+        test_examples=test_examples,
+        name=name,
+        train_unaugmented=_batches(train, plain, batch_size, True),
+    )
+
+
+def load(
+    name,
+    *,
+    batch_size,
+    data_dir=None,
+    train_limit=None,
+    test_limit=None,
+    image_size=None,
+    augment=True,
+    seed=0,
+):
+    """Loads a data set as batched input pipelines.
+
+    Args:
+        name: one of "fashion_mnist", "cifar10", "imagenet2012", "image_folder".
+        batch_size: GLOBAL batch size (tf.distribute splits it across replicas).
+        data_dir: where the data lives (see each data set); None for defaults.
+        train_limit: use only the first N training examples.
+        test_limit: use only the first N test examples.
+        image_size: output side for imagenet2012/image_folder (default 224).
+        augment: random crop + horizontal flip on the training split.
+        seed: seed for shuffling and augmentation.
+
+    Returns:
+        A `DataBundle`.
+
+    Raises:
+        DataError: unknown name, or missing/invalid data.
+    """
+    if name not in _SOURCES:
+        raise DataError(f"Unknown data set {name!r}. Valid names: {', '.join(sorted(_SOURCES))}.")
+    return _build(
+        name,
+        _SOURCES[name](data_dir, image_size),
+        batch_size=batch_size,
+        train_limit=train_limit,
+        test_limit=test_limit,
+        augment=augment,
+        seed=seed,
+    )

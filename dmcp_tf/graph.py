@@ -1,0 +1,398 @@
+"""The channel graph of a functional Keras model.
+
+Every tensor's channel axis is described by a *layout*: a tuple of channel spaces,
+one per segment of the axis (more than one after a channel `Concatenate`). A
+channel space is a set of channel axes that must be pruned together: a producing
+layer (Conv2D, Dense) opens a new space, layers that treat channels one by one
+(BatchNorm, activations, depthwise conv, gates) pass it on, and element-wise
+merges (Add, Multiply) join the spaces of their inputs. A gate placed on a space
+governs it: the space keeps the gate's number of channels, always the first ones.
+
+Everything else reads this graph: real and expected FLOPs, parameters, sampling
+and the slim rebuild.
+"""
+
+import dataclasses
+import re
+
+import numpy as np
+
+from dmcp_tf import layer_rules as rules
+from dmcp_tf.gates import ChannelGate
+
+
+class GraphError(ValueError):
+    """The model's channels cannot be pruned as its gates ask."""
+
+
+@dataclasses.dataclass
+class Space:
+    """One channel space: `size` channels, optionally governed by a gate."""
+
+    size: int
+    gate: ChannelGate = None
+    frozen: str = None  # why its channels must not be pruned
+
+
+@dataclasses.dataclass
+class TensorInfo:
+    """What the walk knows about one symbolic tensor."""
+
+    layout: tuple  # space ids, one per channel segment
+    masked: tuple  # per segment: channels past the kept ones are exactly zero here
+    shape: tuple
+
+
+@dataclasses.dataclass
+class NodeRecord:
+    """One call of one layer, with the layouts of its input and output channels."""
+
+    layer: object
+    rule: object
+    in_layout: tuple
+    out_layout: tuple
+    in_shape: tuple
+    out_shape: tuple
+
+
+class ChannelGraph:
+    """Channel spaces, gates and layer calls of a functional model.
+
+    Args:
+        model: a functional (or Sequential) Keras model, gated or not.
+        exclude: layer names or regular expressions whose output channels must
+            never be pruned.
+
+    Example:
+        graph = ChannelGraph(model)
+        graph.flops()                       # MACs of the full model
+        graph.flops({"stem_gate": 16})      # MACs with that gate keeping 16 channels
+        graph.expected_flops()              # differentiable in the gates' alpha
+    """
+
+    def __init__(self, model, exclude=()):
+        self.model = model
+        self._parent = []
+        self._spaces = []
+        self.records = []
+        self._consumers = []  # (layer name, TensorInfo) that must only read masked channels
+        self._exclude = [re.compile(p) for p in exclude]
+        self.tensor_info = {}
+        self._walk()
+        self.gates = self._collect_gates()
+        self._check_consumers()
+
+    # --- union-find over channel spaces ------------------------------------
+    def _new_space(self, size, frozen=None):
+        self._parent.append(len(self._parent))
+        self._spaces.append(Space(int(size), frozen=frozen))
+        return len(self._parent) - 1
+
+    def find(self, space_id):
+        """The representative id of a space (after all merges)."""
+        while self._parent[space_id] != space_id:
+            self._parent[space_id] = self._parent[self._parent[space_id]]
+            space_id = self._parent[space_id]
+        return space_id
+
+    def space(self, space_id):
+        return self._spaces[self.find(space_id)]
+
+    def _union(self, a, b, where):
+        a, b = self.find(a), self.find(b)
+        if a == b:
+            return
+        sa, sb = self._spaces[a], self._spaces[b]
+        if sa.size != sb.size:
+            raise GraphError(f"{where}: joins {sa.size} and {sb.size} channels.")
+        if sa.gate is not None and sb.gate is not None and sa.gate is not sb.gate:
+            raise GraphError(
+                f"{where} couples channels governed by two different gates, {sa.gate.name!r} "
+                f"and {sb.gate.name!r}. Coupled channels (e.g. the inputs of an Add) must share "
+                "one gate: use the same gate instance on every branch."
+            )
+        self._parent[b] = a
+        sa.gate = sa.gate or sb.gate
+        sa.frozen = sa.frozen or sb.frozen
+        self._check_gate(a)
+
+    def _freeze(self, layout, reason):
+        for space_id in layout:
+            space = self.space(space_id)
+            space.frozen = space.frozen or reason
+            self._check_gate(self.find(space_id))
+
+    def _check_gate(self, root):
+        space = self._spaces[root]
+        if space.gate is not None and space.frozen:
+            raise GraphError(
+                f"Gate {space.gate.name!r} governs channels that must not be pruned: {space.frozen}. "
+                "Remove the gate or move it to a prunable layer."
+            )
+
+    # --- the walk ----------------------------------------------------------
+    def _walk(self):
+        model = self.model
+        if not hasattr(model, "_nodes_by_depth"):
+            raise GraphError(
+                f"{type(model).__name__} {model.name!r} is not a functional model. Build it with "
+                "keras.Model(inputs, outputs) or keras.Sequential so its layer graph can be read."
+            )
+        for tensor in model.inputs:
+            self._set(tensor, self._fresh(tensor.shape, "it is a model input"))
+        for depth in sorted(model._nodes_by_depth, reverse=True):
+            for node in model._nodes_by_depth[depth]:
+                if node.operation is None or node.is_input:
+                    continue
+                inputs = [self.tensor_info[id(t)] for t in node.input_tensors]
+                outputs = self._visit(node.operation, inputs, node.output_tensors)
+                for tensor, info in zip(node.output_tensors, outputs):
+                    self._set(tensor, info)
+        for tensor in model.outputs:
+            info = self.tensor_info[id(tensor)]
+            self._freeze(info.layout, "they are a model output")
+            self._consumers.append((f"model output {tensor.name!r}", info))
+
+    def _set(self, tensor, info):
+        self.tensor_info[id(tensor)] = info
+
+    def _fresh(self, shape, frozen=None):
+        space = self._new_space(shape[-1], frozen)
+        return TensorInfo((space,), (False,), tuple(shape))
+
+    def _visit(self, layer, inputs, output_tensors):
+        out_shape = tuple(output_tensors[0].shape)
+        if isinstance(layer, ChannelGate):
+            return [self._visit_gate(layer, inputs[0])]
+        rule = rules.rule_for(layer)
+        reason = self._unprunable_reason(layer, rule, inputs)
+        if reason:
+            for info in inputs:
+                self._freeze(info.layout, f"they feed layer {layer.name!r} ({reason})")
+                self._consumers.append((layer.name, info))
+            return [self._fresh(t.shape, f"they come from layer {layer.name!r} ({reason})") for t in output_tensors]
+        first = inputs[0]
+        if rule.role == rules.PRODUCE:
+            self._consumers.append((layer.name, first))
+            frozen = "the layer is excluded from pruning" if self._excluded(layer) else None
+            out = self._fresh(out_shape, frozen)
+        elif rule.role == rules.THROUGH:
+            keep_zero = rule.zero_preserving(layer)
+            out = TensorInfo(first.layout, tuple(m and keep_zero for m in first.masked), out_shape)
+        elif rule.role == rules.COUPLE:
+            out = self._visit_couple(layer, rule, inputs, out_shape)
+        elif rule.role == rules.CONCAT:
+            out = TensorInfo(
+                sum((i.layout for i in inputs), ()), sum((i.masked for i in inputs), ()), out_shape
+            )
+        else:  # FLATTEN
+            positions = int(np.prod(first.shape[1:-1]))
+            out = TensorInfo(first.layout * positions, first.masked * positions, out_shape)
+        self.records.append(
+            NodeRecord(layer, rule, first.layout, out.layout, first.shape, out_shape)
+        )
+        return [out]
+
+    def _unprunable_reason(self, layer, rule, inputs):
+        if rule is None:
+            return f"{type(layer).__name__} is not a layer type whose channels dmcp_tf understands"
+        if len(inputs) != 1 and rule.role not in (rules.COUPLE, rules.CONCAT):
+            return "it takes several inputs"
+        if rule.role == rules.CONCAT and layer.axis not in (-1, len(inputs[0].shape) - 1):
+            return "it concatenates along an axis other than channels"
+        if rule.role == rules.FLATTEN and len(inputs[0].shape) < 3:
+            return None
+        return rule.check(layer, inputs[0].shape)
+
+    def _visit_gate(self, gate, info):
+        if len(info.layout) != 1:
+            raise GraphError(
+                f"Gate {gate.name!r} sits on a tensor made of {len(info.layout)} concatenated channel "
+                "groups; put one gate on each branch before the Concatenate instead."
+            )
+        root = self.find(info.layout[0])
+        space = self._spaces[root]
+        if space.gate is not None and space.gate is not gate:
+            raise GraphError(
+                f"Gates {space.gate.name!r} and {gate.name!r} govern the same channels; "
+                "coupled channels must share one gate instance."
+            )
+        space.gate = gate
+        self._check_gate(root)
+        self.records.append(NodeRecord(gate, rules.rule_for(gate), info.layout, info.layout, info.shape, info.shape))
+        return TensorInfo(info.layout, (True,), info.shape)
+
+    def _visit_couple(self, layer, rule, inputs, out_shape):
+        # Inputs whose channel axis has size 1 broadcast over channels: not coupled.
+        channels = out_shape[-1]
+        coupled = [i for i in inputs if i.shape[-1] == channels]
+        base = coupled[0]
+        for other in coupled[1:]:
+            sizes = [self.space(s).size for s in base.layout], [self.space(s).size for s in other.layout]
+            if sizes[0] != sizes[1]:
+                reason = "its inputs are split into different channel groups"
+                self._freeze(base.layout + other.layout, f"they meet in layer {layer.name!r} ({reason})")
+                continue
+            for a, b in zip(base.layout, other.layout):
+                self._union(a, b, f"Layer {layer.name!r}")
+        combine = any if rule.zero_if_any_zero else all
+        masked = tuple(combine(i.masked[k] for i in coupled) for k in range(len(base.layout)))
+        return TensorInfo(base.layout, masked, out_shape)
+
+    def _excluded(self, layer):
+        return any(p.fullmatch(layer.name) for p in self._exclude)
+
+    def _collect_gates(self):
+        """The distinct gates, in the order the walk met them."""
+        gates = []
+        for record in self.records:
+            if isinstance(record.layer, ChannelGate) and all(record.layer is not g for g in gates):
+                gates.append(record.layer)
+        return gates
+
+    def _check_consumers(self):
+        for consumer, info in self._consumers:
+            for space_id, masked in zip(info.layout, info.masked):
+                gate = self.space(space_id).gate
+                if gate is not None and not masked:
+                    raise GraphError(
+                        f"{consumer} reads channels governed by gate {gate.name!r} that the gate does "
+                        "not reach (a path skips it, or a layer such as BatchNormalization or a bias "
+                        "between gate and consumer turns the zeroed channels non-zero). Place the gate "
+                        "so that every consumer reads its output."
+                    )
+
+    # --- channel counts ----------------------------------------------------
+    def kept(self, space_id, config=None):
+        """Channels kept in a space under `config` (gate name -> channels)."""
+        space = self.space(space_id)
+        if space.gate is None or config is None or space.gate.name not in config:
+            return space.size
+        return config[space.gate.name]
+
+    def count(self, layout, config=None):
+        return sum(self.kept(s, config) for s in layout)
+
+    def expected_count(self, layout):
+        """Expected channels of a layout, differentiable in the gates' alpha."""
+        total = 0.0
+        for s in layout:
+            gate = self.space(s).gate
+            total = total + (gate.expected_channels() if gate is not None else self.space(s).size)
+        return total
+
+    def kept_indices(self, layout, config=None, expansion=1):
+        """Indices of the kept channels (first ones of each segment).
+
+        With `expansion` > 1 every channel owns that many consecutive rows (the
+        pointwise kernel after a depthwise conv with a depth multiplier).
+        """
+        indices, offset = [], 0
+        for s in layout:
+            size = self.space(s).size
+            indices.append(np.arange(offset, offset + self.kept(s, config)))
+            offset += size
+        kept = np.concatenate(indices) if indices else np.zeros((0,), int)
+        if expansion > 1:
+            kept = (kept[:, None] * expansion + np.arange(expansion)).reshape(-1)
+        return kept
+
+    # --- configurations ----------------------------------------------------
+    def full_config(self):
+        return {g.name: g.channels for g in self.gates}
+
+    def smallest_config(self):
+        return {g.name: g.prefix for g in self.gates}
+
+    def validate_config(self, config):
+        """Raises a clear error if `config` does not fit this graph's gates."""
+        names = {g.name for g in self.gates}
+        unknown = sorted(set(config) - names)
+        if unknown:
+            raise GraphError(f"Channel configuration names unknown gates {unknown}; the gates are {sorted(names)}.")
+        for gate in self.gates:
+            c = config.get(gate.name, gate.channels)
+            if not isinstance(c, (int, np.integer)) or not 1 <= c <= gate.channels:
+                raise GraphError(
+                    f"Gate {gate.name!r} has {gate.channels} channels; a configuration must keep an "
+                    f"integer between 1 and {gate.channels}, got {c!r}."
+                )
+
+    # --- costs -------------------------------------------------------------
+    def flops(self, config=None):
+        """Multiply-accumulates of conv and dense layers with `config` kept channels.
+
+        `config` values may be NumPy arrays of channel counts (one entry per
+        configuration); the result is then an array of MACs.
+        """
+        total = 0
+        for r in self.records:
+            cin, cout = self.count(r.in_layout, config), self.count(r.out_layout, config)
+            total = total + r.rule.macs(r.layer, r.in_shape, r.out_shape, cin, cout)
+        if isinstance(total, np.ndarray):
+            return np.round(total).astype(np.int64)
+        return int(round(total))
+
+    def expected_flops(self):
+        """Expected MACs `E[F]` (a scalar tensor), differentiable in every gate's alpha."""
+        total = 0.0
+        for r in self.records:
+            cin, cout = self.expected_count(r.in_layout), self.expected_count(r.out_layout)
+            total = total + r.rule.macs(r.layer, r.in_shape, r.out_shape, cin, cout)
+        return total
+
+    def params(self, config=None):
+        """Number of weights (trainable and not) with `config` kept channels."""
+        total, seen = 0, set()
+        for r in self.records:
+            if id(r.layer) in seen or isinstance(r.layer, ChannelGate):
+                continue
+            seen.add(id(r.layer))
+            for weight, axes in self.weight_axes(r):
+                total += int(np.prod([len(i) for i in self.kept_weight_indices(weight, axes, config)]))
+        return total + self._params_outside_records(seen)
+
+    def _params_outside_records(self, seen):
+        return sum(
+            int(np.prod(w.shape)) for layer in self.model.layers if id(layer) not in seen
+            and not isinstance(layer, ChannelGate) for w in layer.weights
+        )
+
+    def weight_axes(self, record):
+        """`(weight, [(axis, layout), ...])` for every weight of a recorded layer."""
+        out = []
+        for weight in record.layer.weights:
+            axes = []
+            in_axis, out_axis = record.rule.weight_axes.get(weight.name, (None, None))
+            if in_axis is not None:
+                axes.append((in_axis, record.in_layout))
+            if out_axis is not None:
+                axes.append((out_axis, record.out_layout))
+            out.append((weight, axes))
+        return out
+
+    def kept_weight_indices(self, weight, axes, config=None):
+        """Per axis of `weight`, the indices it keeps under `config`."""
+        indices = [np.arange(d) for d in weight.shape]
+        for axis, layout in axes:
+            expansion = weight.shape[axis] // self.count(layout)
+            indices[axis] = self.kept_indices(layout, config, expansion)
+        return indices
+
+    def describe(self):
+        """A readable summary of the channel spaces: which layers share channels, and why some are not pruned."""
+        members = {}
+        for r in self.records:
+            if r.rule.role == rules.PRODUCE or r.rule.role == rules.THROUGH:
+                for s in set(r.out_layout):
+                    members.setdefault(self.find(s), []).append(r.layer.name)
+        lines = []
+        for root, names in members.items():
+            space = self._spaces[root]
+            status = (
+                f"gate {space.gate.name!r}" if space.gate else
+                f"not pruned: {space.frozen}" if space.frozen else "no gate"
+            )
+            unique = list(dict.fromkeys(names))
+            lines.append(f"{space.size:5d} channels  {status:40s}  {', '.join(unique)}")
+        return "\n".join(lines)

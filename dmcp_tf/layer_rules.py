@@ -1,0 +1,221 @@
+"""What each Keras layer type means for channels: one rule per type.
+
+A rule says how a layer treats the channel axis (its `role`), how many
+multiply-accumulates it costs for given input/output channel counts, which axes
+of its weights follow the input and output channels, and how its config changes
+when channels are removed. The channel graph, FLOPs counting and the slim rebuild
+read these rules; supporting a new layer type means registering one rule.
+
+Roles:
+- `PRODUCE`: creates new output channels from all input channels (Conv2D, Dense).
+- `THROUGH`: output channel `j` depends on input channel `j` only (BatchNorm,
+  activations, pooling, depthwise conv).
+- `COUPLE`: element-wise merge; all inputs must keep the same channels (Add).
+- `CONCAT`: joins its inputs' channels (Concatenate on the channel axis).
+- `FLATTEN`: folds spatial positions into the channel axis (Flatten).
+"""
+
+import math
+
+import keras
+
+from dmcp_tf.gates import ChannelGate
+
+PRODUCE = "produce"
+THROUGH = "through"
+COUPLE = "couple"
+CONCAT = "concat"
+FLATTEN = "flatten"
+
+# Activations f with f(0) == 0: zeroed (pruned) channels stay zero through them.
+ZERO_PRESERVING_ACTIVATIONS = {
+    "linear", "relu", "relu6", "leaky_relu", "elu", "selu", "tanh", "swish", "silu",
+    "gelu", "hard_swish", "hard_silu", "mish", "softsign", "celu", "glu",
+}
+
+
+class LayerRule:
+    """Channel semantics of one layer type (see the module docstring).
+
+    Attributes:
+        role: one of `PRODUCE`, `THROUGH`, `COUPLE`, `CONCAT`.
+        weight_axes: weight name -> `(input_axis, output_axis)`; either may be None.
+            For `THROUGH` layers input and output channels are the same, and the
+            input axis is used.
+        width_key: the config key holding the output channel count (`filters`,
+            `units`), for `PRODUCE` layers.
+    """
+
+    role = THROUGH
+    weight_axes = {}
+    width_key = None
+
+    def check(self, layer, in_shape):
+        """Returns a reason why this layer's channels cannot be pruned, or None."""
+        return None
+
+    def zero_preserving(self, layer):
+        """Whether zero input channels give zero output channels (THROUGH layers)."""
+        return True
+
+    def macs(self, layer, in_shape, out_shape, cin, cout):
+        """Multiply-accumulates for one call with `cin` input / `cout` output channels."""
+        return 0
+
+    def slim_config(self, layer, cin, cout):
+        """The layer's config with `cin` input and `cout` output channels."""
+        config = layer.get_config()
+        if self.width_key is not None:
+            config[self.width_key] = int(cout)
+        return config
+
+
+def spatial_size(shape):
+    """Product of the dimensions between batch and channels."""
+    dims = shape[1:-1]
+    if any(d is None for d in dims):
+        raise ValueError(
+            f"FLOPs need a fixed input size, but a tensor has shape {tuple(shape)}. "
+            "Build the model with a fixed `input_shape=(H, W, C)`."
+        )
+    return math.prod(dims)
+
+
+class ConvRule(LayerRule):
+    role = PRODUCE
+    weight_axes = {"kernel": (2, 3), "bias": (None, 0)}
+    width_key = "filters"
+
+    def check(self, layer, in_shape):
+        if layer.groups != 1:
+            return f"grouped convolution (groups={layer.groups})"
+        return None
+
+    def macs(self, layer, in_shape, out_shape, cin, cout):
+        kh, kw = layer.kernel_size
+        return kh * kw * cin / layer.groups * cout * spatial_size(out_shape)
+
+
+class ConvTransposeRule(ConvRule):
+    weight_axes = {"kernel": (3, 2), "bias": (None, 0)}
+
+    def check(self, layer, in_shape):
+        return None
+
+    def macs(self, layer, in_shape, out_shape, cin, cout):
+        kh, kw = layer.kernel_size
+        return kh * kw * cin * cout * spatial_size(in_shape)
+
+
+class DepthwiseRule(LayerRule):
+    weight_axes = {"kernel": (2, None), "depthwise_kernel": (2, None), "bias": (0, None)}
+
+    def check(self, layer, in_shape):
+        if layer.depth_multiplier != 1:
+            return f"depthwise convolution with depth_multiplier={layer.depth_multiplier}"
+        return None
+
+    def zero_preserving(self, layer):
+        return not layer.use_bias
+
+    def macs(self, layer, in_shape, out_shape, cin, cout):
+        kh, kw = layer.kernel_size
+        return kh * kw * cin * layer.depth_multiplier * spatial_size(out_shape)
+
+
+class SeparableConvRule(LayerRule):
+    role = PRODUCE
+    weight_axes = {"depthwise_kernel": (2, None), "pointwise_kernel": (2, 3), "bias": (None, 0)}
+    width_key = "filters"
+
+    def macs(self, layer, in_shape, out_shape, cin, cout):
+        kh, kw = layer.kernel_size
+        hw = spatial_size(out_shape)
+        depthwise = kh * kw * cin * layer.depth_multiplier * hw
+        return depthwise + cin * layer.depth_multiplier * cout * hw
+
+
+class DenseRule(LayerRule):
+    role = PRODUCE
+    weight_axes = {"kernel": (0, 1), "bias": (None, 0)}
+    width_key = "units"
+
+    def macs(self, layer, in_shape, out_shape, cin, cout):
+        return cin * cout * math.prod(d for d in out_shape[1:-1] if d is not None)
+
+
+class BatchNormRule(LayerRule):
+    weight_axes = {name: (0, None) for name in ("gamma", "beta", "moving_mean", "moving_variance")}
+
+    def check(self, layer, in_shape):
+        if layer.axis not in (-1, len(in_shape) - 1):
+            return f"batch normalization over axis {layer.axis}, not the channel axis"
+        return None
+
+    def zero_preserving(self, layer):
+        return False
+
+
+class ActivationRule(LayerRule):
+    """`Activation(fn)`: zero-preserving when `fn(0) == 0`."""
+
+    def zero_preserving(self, layer):
+        return getattr(layer.activation, "__name__", None) in ZERO_PRESERVING_ACTIVATIONS
+
+
+class ZeroPreservingRule(LayerRule):
+    """Pooling, padding, dropout, reshaping of spatial axes: zero stays zero."""
+
+
+class CoupleRule(LayerRule):
+    role = COUPLE
+
+    def __init__(self, zero_if_any_zero=False):
+        self.zero_if_any_zero = zero_if_any_zero
+
+
+class ConcatRule(LayerRule):
+    role = CONCAT
+
+
+class FlattenRule(LayerRule):
+    role = FLATTEN
+
+
+_RULES = {}
+
+
+def register_rule(layer_class, rule):
+    """Registers `rule` (a `LayerRule`) for `layer_class` and its subclasses."""
+    _RULES[layer_class] = rule
+
+
+def rule_for(layer):
+    """The rule of the most specific registered class of `layer`, or None."""
+    for cls in type(layer).__mro__:
+        if cls in _RULES:
+            return _RULES[cls]
+    return None
+
+
+L = keras.layers
+register_rule(L.Conv2D, ConvRule())
+register_rule(L.Conv2DTranspose, ConvTransposeRule())
+register_rule(L.DepthwiseConv2D, DepthwiseRule())
+register_rule(L.SeparableConv2D, SeparableConvRule())
+register_rule(L.Dense, DenseRule())
+register_rule(L.BatchNormalization, BatchNormRule())
+register_rule(L.Activation, ActivationRule())
+for _cls in (
+    L.ReLU, L.LeakyReLU, L.ELU,
+    L.MaxPooling2D, L.AveragePooling2D, L.GlobalAveragePooling2D, L.GlobalMaxPooling2D,
+    L.ZeroPadding2D, L.Cropping2D, L.UpSampling2D, L.Dropout, L.SpatialDropout2D,
+    L.GaussianDropout, L.Identity,
+):
+    register_rule(_cls, ZeroPreservingRule())
+for _cls in (L.Add, L.Subtract, L.Average, L.Maximum, L.Minimum):
+    register_rule(_cls, CoupleRule())
+register_rule(L.Multiply, CoupleRule(zero_if_any_zero=True))
+register_rule(L.Concatenate, ConcatRule())
+register_rule(L.Flatten, FlattenRule())
+register_rule(ChannelGate, LayerRule())  # gates pass channels through; the graph reads them

@@ -1,0 +1,79 @@
+"""Getting channel configurations out of a searched supernet.
+
+A configuration maps each gate's name to the number of channels it keeps (the
+first ones). It is saved as readable JSON.
+"""
+
+import json
+
+import numpy as np
+
+from dmcp_tf.io_utils import atomic_write_json
+
+
+def expected_config(graph):
+    """Expected sampling (the paper's choice): every gate keeps `round(E[c])` channels."""
+    return {g.name: g.expected_sample() for g in graph.gates}
+
+
+def direct_configs(graph, rng, count):
+    """`count` direct samples of the Markov chains, as per-gate arrays of channel counts."""
+    return {g.name: g.direct_sample(rng, size=count) for g in graph.gates}
+
+
+def split_configs(arrays):
+    """Per-gate arrays -> a list of configurations (dicts of ints)."""
+    names = list(arrays)
+    return [dict(zip(names, (int(v) for v in row))) for row in zip(*(arrays[n] for n in names))]
+
+
+def sample_within_budget(graph, target_flops, rng, *, tolerance=0.01, max_tries=20000, batch=500):
+    """Direct sampling, redrawn until the real FLOPs are within `tolerance` of the target.
+
+    Raises:
+        RuntimeError: no sample met the budget within `max_tries` draws.
+    """
+    tries = 0
+    while tries < max_tries:
+        n = min(batch, max_tries - tries)
+        arrays = direct_configs(graph, rng, n)
+        flops = graph.flops(arrays)
+        hits = np.flatnonzero(np.abs(flops - target_flops) <= tolerance * target_flops)
+        if hits.size:
+            return {name: int(values[hits[0]]) for name, values in arrays.items()}
+        tries += n
+    raise RuntimeError(
+        f"No direct sample within {tolerance:.0%} of the budget ({target_flops / 1e6:.2f}M MACs) in "
+        f"{max_tries} tries: the gates' distribution is far from the budget. Search longer, or use "
+        "expected sampling."
+    )
+
+
+def flops_statistics(graph, rng, count=3000):
+    """FLOPs of `count` direct samples: `{"flops": array, "mean": float, "std": float}`."""
+    flops = graph.flops(direct_configs(graph, rng, count)).astype(np.float64)
+    return {"flops": flops, "mean": float(flops.mean()), "std": float(flops.std())}
+
+
+def channel_distributions(graph, rng, target_flops, *, count=3000, tolerance=0.01):
+    """Per gate, the channel counts of direct samples whose FLOPs are within the budget.
+
+    Returns `{gate name: array of channel counts}` (the paper's Fig. 7).
+    """
+    arrays = direct_configs(graph, rng, count)
+    keep = np.abs(graph.flops(arrays) - target_flops) <= tolerance * target_flops
+    return {name: values[keep] for name, values in arrays.items()}
+
+
+def save_config(path, config):
+    """Writes a configuration as JSON (atomically)."""
+    atomic_write_json(path, {name: int(c) for name, c in config.items()})
+
+
+def load_config(path):
+    """Reads a configuration written by `save_config`."""
+    with open(path) as f:
+        config = json.load(f)
+    if not isinstance(config, dict) or not all(isinstance(v, int) for v in config.values()):
+        raise ValueError(f"{path} is not a channel configuration (a JSON object of gate name -> channels).")
+    return config

@@ -1,0 +1,248 @@
+"""`DMCPModel`: a gated supernet whose `fit` runs the DMCP search.
+
+Every training step runs the weight stage (variant sandwich rule with in-place
+distillation) and, after warm-up, the architecture stage (spec, section 5).
+"""
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from dmcp_tf import flops as flops_lib
+from dmcp_tf import gates as gates_lib
+from dmcp_tf.graph import ChannelGraph
+
+
+def default_weight_optimizer(total_steps, learning_rate=0.2, warmup_steps=0):
+    """SGD with Nesterov momentum 0.9 and a cosine schedule with linear warm-up (authors' settings)."""
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup_steps else learning_rate,
+        decay_steps=max(1, total_steps - warmup_steps),
+        warmup_target=learning_rate if warmup_steps else None,
+        warmup_steps=warmup_steps,
+    )
+    return keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, name="weight_sgd")
+
+
+def default_arch_optimizer(search_steps, learning_rate=0.5, final_learning_rate=0.1):
+    """SGD with Nesterov momentum 0.9, cosine from 0.5 to 0.1 over the search steps."""
+    schedule = keras.optimizers.schedules.CosineDecay(
+        learning_rate, decay_steps=max(1, search_steps), alpha=final_learning_rate / learning_rate
+    )
+    return keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, name="arch_sgd")
+
+
+class DMCPModel(keras.Model):
+    """A supernet trained by DMCP's alternating step.
+
+    Args:
+        supernet: a functional model with gates (hand-written or inserted).
+        budget: the FLOPs target: `"210M"`, `"2.8G"`, `"0.5x"` (of the full model) or MACs.
+        total_steps: training steps of the whole search (warm-up included).
+        warmup_fraction: share of the steps that trains weights only.
+        budget_weight: `lambda`, the weight of the budget loss.
+        label_smoothing: for the largest sub-network's cross-entropy.
+        weight_decay: L2 on conv and dense kernels (none on biases, BN, gates).
+        uniform_decay, uniform_decay_every: after warm-up a random sub-network is
+            uniform with probability `s`, multiplied by `uniform_decay` every
+            `uniform_decay_every` steps, and Markov-sampled otherwise.
+        seed: seed of the sub-network sampling.
+
+    Example:
+        model = DMCPModel(mobilenet_v2(1.5), budget="210M", total_steps=1000)
+        model.compile()
+        model.fit(train_data, epochs=2)
+    """
+
+    def __init__(
+        self,
+        supernet,
+        *,
+        budget,
+        total_steps,
+        warmup_fraction=0.5,
+        budget_weight=0.1,
+        label_smoothing=0.0,
+        weight_decay=0.0,
+        uniform_decay=0.9999,
+        uniform_decay_every=10,
+        seed=0,
+        name="dmcp",
+        **kwargs,
+    ):
+        super().__init__(name=name, **kwargs)
+        self.supernet = supernet
+        self.graph = ChannelGraph(supernet)
+        if not self.graph.gates:
+            raise ValueError(
+                f"Model {supernet.name!r} has no channel gates. Build a supernet with gates "
+                "(dmcp_tf.models) or place MarkovGate layers after the batch norms to prune."
+            )
+        self.full_flops = self.graph.flops()
+        self.min_flops = self.graph.flops(self.graph.smallest_config())
+        self.target_flops = flops_lib.parse_budget(budget, self.full_flops)
+        flops_lib.check_budget(self.target_flops, self.full_flops, self.min_flops)
+        if not 0.0 <= warmup_fraction < 1.0:
+            raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}.")
+        if total_steps < 1:
+            raise ValueError(f"total_steps must be positive, got {total_steps}.")
+        self.total_steps = int(total_steps)
+        self.warmup_steps = int(round(warmup_fraction * total_steps))
+        self.budget_weight = float(budget_weight)
+        self.label_smoothing = float(label_smoothing)
+        self.weight_decay = float(weight_decay)
+        self.uniform_decay = float(uniform_decay)
+        self.uniform_decay_every = int(uniform_decay_every)
+        self.seed_generator = keras.random.SeedGenerator(seed, name="subnet_sampling")
+        self.searching = False  # Python flag: the traced step includes the architecture stage
+        self.arch_variables = [g.alpha for g in self.graph.gates]
+        arch_ids = {id(v) for v in self.arch_variables}
+        self.weight_variables = [v for v in supernet.trainable_variables if id(v) not in arch_ids]
+        self._decayed = [v for v in self.weight_variables if v.name in ("kernel", "depthwise_kernel", "pointwise_kernel")]
+        names = ("loss", "accuracy", "loss_full", "loss_smallest", "loss_random1", "loss_random2",
+                 "arch_loss", "budget_loss", "expected_mflops")
+        self.trackers = {n: keras.metrics.Mean(name=n) for n in names}
+        self.trackers["accuracy"] = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+
+    @property
+    def gates(self):
+        return self.graph.gates
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def call(self, inputs, training=False):
+        return self.supernet(inputs, training=training)
+
+    def compile(self, weight_optimizer=None, arch_optimizer=None, **kwargs):
+        """Builds both optimisers on their own variables (needed under a distribution strategy).
+
+        Args:
+            weight_optimizer: updates the network weights; defaults to
+                `default_weight_optimizer(total_steps)`.
+            arch_optimizer: updates the gates' `alpha`; defaults to
+                `default_arch_optimizer(total_steps - warmup_steps)`.
+        """
+        weight_optimizer = weight_optimizer or default_weight_optimizer(self.total_steps)
+        self.arch_optimizer = arch_optimizer or default_arch_optimizer(self.total_steps - self.warmup_steps)
+        kwargs.setdefault("jit_compile", False)
+        super().compile(optimizer=weight_optimizer, **kwargs)
+        self.optimizer.build(self.weight_variables)
+        self.arch_optimizer.build(self.arch_variables)
+
+    # --- one training step -------------------------------------------------
+    def train_step(self, data):
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        step = self.optimizer.iterations
+        self._weight_stage(x, y, step)
+        if self.searching:
+            self._arch_stage(x, y)
+        return {name: tracker.result() for name, tracker in self.trackers.items()
+                if self.searching or name not in ("arch_loss", "budget_loss")}
+
+    def _forward(self, x, selection):
+        with gates_lib.thread_selection(selection):
+            return self.supernet(x, training=True)
+
+    def _weight_stage(self, x, y, step):
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        subnets = [("loss_smallest", {g: g.prefix for g in self.gates})]
+        subnets += [(f"loss_random{i}", self._random_widths(step)) for i in (1, 2)]
+        with tf.GradientTape() as tape:
+            logits = self._forward(x, gates_lib.Selection(gates_lib.FULL))
+            loss_full = self._cross_entropy(y, logits, self.label_smoothing)
+            teacher = ops.stop_gradient(ops.softmax(logits))
+            losses = {"loss_full": loss_full}
+            for name, widths in subnets:
+                student = self._forward(x, gates_lib.Selection(gates_lib.SUBNET, widths))
+                losses[name] = _distillation(teacher, student)
+            total = sum(losses.values()) + self._l2()
+            scaled = total / replicas  # gradients are summed over replicas
+        grads = tape.gradient(scaled, self.weight_variables)
+        self.optimizer.apply(grads, self.weight_variables)
+        self.trackers["loss"].update_state(total)
+        self.trackers["accuracy"].update_state(y, logits)
+        for name, value in losses.items():
+            self.trackers[name].update_state(value)
+        self.trackers["expected_mflops"].update_state(self.graph.expected_flops() / 1e6)
+
+    def _arch_stage(self, x, y):
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        with tf.GradientTape() as tape:
+            logits = self._forward(x, gates_lib.Selection(gates_lib.SCALE))
+            task = self._cross_entropy(y, logits, 0.0)
+            budget = flops_lib.budget_loss(self.graph.expected_flops(), self.target_flops)
+            loss = task + self.budget_weight * budget
+            scaled = loss / replicas
+        grads = tape.gradient(scaled, self.arch_variables)
+        self.arch_optimizer.apply(grads, self.arch_variables)
+        self.trackers["arch_loss"].update_state(loss)
+        self.trackers["budget_loss"].update_state(budget)
+
+    def _random_widths(self, step):
+        """Widths of one random sub-network: uniform on the grid, or Markov-sampled after warm-up."""
+        if self.searching:
+            decays = ops.floor(ops.cast(step - self.warmup_steps, "float32") / self.uniform_decay_every)
+            uniform_prob = ops.power(self.uniform_decay, ops.maximum(decays, 0.0))
+            use_uniform = keras.random.uniform((), seed=self.seed_generator) < uniform_prob
+        widths = {}
+        for gate in self.gates:
+            groups = keras.random.randint((), 0, gate.num_groups + 1, seed=self.seed_generator)
+            if self.searching:
+                chain = gate.sample_groups(keras.random.uniform((gate.num_groups,), seed=self.seed_generator))
+                groups = ops.where(use_uniform, groups, chain)
+            widths[gate] = gate.prefix + gate.group * groups
+        return widths
+
+    def _cross_entropy(self, y, logits, smoothing):
+        classes = ops.shape(logits)[-1]
+        targets = ops.one_hot(ops.cast(ops.reshape(y, (-1,)), "int32"), classes)
+        if smoothing:
+            targets = targets * (1.0 - smoothing) + smoothing / ops.cast(classes, targets.dtype)
+        return ops.mean(keras.losses.categorical_crossentropy(targets, logits, from_logits=True))
+
+    def _l2(self):
+        if not self.weight_decay or not self._decayed:
+            return 0.0
+        return 0.5 * self.weight_decay * sum(ops.sum(ops.square(v)) for v in self._decayed)
+
+    def test_step(self, data):
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        logits = self.supernet(x, training=False)
+        self.trackers["loss"].update_state(self._cross_entropy(y, logits, 0.0))
+        self.trackers["accuracy"].update_state(y, logits)
+        return {n: self.trackers[n].result() for n in ("loss", "accuracy")}
+
+    # --- phases -------------------------------------------------------------
+    def fit(self, *args, callbacks=None, **kwargs):
+        """`keras.Model.fit`, plus the switch from warm-up to search at `warmup_steps`."""
+        callbacks = list(callbacks or []) + [SearchPhaseSwitch()]
+        return super().fit(*args, callbacks=callbacks, **kwargs)
+
+    def update_phase(self):
+        """Enters the search phase once warm-up is over; retraces the step if the phase changed."""
+        searching = int(self.optimizer.iterations.numpy()) >= self.warmup_steps
+        if searching != self.searching:
+            self.searching = searching
+            if self.train_function is not None:
+                self.make_train_function(force=True)
+        return searching
+
+
+def _distillation(teacher_probs, student_logits):
+    """Mean KL(teacher || student) at temperature 1."""
+    log_student = ops.log_softmax(student_logits)
+    log_teacher = ops.log(ops.maximum(teacher_probs, 1e-12))
+    return ops.mean(ops.sum(teacher_probs * (log_teacher - log_student), axis=-1))
+
+
+class SearchPhaseSwitch(keras.callbacks.Callback):
+    """Switches a `DMCPModel` from warm-up to search at the right step."""
+
+    def on_train_begin(self, logs=None):
+        self.model.update_phase()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if not self.model.searching:
+            self.model.update_phase()

@@ -1,0 +1,47 @@
+"""Tiny models and data shared by the tests."""
+
+import keras
+import numpy as np
+
+from dmcp_tf.gates import MarkovGate
+
+
+def tiny_supernet(input_shape=(12, 12, 3), classes=4, gate_cls=MarkovGate, sync_bn=False, channels=(16, 32)):
+    """conv16 -> conv32/2 -> residual conv32 -> pool -> dense, gates after each BN."""
+    width = (0.25, 1.0, 0.25)
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Conv2D(channels[0], 3, padding="same", use_bias=False, name="c1")(inputs)
+    x = keras.layers.BatchNormalization(synchronized=sync_bn, name="bn1")(x)
+    x = keras.layers.ReLU()(gate_cls(width=width, name="g1")(x))
+    x = keras.layers.Conv2D(channels[1], 3, strides=2, padding="same", use_bias=False, name="c2")(x)
+    x = keras.layers.BatchNormalization(synchronized=sync_bn, name="bn2")(x)
+    out_gate = gate_cls(width=width, name="g2")
+    x = keras.layers.ReLU()(out_gate(x))
+    y = keras.layers.Conv2D(channels[1], 3, padding="same", use_bias=False, name="c3")(x)
+    y = keras.layers.BatchNormalization(synchronized=sync_bn, name="bn3")(y)
+    x = keras.layers.ReLU()(keras.layers.Add()([x, out_gate(y)]))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(classes, name="head")(x)
+    return keras.Model(inputs, outputs, name="tiny")
+
+
+def randomize_batch_norm(model, rng):
+    """Gives every batch norm non-trivial statistics, so rebuild tests see them."""
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights([
+                rng.normal(1, 0.2, gamma.shape), rng.normal(0, 0.2, beta.shape),
+                rng.normal(0, 0.2, mean.shape), rng.uniform(0.5, 2, var.shape),
+            ])
+
+
+def blob_data(rng, n=256, input_shape=(12, 12, 3), classes=4):
+    """A learnable synthetic task: the class is which image quadrant is brightest."""
+    x = rng.normal(0, 1, (n,) + input_shape).astype("float32")
+    y = rng.integers(0, classes, n)
+    h, w = input_shape[0] // 2, input_shape[1] // 2
+    for i, c in enumerate(y):
+        r, s = divmod(int(c), 2)
+        x[i, r * h:(r + 1) * h, s * w:(s + 1) * w] += 1.5
+    return x, y.astype("int32")

@@ -1,0 +1,139 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dmcp_tf import flops as F
+from dmcp_tf.graph import ChannelGraph
+from dmcp_tf.models import mobilenet_v2, mobilenet_v2_dmcp, resnet50, resnet50_dmcp
+from tests.helpers import tiny_supernet
+
+
+def test_keras_mobilenet_v2_macs():
+    model = keras.applications.MobileNetV2(alpha=1.0, weights=None)
+    assert F.count_flops(model) == pytest.approx(300.8e6, rel=1e-3)
+    assert F.count_params(model) == model.count_params()
+
+
+def test_our_plain_mobilenet_v2_matches_keras():
+    model = mobilenet_v2(1.0, gate_kind=None)
+    reference = keras.applications.MobileNetV2(alpha=1.0, weights=None)
+    assert F.count_flops(model) == F.count_flops(reference)
+    assert model.count_params() == reference.count_params()
+
+
+def test_mobilenet_v2_supernet_macs():
+    graph = ChannelGraph(mobilenet_v2(1.5))
+    assert graph.flops() == pytest.approx(672.8e6, rel=1e-3)
+    assert len(graph.gates) == 25
+
+
+def test_resnet50_macs():
+    graph = ChannelGraph(resnet50())
+    assert graph.flops() == pytest.approx(4.09e9, rel=1e-3)
+    assert graph.params() == 25_557_032 + 53_120  # torchvision weights + BN moving statistics
+
+
+def test_paper_resnet50_structure_macs():
+    model = resnet50_dmcp("2.8G")
+    assert F.count_flops(model) == pytest.approx(2.83e9, rel=1e-3)
+    assert model.get_layer("stem_conv").filters == 51
+    assert model.get_layer("stage4_block3_conv3_conv").filters == 1735
+
+
+def test_paper_mobilenet_v2_structures_build_by_name():
+    flops = {s: F.count_flops(mobilenet_v2_dmcp(s)) for s in ("300M", "210M", "97M", "59M")}
+    # The last 1x1 conv is not listed in Table 8 and stays at 1920 channels; the
+    # names are rounded budgets, ours count 302M / 222M / 120M / 66M.
+    assert flops["300M"] > flops["210M"] > flops["97M"] > flops["59M"]
+    for name, value in flops.items():
+        assert value == pytest.approx(float(name[:-1]) * 1e6, rel=0.25)
+
+
+def test_expected_flops_is_differentiable_and_bounded():
+    model = tiny_supernet()
+    graph = ChannelGraph(model)
+    gates = graph.gates
+    for g in gates:
+        g.alpha.assign(np.full(g.num_groups, 30.0, "float32"))
+    assert float(graph.expected_flops()) == pytest.approx(graph.flops(), rel=1e-6)
+    for g in gates:
+        g.alpha.assign(np.full(g.num_groups, -30.0, "float32"))
+    assert float(graph.expected_flops()) == pytest.approx(graph.flops(graph.smallest_config()), rel=1e-6)
+    for g in gates:
+        g.alpha.assign(np.zeros(g.num_groups, "float32"))
+    with tf.GradientTape() as tape:
+        value = graph.expected_flops()
+    grads = tape.gradient(value, [g.alpha for g in gates])
+    assert all(np.all(np.asarray(gr) > 0) for gr in grads)  # more probability, more FLOPs
+
+
+def test_expected_flops_equals_flops_of_expected_channels_for_one_layer():
+    inputs = keras.Input((8, 8, 16))
+    from dmcp_tf.gates import MarkovGate
+    gate = MarkovGate(width=(0.25, 1.0, 0.25), name="g")
+    x = gate(keras.layers.Conv2D(16, 3, padding="same")(inputs))
+    outputs = keras.layers.Conv2D(5, 1)(x)
+    graph = ChannelGraph(keras.Model(inputs, outputs))
+    gate.alpha.assign([0.3, -0.2, 1.0])
+    e = float(gate.expected_channels())
+    assert float(graph.expected_flops()) == pytest.approx(9 * 16 * e * 64 + e * 5 * 64, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "budget, full, expected",
+    [("210M", 0, 210e6), ("2.8G", 0, 2.8e9), ("0.5x", 1000.0, 500.0), (123.0, 0, 123.0), ("1.5e3K", 0, 1.5e6)],
+)
+def test_parse_budget(budget, full, expected):
+    assert F.parse_budget(budget, full) == pytest.approx(expected)
+
+
+def test_parse_budget_rejects_nonsense():
+    with pytest.raises(ValueError, match="Cannot read the FLOPs budget"):
+        F.parse_budget("fast", 100)
+
+
+def test_check_budget():
+    F.check_budget(50, 100, 10)
+    with pytest.raises(ValueError, match="outside what the supernet can reach"):
+        F.check_budget(150, 100, 10)
+    with pytest.raises(ValueError, match="outside what the supernet can reach"):
+        F.check_budget(5, 100, 10)
+
+
+@pytest.mark.parametrize(
+    "expected_m, target_m",
+    [
+        (50.0, 100.0),    # below 0.95 T, close: r = 1
+        (100.0, 400.0),   # below 0.95 T, far: r = 0.1
+        (96.0, 100.0),    # dead zone
+        (99.99, 100.0),   # dead zone, upper edge
+        (100.0, 100.0),   # at T: upper piece
+        (130.0, 100.0),   # above
+        (800.0, 500.0),   # above, far: r = 0.1
+    ],
+)
+def test_budget_loss_piecewise(expected_m, target_m):
+    e, t = expected_m, target_m
+    r = 0.1 if abs(e - t) > 200 else 1.0
+    if e < 0.95 * t:
+        want = np.log(r * abs(e - t))
+    elif e < t:
+        want = 0.0
+    else:
+        want = np.log(r * abs(e - 0.95 * t))
+    got = float(F.budget_loss(e * 1e6, t * 1e6))
+    assert got == pytest.approx(want, abs=1e-5)
+
+
+def test_budget_loss_gradient_points_to_the_budget():
+    for e, sign in ((50e6, -1), (130e6, 1)):
+        x = tf.Variable(e)
+        with tf.GradientTape() as tape:
+            loss = F.budget_loss(x, 100e6)
+        assert np.sign(float(tape.gradient(loss, x))) == sign
+
+
+def test_format_flops():
+    assert F.format_flops(672_832_704) == "672.8M"
+    assert F.format_flops(4.09e9) == "4.1G"

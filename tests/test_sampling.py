@@ -1,0 +1,90 @@
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from dmcp_tf import sampling
+from dmcp_tf.gates import MarkovGate
+from dmcp_tf.graph import ChannelGraph
+from tests.helpers import tiny_supernet
+
+
+@pytest.fixture
+def graph():
+    graph = ChannelGraph(tiny_supernet())
+    rng = np.random.default_rng(0)
+    for gate in graph.gates:
+        gate.alpha.assign(rng.normal(1.0, 1.0, gate.num_groups).astype("float32"))
+    return graph
+
+
+def test_expected_config_rounds_expected_channels(graph):
+    config = sampling.expected_config(graph)
+    for gate in graph.gates:
+        assert config[gate.name] == round(float(gate.expected_channels()))
+
+
+def chain_graph():
+    """conv -> gate -> conv -> gate -> dense: every layer's MACs are bilinear in two different gates."""
+    inputs = keras.Input((8, 8, 3))
+    x = MarkovGate(width=(0.25, 1.0, 0.25), name="a")(keras.layers.Conv2D(16, 3)(inputs))
+    x = MarkovGate(width=(0.25, 1.0, 0.25), name="b")(keras.layers.Conv2D(32, 3)(x))
+    graph = ChannelGraph(keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(x))))
+    for gate, alpha in zip(graph.gates, ([2.0, 0.0, -1.0], [0.5, 1.0, 0.2])):
+        gate.alpha.assign(alpha)
+    return graph
+
+
+def test_flops_statistics_mean_is_expected_flops():
+    graph = chain_graph()
+    stats = sampling.flops_statistics(graph, np.random.default_rng(1), count=3000)
+    assert stats["flops"].shape == (3000,)
+    # Independent gates and bilinear MACs: the sample mean estimates E[F]. The
+    # relative std of one sample is below 0.5, so 2% is more than 5 standard errors.
+    assert stats["mean"] == pytest.approx(float(graph.expected_flops()), rel=0.02)
+
+
+def test_expected_flops_is_the_specs_approximation_where_a_gate_meets_itself(graph):
+    # In the residual block, conv c3 reads and writes channels of the same gate:
+    # E[c^2] > E[c]^2, so sampled FLOPs exceed the spec's E[F] there.
+    stats = sampling.flops_statistics(graph, np.random.default_rng(1), count=3000)
+    assert stats["mean"] > float(graph.expected_flops())
+    graph = chain_graph()
+    single = sampling.split_configs(sampling.direct_configs(graph, np.random.default_rng(2), 5))
+    assert len(single) == 5 and all(graph.flops(c) > 0 for c in single)
+
+
+def test_sample_within_budget(graph):
+    target = graph.flops({"g1": 12, "g2": 24})  # on the grid: direct samples can hit it
+    config = sampling.sample_within_budget(graph, target, np.random.default_rng(3))
+    assert abs(graph.flops(config) - target) <= 0.01 * target
+    grids = {g.name: g.widths_grid() for g in graph.gates}
+    assert all(config[name] in grids[name] for name in config)
+
+
+def test_sample_within_budget_gives_up_with_a_clear_error(graph):
+    for gate in graph.gates:
+        gate.alpha.assign(np.full(gate.num_groups, -30.0, "float32"))  # always the smallest
+    with pytest.raises(RuntimeError, match="No direct sample within 1% of the budget"):
+        sampling.sample_within_budget(graph, graph.flops(), np.random.default_rng(0), max_tries=300)
+
+
+def test_channel_distributions_keep_samples_within_budget(graph):
+    target = graph.flops({"g1": 12, "g2": 24})
+    dists = sampling.channel_distributions(graph, np.random.default_rng(4), target, count=2000)
+    kept = len(next(iter(dists.values())))
+    assert kept > 0
+    flops = graph.flops({name: values for name, values in dists.items()})
+    assert np.all(np.abs(flops - target) <= 0.01 * target)
+
+
+def test_config_json_round_trip(tmp_path, graph):
+    config = sampling.expected_config(graph)
+    path = tmp_path / "channels.json"
+    sampling.save_config(path, config)
+    assert json.loads(path.read_text()) == config
+    assert sampling.load_config(path) == config
+    path.write_text('{"g1": "many"}')
+    with pytest.raises(ValueError, match="not a channel configuration"):
+        sampling.load_config(path)

@@ -1,0 +1,115 @@
+import keras
+import numpy as np
+import pytest
+
+from dmcp_tf import sampling
+from dmcp_tf.gates import BernoulliGate
+from dmcp_tf.supernet import DMCPModel, default_arch_optimizer
+from tests.helpers import blob_data, tiny_supernet
+
+
+def searched_model(gate_cls=None, epochs=10, total_steps=160, warmup_fraction=0.25, seed=0):
+    keras.utils.set_random_seed(seed)
+    x, y = blob_data(np.random.default_rng(seed), 512)
+    kwargs = {"gate_cls": gate_cls} if gate_cls else {}
+    # 32/64 channels: rounding E[c] to whole channels moves FLOPs by well under 3%.
+    model = DMCPModel(tiny_supernet(channels=(32, 64), **kwargs), budget="0.5x", total_steps=total_steps, warmup_fraction=warmup_fraction)
+    search_steps = total_steps - model.warmup_steps
+    # A short search needs a faster architecture learning rate than ImageNet's 0.5.
+    model.compile(arch_optimizer=default_arch_optimizer(search_steps, 2.0, 0.5))
+    history = model.fit(x, y, batch_size=32, epochs=epochs, verbose=0)
+    return model, history
+
+
+@pytest.fixture(scope="module")
+def searched():
+    return searched_model()
+
+
+def test_search_meets_half_the_flops(searched):
+    model, history = searched
+    start = history.history["expected_mflops"][0] * 1e6
+    expected = float(model.graph.expected_flops())
+    assert abs(start - model.target_flops) > 0.3 * model.target_flops  # it had to move
+    assert 0.95 <= expected / model.target_flops <= 1.0 + 1e-3
+    config = sampling.expected_config(model.graph)
+    assert model.graph.flops(config) == pytest.approx(model.target_flops, rel=0.03)
+
+
+def test_search_logs_every_loss(searched):
+    _, history = searched
+    for name in ("loss_full", "loss_smallest", "loss_random1", "loss_random2", "arch_loss",
+                 "budget_loss", "expected_mflops", "accuracy"):
+        assert np.all(np.isfinite(history.history[name])), name
+    assert history.history["accuracy"][-1] > 0.6  # the task is learnt, 4 classes
+
+
+def test_evaluate_runs_the_full_network(searched):
+    model, _ = searched
+    x, y = blob_data(np.random.default_rng(5), 64)
+    result = model.evaluate(x, y, verbose=0, return_dict=True)
+    logits = np.asarray(model.supernet(x, training=False))
+    assert result["accuracy"] == pytest.approx(np.mean(logits.argmax(-1) == y))
+
+
+def test_warmup_trains_weights_only():
+    rng = np.random.default_rng(0)
+    x, y = blob_data(rng, 128)
+    model = DMCPModel(tiny_supernet(), budget="0.5x", total_steps=100, warmup_fraction=0.5)
+    model.compile()
+    alphas = [v.numpy().copy() for v in model.arch_variables]
+    kernel = model.supernet.get_layer("c1").kernel.numpy().copy()
+    history = model.fit(x, y, batch_size=32, epochs=2, verbose=0)  # 8 steps < 50 warm-up steps
+    assert not model.searching
+    assert "arch_loss" not in history.history
+    for before, var in zip(alphas, model.arch_variables):
+        np.testing.assert_array_equal(var.numpy(), before)
+    assert not np.allclose(model.supernet.get_layer("c1").kernel.numpy(), kernel)
+
+
+def test_search_phase_starts_after_warmup():
+    rng = np.random.default_rng(0)
+    x, y = blob_data(rng, 128)
+    model = DMCPModel(tiny_supernet(), budget="0.5x", total_steps=8, warmup_fraction=0.5)
+    model.compile()
+    alphas = [v.numpy().copy() for v in model.arch_variables]
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0)
+    assert model.searching
+    assert int(model.arch_optimizer.iterations.numpy()) == 4
+    assert any(not np.allclose(v.numpy(), a) for v, a in zip(model.arch_variables, alphas))
+
+
+def test_random_subnetworks_are_on_the_grid():
+    model = DMCPModel(tiny_supernet(), budget="0.5x", total_steps=10)
+    model.compile()
+    for searching in (False, True):
+        model.searching = searching
+        for _ in range(20):
+            widths = model._random_widths(model.optimizer.iterations)
+            for gate, width in widths.items():
+                assert int(width) in gate.widths_grid()
+
+
+def test_bernoulli_gates_search_too():
+    model, _ = searched_model(gate_cls=BernoulliGate, epochs=4, total_steps=64)
+    assert all(isinstance(g, BernoulliGate) for g in model.gates)
+    assert np.isfinite(float(model.graph.expected_flops()))
+
+
+@pytest.mark.parametrize("budget", ["2x", "1.0x", "0.01x", "1K"])
+def test_unreachable_budget_fails_before_training(budget):
+    with pytest.raises(ValueError, match="outside what the supernet can reach"):
+        DMCPModel(tiny_supernet(), budget=budget, total_steps=10)
+
+
+def test_model_without_gates_is_rejected():
+    inputs = keras.Input((4,))
+    with pytest.raises(ValueError, match="no channel gates"):
+        DMCPModel(keras.Model(inputs, keras.layers.Dense(2)(inputs)), budget="0.5x", total_steps=10)
+
+
+def test_bad_schedule_arguments_are_rejected():
+    with pytest.raises(ValueError, match="warmup_fraction"):
+        DMCPModel(tiny_supernet(), budget="0.5x", total_steps=10, warmup_fraction=1.0)
+    with pytest.raises(ValueError, match="total_steps"):
+        DMCPModel(tiny_supernet(), budget="0.5x", total_steps=0)
