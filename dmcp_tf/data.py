@@ -338,6 +338,7 @@ _SOURCES = {
     "imagenet2012": _imagenet2012,
     "image_folder": _image_folder,
 }
+DATASETS = tuple(_SOURCES)
 
 
 def _batches(ds, fn, batch_size, drop_remainder):
@@ -428,3 +429,19 @@ def load(
         augment=augment,
         seed=seed,
     )
+
+
+def _image_folder_spec(image_size):
+    raise DataError(
+        "An image folder's number of classes is only known from its files; --mode=flops "
+        "cannot count its classifier without loading it. Use --mode=all or a fixed data set."
+    )
+
+
+# (input shape, classes) of each data set, known without reading it.
+DATASET_SHAPES = {
+    "fashion_mnist": lambda image_size: ((28, 28, 1), 10),
+    "cifar10": lambda image_size: ((32, 32, 3), 10),
+    "imagenet2012": lambda image_size: ((image_size or 224, image_size or 224, 3), 1000),
+    "image_folder": _image_folder_spec,
+}

@@ -9,6 +9,7 @@ import re
 from keras import ops
 
 from dmcp_tf.graph import ChannelGraph
+from dmcp_tf.report import format_count as format_flops
 
 _UNITS = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 
@@ -21,14 +22,6 @@ def count_flops(model):
 def count_params(model):
     """Number of weights of a functional model (gates' parameters excluded)."""
     return ChannelGraph(model).params()
-
-
-def format_flops(macs):
-    """`672832704` -> `"672.8M"`."""
-    for unit in ("G", "M", "K"):
-        if macs >= _UNITS[unit]:
-            return f"{macs / _UNITS[unit]:.1f}{unit}"
-    return str(int(macs))
 
 
 def parse_budget(budget, full_flops):

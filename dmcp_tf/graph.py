@@ -379,6 +379,31 @@ class ChannelGraph:
             indices[axis] = self.kept_indices(layout, config, expansion)
         return indices
 
+    def layer_rows(self, config=None):
+        """Per conv/dense call: channels and MACs kept under `config` and in full (for reports)."""
+        rows = []
+        for r in self.records:
+            full = r.rule.macs(r.layer, r.in_shape, r.out_shape, self.count(r.in_layout), self.count(r.out_layout))
+            if not full:
+                continue
+            cin, cout = self.count(r.in_layout, config), self.count(r.out_layout, config)
+            rows.append({
+                "layer": r.layer.name, "type": type(r.layer).__name__,
+                "in_kept": cin, "in_full": self.count(r.in_layout),
+                "out_kept": cout, "out_full": self.count(r.out_layout),
+                "macs_kept": int(round(r.rule.macs(r.layer, r.in_shape, r.out_shape, cin, cout))),
+                "macs_full": int(round(full)),
+            })
+        return rows
+
+    def gate_rows(self, config):
+        """Per gate: kept channels under `config`, all channels, and `E[c]` (for reports)."""
+        return [
+            {"gate": g.name, "kept": int(config.get(g.name, g.channels)), "channels": g.channels,
+             "expected": float(g.expected_channels())}
+            for g in self.gates
+        ]
+
     def describe(self):
         """A readable summary of the channel spaces: which layers share channels, and why some are not pruned."""
         members = {}

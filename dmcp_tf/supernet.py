@@ -10,6 +10,7 @@ from keras import ops
 
 from dmcp_tf import flops as flops_lib
 from dmcp_tf import gates as gates_lib
+from dmcp_tf import losses as losses_lib
 from dmcp_tf.graph import ChannelGraph
 
 
@@ -103,6 +104,7 @@ class DMCPModel(keras.Model):
                  "arch_loss", "budget_loss", "expected_mflops")
         self.trackers = {n: keras.metrics.Mean(name=n) for n in names}
         self.trackers["accuracy"] = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        self.trackers["expected_mflops"] = LatestValue(name="expected_mflops")
 
     @property
     def gates(self):
@@ -151,12 +153,12 @@ class DMCPModel(keras.Model):
         subnets += [(f"loss_random{i}", self._random_widths(step)) for i in (1, 2)]
         with tf.GradientTape() as tape:
             logits = self._forward(x, gates_lib.Selection(gates_lib.FULL))
-            loss_full = self._cross_entropy(y, logits, self.label_smoothing)
+            loss_full = losses_lib.cross_entropy(y, logits, self.label_smoothing)
             teacher = ops.stop_gradient(ops.softmax(logits))
             losses = {"loss_full": loss_full}
             for name, widths in subnets:
                 student = self._forward(x, gates_lib.Selection(gates_lib.SUBNET, widths))
-                losses[name] = _distillation(teacher, student)
+                losses[name] = losses_lib.distillation(teacher, student)
             total = sum(losses.values()) + self._l2()
             scaled = total / replicas  # gradients are summed over replicas
         grads = tape.gradient(scaled, self.weight_variables)
@@ -171,7 +173,7 @@ class DMCPModel(keras.Model):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
             logits = self._forward(x, gates_lib.Selection(gates_lib.SCALE))
-            task = self._cross_entropy(y, logits, 0.0)
+            task = losses_lib.cross_entropy(y, logits)
             budget = flops_lib.budget_loss(self.graph.expected_flops(), self.target_flops)
             loss = task + self.budget_weight * budget
             scaled = loss / replicas
@@ -195,13 +197,6 @@ class DMCPModel(keras.Model):
             widths[gate] = gate.prefix + gate.group * groups
         return widths
 
-    def _cross_entropy(self, y, logits, smoothing):
-        classes = ops.shape(logits)[-1]
-        targets = ops.one_hot(ops.cast(ops.reshape(y, (-1,)), "int32"), classes)
-        if smoothing:
-            targets = targets * (1.0 - smoothing) + smoothing / ops.cast(classes, targets.dtype)
-        return ops.mean(keras.losses.categorical_crossentropy(targets, logits, from_logits=True))
-
     def _l2(self):
         if not self.weight_decay or not self._decayed:
             return 0.0
@@ -210,7 +205,7 @@ class DMCPModel(keras.Model):
     def test_step(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         logits = self.supernet(x, training=False)
-        self.trackers["loss"].update_state(self._cross_entropy(y, logits, 0.0))
+        self.trackers["loss"].update_state(losses_lib.cross_entropy(y, logits))
         self.trackers["accuracy"].update_state(y, logits)
         return {n: self.trackers[n].result() for n in ("loss", "accuracy")}
 
@@ -230,11 +225,18 @@ class DMCPModel(keras.Model):
         return searching
 
 
-def _distillation(teacher_probs, student_logits):
-    """Mean KL(teacher || student) at temperature 1."""
-    log_student = ops.log_softmax(student_logits)
-    log_teacher = ops.log(ops.maximum(teacher_probs, 1e-12))
-    return ops.mean(ops.sum(teacher_probs * (log_teacher - log_student), axis=-1))
+class LatestValue(keras.metrics.Metric):
+    """A metric that reports the last value it was given (not an epoch average)."""
+
+    def __init__(self, name, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.value = self.add_variable(shape=(), initializer="zeros", name="value")
+
+    def update_state(self, value):
+        self.value.assign(ops.cast(value, self.value.dtype))
+
+    def result(self):
+        return self.value
 
 
 class SearchPhaseSwitch(keras.callbacks.Callback):

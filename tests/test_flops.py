@@ -132,8 +132,3 @@ def test_budget_loss_gradient_points_to_the_budget():
         with tf.GradientTape() as tape:
             loss = F.budget_loss(x, 100e6)
         assert np.sign(float(tape.gradient(loss, x))) == sign
-
-
-def test_format_flops():
-    assert F.format_flops(672_832_704) == "672.8M"
-    assert F.format_flops(4.09e9) == "4.1G"

@@ -95,14 +95,15 @@ def resnet18(**kwargs):
     return resnet(RESNET18_STAGES, "basic", name="resnet18", **kwargs)
 
 
-def fashion_resnet(**kwargs):
+def fashion_resnet(channels=(32, 64, 128), **kwargs):
     """A small, fast ResNet for 28x28 grey images (the default data set).
 
-    A 3x3 stride-2 stem and three stages of one basic block (32, 64, 128 channels).
+    A 3x3 stride-2 stem and three stages of one basic block; `channels` per stage.
     """
     defaults = dict(
-        input_shape=(28, 28, 1), num_classes=10, stem_channels=32, stem_kernel=3,
+        input_shape=(28, 28, 1), num_classes=10, stem_channels=channels[0], stem_kernel=3,
         stem_stride=2, stem_pool=False, name="fashion_resnet",
     )
     defaults.update(kwargs)
-    return resnet(((32, 1, 1), (64, 1, 2), (128, 1, 2)), "basic", **defaults)
+    stages = [(c, 1, 1 if i == 0 else 2) for i, c in enumerate(channels)]
+    return resnet(stages, "basic", **defaults)

@@ -1,0 +1,99 @@
+"""Command line: flags -> config -> pipeline steps (`main.py` and the `dmcp` command)."""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: keep the console readable
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+MODES = ("all", "search", "sample", "retrain", "eval", "export", "flops")
+
+config_flags.DEFINE_config_file(
+    "config", os.path.join(CONFIG_DIR, "fashion_mnist.py"),
+    "Config file (configs/<name>.py[:argument]); override keys with --config.<key>=<value>.",
+    lock_config=True,
+)
+flags.DEFINE_enum("mode", "all", MODES, "Pipeline step to run; `all` runs search, sample, retrain, eval, export.")
+flags.DEFINE_string("run_dir", None, "Run directory (default: runs/<config.name>).")
+flags.DEFINE_bool("overwrite", False, "Allow replacing outputs that already exist in the run directory.")
+flags.DEFINE_string("data_dir", None, "Shortcut for --config.data.data_dir.")
+flags.DEFINE_enum("strategy", "auto", ("auto", "default", "mirrored"),
+                  "Distribution: `mirrored` uses every visible GPU; `auto` picks it when there are several.")
+flags.DEFINE_string("channels", None, "With --mode=flops: a channels.json to count.")
+flags.DEFINE_string("structure", None, "With --mode=flops: a paper structure, e.g. mobilenet_v2_210M or resnet50_2.8G.")
+FLAGS = flags.FLAGS
+
+
+def _strategy(name):
+    import tensorflow as tf  # noqa: PLC0415 (after flag parsing: --help stays fast)
+
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "mirrored" or (name == "auto" and len(gpus) > 1):
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _flops(config):
+    """Prints the supernet's FLOPs, and those of a channel configuration or paper structure."""
+    from dmcp_tf import flops as flops_lib  # noqa: PLC0415
+    from dmcp_tf import models, sampling  # noqa: PLC0415
+    from dmcp_tf.graph import ChannelGraph  # noqa: PLC0415
+
+    if FLAGS.structure:
+        if FLAGS.structure not in models.PAPER_MODELS:
+            raise ValueError(f"Unknown structure {FLAGS.structure!r}; choose one of {sorted(models.PAPER_MODELS)}.")
+        graph = ChannelGraph(models.PAPER_MODELS[FLAGS.structure]())
+        print(f"{FLAGS.structure}: {flops_lib.format_flops(graph.flops())} MACs ({graph.flops()}), "
+              f"{graph.params()} parameters")
+        return
+    from dmcp_tf.data import DATASET_SHAPES  # noqa: PLC0415
+
+    shape, classes = DATASET_SHAPES[config.data.name](config.data.image_size or None)
+    supernet = models.build_supernet(config.model.name, input_shape=shape, num_classes=classes,
+                                     gate_kind=config.model.gate_kind, **config.model.options.to_dict())
+    graph = ChannelGraph(supernet)
+    full, smallest = graph.flops(), graph.flops(graph.smallest_config())
+    print(f"{supernet.name}: {flops_lib.format_flops(full)} MACs ({full}), {graph.params()} parameters, "
+          f"{len(graph.gates)} gates; smallest sub-network {flops_lib.format_flops(smallest)} MACs; "
+          f"budget {config.search.budget} = {flops_lib.format_flops(flops_lib.parse_budget(config.search.budget, full))}")
+    if FLAGS.channels:
+        channels = sampling.load_config(FLAGS.channels)
+        graph.validate_config(channels)
+        print(f"{FLAGS.channels}: {flops_lib.format_flops(graph.flops(channels))} MACs ({graph.flops(channels)}), "
+              f"{graph.params(channels)} parameters")
+
+
+def run(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)
+    config = FLAGS.config
+    if FLAGS.data_dir:
+        config.data.data_dir = FLAGS.data_dir
+    if FLAGS.mode == "flops":
+        return _flops(config)
+    from dmcp_tf import pipeline, report  # noqa: PLC0415
+
+    steps = pipeline.STEPS if FLAGS.mode == "all" else (FLAGS.mode,)
+    run_dir = FLAGS.run_dir or os.path.join("runs", config.name)
+    runner = pipeline.Pipeline(config, run_dir, overwrite=FLAGS.overwrite, strategy=_strategy(FLAGS.strategy))
+    rows = runner.run(steps)
+    print()
+    print(report.summary_table(rows, runner.SUMMARY_COLUMNS))
+    print(f"\nRun directory: {run_dir} (report.md sums it up)")
+
+
+def _main(argv):
+    try:
+        run(argv)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main():
+    """Entry point of the `dmcp` console command."""
+    app.run(_main)

@@ -1,0 +1,105 @@
+"""The run configuration: every key a config file may set, with defaults.
+
+Config files (`configs/*.py`) start from `base_config()` and override what their
+experiment needs; `main.py --config=configs/x.py --config.search.budget=0.3x`
+overrides further. Unknown keys are rejected because the ConfigDict is locked.
+"""
+
+import ml_collections
+
+from dmcp_tf import data as data_lib
+from dmcp_tf import flops as flops_lib
+from dmcp_tf.export import QUANTIZATIONS
+from dmcp_tf.gates import GATE_TYPES
+
+
+def base_config():
+    """Defaults: the Fashion-MNIST run that `python main.py` performs."""
+    c = ml_collections.ConfigDict()
+    c.name = "fashion_mnist"
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "fashion_mnist"
+    c.data.data_dir = ""          # empty: the data set's default location
+    c.data.batch_size = 128       # global batch, split over replicas
+    c.data.train_limit = 0        # 0: every training example
+    c.data.test_limit = 0
+    c.data.image_size = 0         # 0: the data set's native size
+    c.data.augment = True
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "fashion_resnet"
+    c.model.gate_kind = "markov"  # or "bernoulli" (the paper's ablation)
+    c.model.options = ml_collections.ConfigDict()  # keyword arguments of the model builder
+
+    c.search = ml_collections.ConfigDict()
+    c.search.budget = "0.5x"      # "210M", "2.8G", or a fraction of the full model: "0.5x"
+    c.search.epochs = 2
+    c.search.steps_per_epoch = 0  # 0: one pass over the training data
+    c.search.warmup_fraction = 0.5
+    c.search.learning_rate = 0.1
+    c.search.warmup_epochs = 0.0  # linear learning-rate warm-up
+    c.search.weight_decay = 1e-4
+    c.search.label_smoothing = 0.0
+    c.search.arch_learning_rate = 0.5
+    c.search.arch_final_learning_rate = 0.1
+    c.search.budget_weight = 0.1
+    c.search.uniform_decay = 0.9999
+    c.search.uniform_decay_every = 10
+
+    c.sample = ml_collections.ConfigDict()
+    c.sample.statistics_samples = 3000  # direct samples for the FLOPs histogram (Fig. 6)
+    c.sample.direct_samples = 3         # budget-constrained direct samples saved beside the ES result
+    c.sample.tolerance = 0.01
+    c.sample.calibration_batches = 20   # batch-norm re-estimation before evaluating a sub-network
+
+    c.retrain = ml_collections.ConfigDict()
+    c.retrain.from_scratch = False  # the paper trains from scratch; fine-tuning is the fast default
+    c.retrain.epochs = 3
+    c.retrain.steps_per_epoch = 0
+    c.retrain.learning_rate = 0.05
+    c.retrain.weight_decay = 1e-4
+    c.retrain.label_smoothing = 0.0
+
+    c.export = ml_collections.ConfigDict()
+    c.export.quantizations = "float32,int8"
+    c.export.representative_images = 100
+    c.export.parity_images = 500
+    c.export.latency_runs = 50
+    c.export.latency_threads = 1
+    c.lock()
+    return c
+
+
+def validate(config):
+    """Raises ValueError, naming the key, for values that cannot work (before any training)."""
+    def fail(key, message):
+        raise ValueError(f"Config key `{key}`: {message}")
+
+    if config.data.name not in data_lib.DATASETS:
+        fail("data.name", f"unknown data set {config.data.name!r}; choose one of {sorted(data_lib.DATASETS)}.")
+    from dmcp_tf.models import SUPERNETS  # noqa: PLC0415 (models import Keras layers)
+
+    if config.model.name not in SUPERNETS:
+        fail("model.name", f"unknown model {config.model.name!r}; choose one of {sorted(SUPERNETS)}.")
+    if config.model.gate_kind not in GATE_TYPES:
+        fail("model.gate_kind", f"unknown gate kind {config.model.gate_kind!r}; choose one of {sorted(GATE_TYPES)}.")
+    try:
+        flops_lib.parse_budget(config.search.budget, 1.0)
+    except ValueError as error:
+        fail("search.budget", str(error))
+    for key in ("data.batch_size", "search.epochs", "retrain.epochs"):
+        section, name = key.split(".")
+        if config[section][name] < 1:
+            fail(key, f"must be at least 1, got {config[section][name]}.")
+    if not 0 <= config.search.warmup_fraction < 1:
+        fail("search.warmup_fraction", f"must be in [0, 1), got {config.search.warmup_fraction}.")
+    unknown = set(quantizations(config)) - set(QUANTIZATIONS)
+    if unknown:
+        fail("export.quantizations", f"unknown {sorted(unknown)}; choose from {', '.join(QUANTIZATIONS)}.")
+
+
+def quantizations(config):
+    """The TFLite variants to export, from the comma-separated config value."""
+    return [q.strip() for q in config.export.quantizations.split(",") if q.strip()]

@@ -1,0 +1,1 @@
+"""Experiment configs: `main.py --config=configs/<file>.py[:argument]`."""

@@ -1,0 +1,32 @@
+"""Losses of the DMCP step and of retraining (hand-written: no strategy-dependent scaling)."""
+
+import keras
+from keras import ops
+
+
+def per_example_cross_entropy(labels, logits, label_smoothing=0.0):
+    """Cross-entropy of integer labels against logits, one value per example."""
+    classes = ops.shape(logits)[-1]
+    targets = ops.one_hot(ops.cast(ops.reshape(labels, (-1,)), "int32"), classes)
+    return keras.losses.categorical_crossentropy(targets, logits, from_logits=True, label_smoothing=label_smoothing)
+
+
+def cross_entropy(labels, logits, label_smoothing=0.0):
+    """Mean cross-entropy over the (per-replica) batch."""
+    return ops.mean(per_example_cross_entropy(labels, logits, label_smoothing))
+
+
+def distillation(teacher_probs, student_logits):
+    """Mean KL(teacher || student) at temperature 1 (in-place distillation)."""
+    log_student = ops.log_softmax(student_logits)
+    log_teacher = ops.log(ops.maximum(teacher_probs, 1e-12))
+    return ops.mean(ops.sum(teacher_probs * (log_teacher - log_student), axis=-1))
+
+
+def smoothed_sparse_cross_entropy(label_smoothing):
+    """A Keras loss function: sparse labels, logits, label smoothing."""
+    def loss(labels, logits):
+        return per_example_cross_entropy(labels, logits, label_smoothing)
+
+    loss.__name__ = "cross_entropy"
+    return loss

@@ -1,0 +1,400 @@
+"""The DMCP pipeline: search, sample, retrain, eval, export, and a report.
+
+Each step reads what earlier steps left in the run directory and writes its own
+outputs there (atomically), so any step can run on its own (`--mode=sample`) and
+pick up a previous run. Everything that can be checked is checked before the
+first step trains: the config, the run directory, the data, the budget.
+"""
+
+import json
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from dmcp_tf import calibration, export, report, sampling
+from dmcp_tf import losses as losses_lib
+from dmcp_tf import config as config_lib
+from dmcp_tf import data as data_lib
+from dmcp_tf import flops as flops_lib
+from dmcp_tf.graph import ChannelGraph
+from dmcp_tf.io_utils import atomic_write_json, atomic_write_text
+from dmcp_tf.models import build_supernet
+from dmcp_tf.rebuild import rebuild
+from dmcp_tf.supernet import DMCPModel, default_arch_optimizer, default_weight_optimizer
+
+STEPS = ("search", "sample", "retrain", "eval", "export")
+OUTPUTS = {
+    "search": ("supernet.keras", "search.json"),
+    "sample": ("channels.json", "samples.json", "structure.md", "flops_histogram.png", "channel_distributions.png"),
+    "retrain": ("slim.keras", "retrain.json"),
+    "eval": ("eval.json",),
+    "export": ("export", "export.json"),
+}
+INPUTS = {"sample": ("supernet.keras",), "retrain": ("supernet.keras", "channels.json"),
+          "eval": ("supernet.keras", "slim.keras"), "export": ("supernet.keras", "slim.keras")}
+# Config sections that define the supernet: a run directory belongs to one of them.
+IDENTITY = ("data.name", "data.image_size", "model", "search")
+
+
+class PipelineError(ValueError):
+    """The run cannot start as asked; the message says what to change."""
+
+
+class Pipeline:
+    """Runs DMCP steps for one config in one run directory.
+
+    Args:
+        config: a ConfigDict from `config.base_config()` or a config file.
+        run_dir: where every output goes.
+        overwrite: allow replacing outputs of earlier runs.
+        strategy: a `tf.distribute` strategy (models are built in its scope).
+        log: where progress lines go.
+    """
+
+    def __init__(self, config, run_dir, *, overwrite=False, strategy=None, log=print):
+        tf.get_logger().setLevel("ERROR")
+        self.config = config
+        self.run_dir = run_dir
+        self.overwrite = overwrite
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.log = log
+        self._data = None
+        self._supernet = None
+        self._slim = None
+        self._full = None
+
+    def path(self, *parts):
+        return os.path.join(self.run_dir, *parts)
+
+    # --- checks before any training ------------------------------------------
+    def preflight(self, steps):
+        """Raises `PipelineError`/`ValueError` for anything that would fail later."""
+        config_lib.validate(self.config)
+        self._check_run_dir(steps)
+        missing = [
+            f for step in steps for f in INPUTS.get(step, ())
+            if not any(f in OUTPUTS[s] for s in steps if STEPS.index(s) < STEPS.index(step))
+            and not os.path.exists(self.path(f))
+        ]
+        if missing:
+            raise PipelineError(
+                f"Step(s) {', '.join(steps)} need {', '.join(sorted(set(missing)))} in {self.run_dir}, "
+                "which an earlier step writes. Run the earlier steps first (--mode=all does all of them) "
+                "or point --run_dir at a run directory that has them."
+            )
+        if any(s in steps for s in ("search", "retrain", "eval", "export")):
+            self.data  # noqa: B018 (loads the data now, so a missing data set fails before training)
+        if "search" in steps:
+            self._build_search_model(steps_per_epoch=1)  # checks the model and the budget
+
+    def _check_run_dir(self, steps):
+        saved = self.path("config.json")
+        if os.path.exists(saved) and not self.overwrite:
+            with open(saved) as f:
+                previous = json.load(f)
+            current = json.loads(self.config.to_json())
+            changed = [key for key in IDENTITY if _lookup(previous, key) != _lookup(current, key)]
+            if changed:
+                raise PipelineError(
+                    f"Run directory {self.run_dir} belongs to another config: its {', '.join(changed)} "
+                    "differ from this one. Use another --run_dir, or --overwrite to replace that run."
+                )
+        existing = [f for step in steps for f in OUTPUTS[step] if os.path.exists(self.path(f))]
+        if existing and not self.overwrite:
+            raise PipelineError(
+                f"Run directory {self.run_dir} already holds {', '.join(existing)}, which this run would "
+                "replace. Pass --overwrite to replace them, or choose another --run_dir."
+            )
+
+    # --- shared inputs ------------------------------------------------------
+    @property
+    def data(self):
+        if self._data is None:
+            d = self.config.data
+            self._data = data_lib.load(
+                d.name, batch_size=d.batch_size, data_dir=d.data_dir or None,
+                train_limit=d.train_limit or None, test_limit=d.test_limit or None,
+                image_size=d.image_size or None, augment=d.augment, seed=self.config.seed,
+            )
+        return self._data
+
+    def _new_supernet(self):
+        m = self.config.model
+        sync = self.strategy.num_replicas_in_sync > 1
+        return build_supernet(
+            m.name, input_shape=self.data.input_shape, num_classes=self.data.num_classes,
+            gate_kind=m.gate_kind, sync_bn=sync, **m.options.to_dict(),
+        )
+
+    @property
+    def supernet(self):
+        if self._supernet is None:
+            with self.strategy.scope():
+                self._supernet = keras.models.load_model(self.path("supernet.keras"), safe_mode=True, compile=False)
+        return self._supernet
+
+    @property
+    def slim(self):
+        if self._slim is None:
+            with self.strategy.scope():
+                self._slim = keras.models.load_model(self.path("slim.keras"), safe_mode=True, compile=False)
+        return self._slim
+
+    def target_flops(self, graph):
+        return flops_lib.parse_budget(self.config.search.budget, graph.flops())
+
+    # --- steps --------------------------------------------------------------
+    def run(self, steps):
+        """Runs `steps` in order, then writes the report; returns the summary rows."""
+        self.preflight(steps)
+        if not os.path.exists(self.path("config.json")) or self.overwrite:
+            atomic_write_json(self.path("config.json"), json.loads(self.config.to_json()))
+        for step in steps:
+            self.log(f"== {step} ==")
+            start = time.time()
+            result = getattr(self, f"_{step}")()
+            result["seconds"] = round(time.time() - start, 1)
+            atomic_write_json(self.path(f"{step}.json"), result)
+        return self.write_report()
+
+    def _steps_per_epoch(self, configured):
+        return configured or self.data.train_examples // self.config.data.batch_size
+
+    def _build_search_model(self, steps_per_epoch):
+        s = self.config.search
+        total = s.epochs * steps_per_epoch
+        with self.strategy.scope():
+            model = DMCPModel(
+                self._new_supernet(), budget=s.budget, total_steps=total, warmup_fraction=s.warmup_fraction,
+                budget_weight=s.budget_weight, label_smoothing=s.label_smoothing, weight_decay=s.weight_decay,
+                uniform_decay=s.uniform_decay, uniform_decay_every=s.uniform_decay_every, seed=self.config.seed,
+            )
+            model.compile(
+                weight_optimizer=default_weight_optimizer(total, s.learning_rate, int(s.warmup_epochs * steps_per_epoch)),
+                arch_optimizer=default_arch_optimizer(total - model.warmup_steps, s.arch_learning_rate,
+                                                      s.arch_final_learning_rate),
+            )
+        return model
+
+    def _search(self):
+        keras.utils.set_random_seed(self.config.seed)
+        steps = self._steps_per_epoch(self.config.search.steps_per_epoch)
+        model = self._build_search_model(steps)
+        self.log(f"supernet {model.supernet.name}: {flops_lib.format_flops(model.full_flops)} MACs, "
+                 f"{len(model.gates)} gates, budget {flops_lib.format_flops(model.target_flops)}")
+        history = model.fit(
+            self.data.train.repeat(), epochs=self.config.search.epochs, steps_per_epoch=steps, shuffle=False,
+            callbacks=[keras.callbacks.TensorBoard(self.path("logs", "search"))]
+        )
+        _save_model(model.supernet, self.path("supernet.keras"))
+        self._supernet = model.supernet
+        expected = float(model.graph.expected_flops())
+        return {
+            "full_flops": model.full_flops, "target_flops": model.target_flops, "expected_flops": expected,
+            "steps": model.total_steps, "warmup_steps": model.warmup_steps,
+            "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+        }
+
+    def _sample(self):
+        graph = ChannelGraph(self.supernet)
+        target = self.target_flops(graph)
+        cfg = self.config.sample
+        rng = np.random.default_rng(self.config.seed)
+        chosen = sampling.expected_config(graph)
+        sampling.save_config(self.path("channels.json"), chosen)
+        direct, note = [], None
+        try:
+            for _ in range(cfg.direct_samples):
+                sample = sampling.sample_within_budget(graph, target, rng, tolerance=cfg.tolerance)
+                direct.append({"channels": sample, "flops": graph.flops(sample)})
+        except RuntimeError as error:
+            note = str(error)
+        stats = sampling.flops_statistics(graph, rng, cfg.statistics_samples)
+        dists = sampling.channel_distributions(graph, rng, target, count=cfg.statistics_samples, tolerance=cfg.tolerance)
+        report.plot_flops_histogram(stats["flops"], target, self.path("flops_histogram.png"), tolerance=cfg.tolerance,
+                                    title=f"FLOPs of {cfg.statistics_samples} direct samples")
+        report.plot_channel_distributions(dists, {g.name: g.channels for g in graph.gates},
+                                          self.path("channel_distributions.png"), expected=chosen)
+        structure = report.structure_markdown(graph.gate_rows(chosen), graph.layer_rows(chosen),
+                                              f"{self.supernet.name} at {self.config.search.budget} (expected sampling)")
+        atomic_write_text(self.path("structure.md"), structure)
+        atomic_write_json(self.path("samples.json"), {"direct": direct, "note": note})
+        self.log(f"expected sampling: {flops_lib.format_flops(graph.flops(chosen))} MACs "
+                 f"(budget {flops_lib.format_flops(target)}); direct samples: mean "
+                 f"{flops_lib.format_flops(stats['mean'])}")
+        return {
+            "target_flops": target, "expected_flops": float(graph.expected_flops()),
+            "es_flops": graph.flops(chosen), "es_params": graph.params(chosen),
+            "direct_mean_flops": stats["mean"], "direct_std_flops": stats["std"],
+            "direct_samples": len(direct), "within_budget_samples": int(len(next(iter(dists.values())))),
+        }
+
+    def _calibrate(self, model):
+        batches = self.data.calibration_batches(self.config.sample.calibration_batches)
+        calibration.calibrate_batch_norm(model, batches)
+
+    def _retrain(self):
+        r = self.config.retrain
+        channels = sampling.load_config(self.path("channels.json"))
+        keras.utils.set_random_seed(self.config.seed)
+        with self.strategy.scope():
+            slim = rebuild(self.supernet, channels, copy_weights=not r.from_scratch)
+            inherited = None
+            if not r.from_scratch:
+                self._calibrate(slim)
+                inherited = _evaluate(slim, self.data.test)
+                self.log(f"inherited weights after BN calibration: top-1 {inherited['accuracy']:.4f}")
+            steps = self._steps_per_epoch(r.steps_per_epoch)
+            _compile_classifier(slim, r, steps * r.epochs)
+        history = slim.fit(
+            self.data.train.repeat(), epochs=r.epochs, steps_per_epoch=steps, validation_data=self.data.test, shuffle=False,
+            callbacks=[keras.callbacks.TensorBoard(self.path("logs", "retrain"))]
+        )
+        _save_model(slim, self.path("slim.keras"))
+        self._slim = slim
+        return {
+            "from_scratch": r.from_scratch, "inherited": inherited,
+            "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+        }
+
+    def full_model(self):
+        """The unpruned supernet as a plain model, batch norm calibrated for the full width."""
+        if self._full is None:
+            with self.strategy.scope():
+                self._full = rebuild(self.supernet, name=f"{self.supernet.name}_full")
+                self._calibrate(self._full)
+        return self._full
+
+    def _eval(self):
+        results = {}
+        for label, model in (("full", self.full_model()), ("slim", self.slim)):
+            graph = ChannelGraph(model)
+            results[label] = dict(_evaluate(model, self.data.test), flops=graph.flops(), params=graph.params())
+            self.log(f"{label}: top-1 {results[label]['accuracy']:.4f}, {flops_lib.format_flops(graph.flops())} MACs")
+        return results
+
+    def _export(self):
+        e = self.config.export
+        images = self.data.representative_images(e.representative_images)
+        test = _test_images(self.data.test, e.parity_images)
+        export.export_saved_model(self.slim, self.path("export", "saved_model"))
+        variants = [("slim", self.slim, q) for q in config_lib.quantizations(self.config)]
+        variants.append(("full", self.full_model(), "float32"))
+        results = {}
+        for label, model, quantization in variants:
+            path = export.export_tflite(model, self.path("export", f"{label}_{quantization}.tflite"),
+                                        quantization=quantization, representative_images=images)
+            parity = export.tflite_parity(path, model, test)
+            results[f"{label}_{quantization}"] = {
+                "path": os.path.relpath(path, self.run_dir), "bytes": export.tflite_model_size_bytes(path),
+                "latency_ms": export.tflite_latency_ms(path, threads=e.latency_threads, runs=e.latency_runs),
+                "top1_agreement": parity.top1_agreement, "max_abs_diff": parity.max_abs_diff,
+            }
+            self.log(f"{label} {quantization}: {results[f'{label}_{quantization}']}")
+        return results
+
+    # --- report -------------------------------------------------------------
+    def _load_json(self, name):
+        path = self.path(name)
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
+
+    def summary_rows(self):
+        """Before/after rows of the console table and the report."""
+        evaluated, exported = self._load_json("eval.json") or {}, self._load_json("export.json") or {}
+        rows = []
+        for label, title in (("full", "unpruned supernet"), ("slim", "DMCP slim")):
+            ev = evaluated.get(label, {})
+            tfl = exported.get(f"{label}_float32", {})
+            int8 = exported.get(f"{label}_int8", {})
+            rows.append({
+                "model": title, "macs": _fmt(ev.get("flops")), "params": _fmt(ev.get("params")),
+                "top1": ev.get("accuracy"), "fp32_kb": _kb(tfl.get("bytes")), "fp32_ms": tfl.get("latency_ms"),
+                "int8_kb": _kb(int8.get("bytes")), "int8_ms": int8.get("latency_ms"),
+            })
+        return rows
+
+    SUMMARY_COLUMNS = [("model", "model"), ("macs", "MACs"), ("params", "params"), ("top1", "top-1"),
+                       ("fp32_kb", "TFLite fp32 KB"), ("fp32_ms", "fp32 ms"), ("int8_kb", "int8 KB"),
+                       ("int8_ms", "int8 ms")]
+
+    def write_report(self):
+        """Writes report.md from whatever the run directory holds; returns the summary rows."""
+        rows = self.summary_rows()
+        search, sample = self._load_json("search.json"), self._load_json("sample.json")
+        sections = [("Summary", report.markdown_table(rows, self.SUMMARY_COLUMNS))]
+        if search:
+            sections.append(("Search", (
+                f"Budget `{self.config.search.budget}` = {_fmt(search['target_flops'])} MACs of "
+                f"{_fmt(search['full_flops'])}; expected FLOPs after search {_fmt(search['expected_flops'])} "
+                f"({search['expected_flops'] / search['target_flops']:.3f} of the budget), "
+                f"{search['steps']} steps ({search['warmup_steps']} warm-up), {search['seconds']} s.")))
+        if sample:
+            sections.append(("Sampling", (
+                f"Expected sampling: {_fmt(sample['es_flops'])} MACs "
+                f"({sample['es_flops'] / sample['target_flops']:.3f} of the budget). "
+                f"Direct samples: mean {_fmt(sample['direct_mean_flops'])} MACs.\n\n"
+                "![FLOPs histogram](flops_histogram.png)\n\n![channels](channel_distributions.png)")))
+        exported = self._load_json("export.json")
+        if exported:
+            parity_rows = [dict(name=k, **{m: v[m] for m in ("bytes", "latency_ms", "top1_agreement", "max_abs_diff")})
+                           for k, v in exported.items() if isinstance(v, dict)]
+            sections.append(("TFLite", report.markdown_table(parity_rows, [
+                ("name", "model"), ("bytes", "bytes"), ("latency_ms", "latency ms"),
+                ("top1_agreement", "top-1 agreement with Keras"), ("max_abs_diff", "max |prob diff|")])))
+        if os.path.exists(self.path("structure.md")):
+            with open(self.path("structure.md")) as f:
+                sections.append(("Structure", f.read()))
+        report.write_report(self.path("report.md"), sections)
+        return rows
+
+
+def _lookup(tree, dotted):
+    for key in dotted.split("."):
+        tree = tree.get(key) if isinstance(tree, dict) else None
+    return tree
+
+
+def _save_model(model, path):
+    """Saves a `.keras` file atomically (Keras needs the suffix on the temporary name)."""
+    tmp = f"{path}.tmp.keras"
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def _compile_classifier(model, cfg, total_steps):
+    """SGD, Nesterov momentum, cosine schedule, decoupled weight decay off biases and BN."""
+    schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, max(1, total_steps))
+    optimizer = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    model.compile(optimizer=optimizer, loss=losses_lib.smoothed_sparse_cross_entropy(cfg.label_smoothing),
+                  metrics=["accuracy"])
+
+
+def _evaluate(model, dataset):
+    if not model.compiled:
+        model.compile(loss=losses_lib.smoothed_sparse_cross_entropy(0.0), metrics=["accuracy"])
+    result = model.evaluate(dataset, verbose=0, return_dict=True)
+    return {"accuracy": float(result["accuracy"]), "loss": float(result["loss"])}
+
+
+def _test_images(dataset, count):
+    images = []
+    for x, _ in dataset:
+        images.append(np.asarray(x))
+        if sum(len(i) for i in images) >= count:
+            break
+    return np.concatenate(images)[:count]
+
+
+def _fmt(value):
+    return None if value is None else flops_lib.format_flops(value)
+
+
+def _kb(value):
+    return None if value is None else round(value / 1024, 1)

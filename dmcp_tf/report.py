@@ -1,0 +1,260 @@
+"""Human-readable outputs of a DMCP run: tables, plots and a markdown report.
+
+Works on plain Python / numpy data. Plots use Matplotlib's object API with the
+Agg canvas (no pyplot state) and every file is written atomically.
+"""
+
+import io
+import os
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from dmcp_tf.io_utils import atomic_write_bytes, atomic_write_text
+
+_UNITS = (("G", 1e9), ("M", 1e6), ("K", 1e3))
+
+
+def format_count(n):
+    """Formats a count readably: `672832704` -> `"672.8M"`, `12` -> `"12"`."""
+    for suffix, scale in _UNITS:
+        if abs(n) >= scale:
+            return f"{n / scale:.1f}{suffix}"
+    return f"{n:.0f}"
+
+
+def _format_cell(value):
+    """Text of one table cell: `None` -> `"-"`, floats to 4 significant digits."""
+    if value is None:
+        return "-"
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
+    return str(value)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+
+
+def _table_cells(rows, columns):
+    """Headers, cell texts and right-alignment flags (numeric columns) of a table."""
+    keys = [key for key, _ in columns]
+    headers = [header for _, header in columns]
+    cells = [[_format_cell(row.get(key)) for key in keys] for row in rows]
+    numeric = [
+        any(_is_number(row.get(key)) for row in rows)
+        and all(row.get(key) is None or _is_number(row.get(key)) for row in rows)
+        for key in keys
+    ]
+    return headers, cells, numeric
+
+
+def summary_table(rows, columns):
+    """Plain-text table with aligned columns, for the console.
+
+    Args:
+        rows: list of dicts.
+        columns: list of `(key, header)`; a missing or `None` value shows as "-".
+
+    Returns:
+        The table as lines of equal width: header, dashes, one line per row.
+    """
+    headers, cells, numeric = _table_cells(rows, columns)
+    widths = [max(map(len, column)) for column in zip(headers, *cells)]
+
+    def line(texts):
+        return "  ".join(
+            text.rjust(width) if right else text.ljust(width)
+            for text, width, right in zip(texts, widths, numeric)
+        )
+
+    dashes = ["-" * width for width in widths]
+    return "\n".join(line(texts) for texts in [headers, dashes, *cells])
+
+
+def markdown_table(rows, columns):
+    """GitHub markdown table; same arguments as `summary_table`."""
+    headers, cells, numeric = _table_cells(rows, columns)
+    separator = ["---:" if right else "---" for right in numeric]
+
+    def line(texts):
+        return "| " + " | ".join(text.replace("|", r"\|") for text in texts) + " |"
+
+    return "\n".join(line(texts) for texts in [headers, separator, *cells])
+
+
+def structure_markdown(gate_rows, layer_rows, title):
+    """Markdown description of a pruned structure (DMCP paper, Tables 7/8).
+
+    Args:
+        gate_rows: dicts `gate, kept, channels, expected`, in network order.
+        layer_rows: dicts `layer, type, in_kept, in_full, out_kept, out_full,
+            macs_kept, macs_full`, one per conv/dense layer in network order.
+        title: text of the title line.
+
+    Returns:
+        Title line, gates table, layers table and a line of total MACs.
+    """
+    gates = [
+        {
+            "gate": row["gate"],
+            "kept": f"{row['kept']} / {row['channels']}",
+            "percent": f"{100 * row['kept'] / row['channels']:.1f}%",
+            "expected": float(row["expected"]),
+        }
+        for row in gate_rows
+    ]
+    layers = [
+        {
+            "layer": row["layer"],
+            "type": row["type"],
+            "in": f"{row['in_kept']} / {row['in_full']}",
+            "out": f"{row['out_kept']} / {row['out_full']}",
+            "macs_kept": format_count(row["macs_kept"]),
+            "macs_full": format_count(row["macs_full"]),
+        }
+        for row in layer_rows
+    ]
+    kept = sum(row["macs_kept"] for row in layer_rows)
+    full = sum(row["macs_full"] for row in layer_rows)
+    gate_table = markdown_table(
+        gates, [("gate", "gate"), ("kept", "kept / channels"), ("percent", "kept %"), ("expected", "E[c]")]
+    )
+    layer_table = markdown_table(
+        layers,
+        [
+            ("layer", "layer"),
+            ("type", "type"),
+            ("in", "in channels kept / full"),
+            ("out", "out channels kept / full"),
+            ("macs_kept", "MACs kept"),
+            ("macs_full", "MACs full"),
+        ],
+    )
+    totals = (
+        f"**Total MACs:** {format_count(kept)} kept / {format_count(full)} full "
+        f"(ratio {kept / full:.4f}, {100 * kept / full:.2f}%)"
+    )
+    return "\n\n".join([f"### {title}", gate_table, layer_table, totals]) + "\n"
+
+
+def write_report(path, sections):
+    """Writes `# DMCP run report` then `## heading` + body per section; returns path.
+
+    Args:
+        path: destination markdown file.
+        sections: list of `(heading, body_markdown)`.
+    """
+    parts = ["# DMCP run report"] + [f"## {heading}\n\n{body.strip()}" for heading, body in sections]
+    atomic_write_text(path, "\n\n".join(parts) + "\n")
+    return os.fspath(path)
+
+
+def histogram_summary(flops, budget, tolerance):
+    """Statistics of sampled MACs against a budget.
+
+    Args:
+        flops: 1-D array of MACs of sampled structures.
+        budget: target MACs.
+        tolerance: relative half-width of the accepted band around `budget`.
+
+    Returns:
+        dict with `mean`, `std` and `within_budget_fraction` (share of samples
+        in `budget * (1 ± tolerance)`).
+    """
+    flops = np.asarray(flops, dtype=np.float64)
+    within = np.abs(flops - budget) <= tolerance * budget
+    return {"mean": float(flops.mean()), "std": float(flops.std()), "within_budget_fraction": float(within.mean())}
+
+
+def _new_figure(width, height):
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save_png(figure, path, dpi=120):
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    atomic_write_bytes(path, buffer.getvalue())
+    return os.fspath(path)
+
+
+def plot_flops_histogram(flops, budget, path, *, tolerance=0.01, title=None):
+    """Histogram of the MACs of sampled structures (DMCP paper, Fig. 6).
+
+    Args:
+        flops: 1-D array of MACs of sampled structures.
+        budget: target MACs, drawn with its band `budget * (1 ± tolerance)`.
+        path: destination PNG file.
+        tolerance: relative half-width of the band.
+        title: plot title; a default names the sample count.
+
+    Returns:
+        `path`.
+    """
+    stats = histogram_summary(flops, budget, tolerance)
+    figure = _new_figure(8, 4.5)
+    axes = figure.add_subplot()
+    axes.hist(np.asarray(flops) / 1e6, bins=40, color="tab:blue", alpha=0.75, label="sampled structures")
+    axes.axvspan(
+        budget * (1 - tolerance) / 1e6,
+        budget * (1 + tolerance) / 1e6,
+        color="tab:green",
+        alpha=0.2,
+        label=f"budget ± {100 * tolerance:g}% ({100 * stats['within_budget_fraction']:.1f}% of samples)",
+    )
+    axes.axvline(budget / 1e6, color="tab:green", linewidth=2, label=f"budget {format_count(budget)}")
+    axes.axvline(
+        stats["mean"] / 1e6,
+        color="tab:red",
+        linestyle="--",
+        linewidth=2,
+        label=f"mean {format_count(stats['mean'])} (std {format_count(stats['std'])})",
+    )
+    axes.set_xlabel("MFLOPs")
+    axes.set_ylabel("number of structures")
+    axes.set_title(title or f"FLOPs of {len(flops)} sampled structures")
+    axes.legend()
+    return _save_png(figure, path)
+
+
+def plot_channel_distributions(distributions, channels, path, *, expected=None, title=None):
+    """Violin per gate of the sampled fraction of channels kept (DMCP paper, Fig. 7).
+
+    Args:
+        distributions: gate name -> 1-D array of sampled channel counts; an
+            empty array draws no violin for that gate.
+        channels: gate name -> full channel count.
+        path: destination PNG file.
+        expected: optional gate name -> chosen channel count, drawn as a dot.
+        title: plot title.
+
+    Returns:
+        `path`.
+    """
+    names = list(distributions)
+    filled = [i for i, name in enumerate(names) if len(distributions[name])]
+    figure = _new_figure(max(6.0, 2.0 + 0.3 * len(names)), 5)
+    axes = figure.add_subplot()
+    if filled:
+        fractions = [np.asarray(distributions[names[i]]) / channels[names[i]] for i in filled]
+        axes.violinplot(fractions, positions=filled, widths=0.8, showmedians=True)
+    if expected:
+        marked = [i for i, name in enumerate(names) if name in expected]
+        axes.scatter(
+            marked,
+            [expected[names[i]] / channels[names[i]] for i in marked],
+            color="tab:red",
+            zorder=3,
+            label="chosen structure",
+        )
+        axes.legend()
+    axes.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    axes.set_xlim(-0.75, len(names) - 0.25)
+    axes.set_ylim(0, 1.05)
+    axes.set_ylabel("fraction of channels kept")
+    axes.grid(axis="y", alpha=0.3)
+    axes.set_title(title or "Sampled channels per gate")
+    return _save_png(figure, path)

@@ -1,0 +1,6 @@
+"""DMCP pipeline: `python main.py --config=configs/<name>.py [--mode=...]` (see README)."""
+
+from dmcp_tf.cli import main
+
+if __name__ == "__main__":
+    main()
