@@ -11,20 +11,24 @@ from ml_collections import config_flags  # noqa: E402
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 MODES = ("all", "search", "sample", "retrain", "eval", "export", "flops")
 
-config_flags.DEFINE_config_file(
-    "config", os.path.join(CONFIG_DIR, "fashion_mnist.py"),
-    "Config file (configs/<name>.py[:argument]); override keys with --config.<key>=<value>.",
-    lock_config=True,
-)
-flags.DEFINE_enum("mode", "all", MODES, "Pipeline step to run; `all` runs search, sample, retrain, eval, export.")
-flags.DEFINE_string("run_dir", None, "Run directory (default: runs/<config.name>).")
-flags.DEFINE_bool("overwrite", False, "Allow replacing outputs that already exist in the run directory.")
-flags.DEFINE_string("data_dir", None, "Shortcut for --config.data.data_dir.")
-flags.DEFINE_enum("strategy", "auto", ("auto", "default", "mirrored"),
-                  "Distribution: `mirrored` uses every visible GPU; `auto` picks it when there are several.")
-flags.DEFINE_string("channels", None, "With --mode=flops: a channels.json to count.")
-flags.DEFINE_string("structure", None, "With --mode=flops: a paper structure, e.g. mobilenet_v2_210M or resnet50_2.8G.")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """Defines the command line (the config flag already reads --config.* overrides from argv)."""
+    config_flags.DEFINE_config_file(
+        "config", os.path.join(CONFIG_DIR, "fashion_mnist.py"),
+        "Config file (configs/<name>.py[:argument]); override keys with --config.<key>=<value>.",
+        lock_config=True,
+    )
+    flags.DEFINE_enum("mode", "all", MODES, "Pipeline step to run; `all` runs search, sample, retrain, eval, export.")
+    flags.DEFINE_string("run_dir", None, "Run directory (default: runs/<config.name>).")
+    flags.DEFINE_bool("overwrite", False, "Allow replacing outputs that already exist in the run directory.")
+    flags.DEFINE_string("data_dir", None, "Shortcut for --config.data.data_dir.")
+    flags.DEFINE_enum("strategy", "auto", ("auto", "default", "mirrored"),
+                      "Distribution: `mirrored` uses every visible GPU; `auto` picks it when there are several.")
+    flags.DEFINE_string("channels", None, "With --mode=flops: a channels.json to count.")
+    flags.DEFINE_string("structure", None, "With --mode=flops: a paper structure, e.g. mobilenet_v2_210M or resnet50_2.8G.")
 
 
 def _strategy(name):
@@ -89,11 +93,30 @@ def run(argv):
 def _main(argv):
     try:
         run(argv)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
+    except (ValueError, OSError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
 
 
+def _parse_flags(argv):
+    """absl's flag parsing, with bad flags and unknown config keys reported in one line."""
+    try:
+        return FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
+        _bad_command_line(error)
+
+
+def _bad_command_line(error):
+    text = str(error).strip("'\"").replace("\\'", "'").replace("\\n", " ").replace("\n", " ")
+    print(f"error: bad command line: {text}. Config keys and their defaults are in "
+          "dmcp_tf/config.py; flags are listed by --helpshort.", file=sys.stderr)
+    sys.exit(2)
+
+
 def main():
     """Entry point of the `dmcp` console command."""
-    app.run(_main)
+    try:
+        define_flags()
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        _bad_command_line(error)
+    app.run(_main, flags_parser=_parse_flags)

@@ -99,8 +99,8 @@ class Pipeline:
             changed = [key for key in IDENTITY if _lookup(previous, key) != _lookup(current, key)]
             if changed:
                 raise PipelineError(
-                    f"Run directory {self.run_dir} belongs to another config: its {', '.join(changed)} "
-                    "differ from this one. Use another --run_dir, or --overwrite to replace that run."
+                    f"Run directory {self.run_dir} belongs to another config (these settings differ: "
+                    f"{', '.join(changed)}). Use another --run_dir, or --overwrite to replace that run."
                 )
         existing = [f for step in steps for f in OUTPUTS[step] if os.path.exists(self.path(f))]
         if existing and not self.overwrite:

@@ -1,5 +1,7 @@
 """Tiny models and data shared by the tests."""
 
+import gzip
+
 import keras
 import numpy as np
 
@@ -45,3 +47,44 @@ def blob_data(rng, n=256, input_shape=(12, 12, 3), classes=4):
         r, s = divmod(int(c), 2)
         x[i, r * h:(r + 1) * h, s * w:(s + 1) * w] += 1.5
     return x, y.astype("int32")
+
+
+FASHION_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+
+
+def idx_bytes(array):
+    """Encodes a uint8 array as IDX (magic 0x08 0x<ndim>, big-endian dims, data)."""
+    header = (0x800 + array.ndim).to_bytes(4, "big")
+    header += b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_gz(path, payload):
+    with gzip.open(path, "wb") as f:
+        f.write(payload)
+
+
+def write_fashion_mnist(folder, arrays):
+    """Writes `{file name: uint8 array}` as gzipped IDX files, like Debian's package."""
+    for name, array in arrays.items():
+        write_gz(folder / name, idx_bytes(array))
+
+
+def learnable_fashion_mnist(folder, train=512, test=256, seed=0):
+    """A made-up Fashion-MNIST folder whose class is a bright horizontal band's position."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for images_file, labels_file, n in ((FASHION_FILES[0], FASHION_FILES[1], train),
+                                        (FASHION_FILES[2], FASHION_FILES[3], test)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        images = rng.integers(0, 80, (n, 28, 28)).astype(np.uint8)
+        for i, label in enumerate(labels):
+            images[i, 2 + 2 * label: 4 + 2 * label] = 250
+        arrays[images_file], arrays[labels_file] = images, labels
+    write_fashion_mnist(folder, arrays)
+    return folder

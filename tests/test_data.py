@@ -1,6 +1,5 @@
 """Tests for dmcp_tf.data (no network: TFDS is mocked or avoided)."""
 
-import gzip
 import os
 
 import numpy as np
@@ -9,26 +8,11 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from dmcp_tf import data
+from tests.helpers import FASHION_FILES, idx_bytes, write_fashion_mnist, write_gz
 
 FASHION_MEAN, FASHION_STD = 0.2860, 0.3530
-FILES = (
-    "train-images-idx3-ubyte.gz",
-    "train-labels-idx1-ubyte.gz",
-    "t10k-images-idx3-ubyte.gz",
-    "t10k-labels-idx1-ubyte.gz",
-)
+FILES = FASHION_FILES
 
-
-def _idx_bytes(array):
-    """Encodes a uint8 array as IDX (magic 0x08 0x<ndim>, big-endian dims, data)."""
-    header = (0x800 + array.ndim).to_bytes(4, "big")
-    header += b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    return header + array.astype(np.uint8).tobytes()
-
-
-def _write_gz(path, payload):
-    with gzip.open(path, "wb") as f:
-        f.write(payload)
 
 
 @pytest.fixture
@@ -41,8 +25,7 @@ def fashion(tmp_path):
         FILES[2]: rng.integers(0, 256, (32, 28, 28), dtype=np.uint8),
         FILES[3]: (np.arange(32, dtype=np.uint8) * 3) % 10,
     }
-    for name, array in arrays.items():
-        _write_gz(tmp_path / name, _idx_bytes(array))
+    write_fashion_mnist(tmp_path, arrays)
     return tmp_path, arrays
 
 
@@ -174,9 +157,9 @@ def test_missing_file_is_named(fashion):
 
 def test_corrupt_magic_number(fashion):
     folder, arrays = fashion
-    payload = bytearray(_idx_bytes(arrays[FILES[1]]))
+    payload = bytearray(idx_bytes(arrays[FILES[1]]))
     payload[3] = 0x03
-    _write_gz(folder / FILES[1], bytes(payload))
+    write_gz(folder / FILES[1], bytes(payload))
     with pytest.raises(data.DataError, match="magic number") as info:
         data.load_fashion_mnist(str(folder))
     assert FILES[1] in str(info.value)
@@ -184,7 +167,7 @@ def test_corrupt_magic_number(fashion):
 
 def test_truncated_idx_payload(fashion):
     folder, arrays = fashion
-    _write_gz(folder / FILES[0], _idx_bytes(arrays[FILES[0]])[:-100])
+    write_gz(folder / FILES[0], idx_bytes(arrays[FILES[0]])[:-100])
     with pytest.raises(data.DataError, match="truncated") as info:
         data.load_fashion_mnist(str(folder))
     assert FILES[0] in str(info.value)
@@ -201,7 +184,7 @@ def test_truncated_gzip_stream(fashion):
 
 def test_mismatched_image_and_label_counts(fashion):
     folder, arrays = fashion
-    _write_gz(folder / FILES[3], _idx_bytes(arrays[FILES[3]][:31]))
+    write_gz(folder / FILES[3], idx_bytes(arrays[FILES[3]][:31]))
     with pytest.raises(data.DataError, match="do not match"):
         data.load_fashion_mnist(str(folder))
 

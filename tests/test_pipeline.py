@@ -1,0 +1,148 @@
+"""The product as a user runs it: main.py end to end, and its errors on bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from dmcp_tf.configs import fashion_mnist
+from dmcp_tf.graph import ChannelGraph
+from tests.helpers import learnable_fashion_mnist
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = [
+    "--config.data.train_limit=512", "--config.data.test_limit=256", "--config.data.batch_size=64",
+    "--config.model.options.channels=(16, 32, 64)",
+    "--config.search.epochs=2", "--config.search.steps_per_epoch=4",
+    "--config.retrain.epochs=1", "--config.retrain.steps_per_epoch=8",
+    "--config.sample.statistics_samples=300", "--config.sample.calibration_batches=2",
+    "--config.export.representative_images=16", "--config.export.parity_images=200",
+    "--config.export.latency_runs=3",
+]
+
+
+def main(*args, timeout=600):
+    """Runs main.py; returns (exit code, stdout + stderr)."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *args], capture_output=True,
+                            text=True, timeout=timeout, env=env)
+    return result.returncode, result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(learnable_fashion_mnist(tmp_path_factory.mktemp("fashion")))
+
+
+@pytest.mark.slow
+def test_whole_pipeline_writes_every_artefact(tmp_path, data_dir):
+    run_dir = tmp_path / "run"
+    code, out = main(f"--data_dir={data_dir}", f"--run_dir={run_dir}", *TINY)
+    assert code == 0, out
+    assert "DMCP slim" in out and "unpruned supernet" in out  # the console summary table
+    for name in ("config.json", "supernet.keras", "search.json", "channels.json", "samples.json", "structure.md",
+                 "flops_histogram.png", "channel_distributions.png", "slim.keras", "retrain.json", "eval.json",
+                 "export.json", "report.md", "export/saved_model/saved_model.pb", "export/slim_float32.tflite",
+                 "export/slim_int8.tflite", "export/full_float32.tflite"):
+        assert (run_dir / name).exists(), name
+    for png in ("flops_histogram.png", "channel_distributions.png"):
+        assert (run_dir / png).read_bytes()[:4] == b"\x89PNG"
+    assert any(os.scandir(run_dir / "logs" / "search")), "TensorBoard logs"
+
+    search = json.loads((run_dir / "search.json").read_text())
+    for key in ("loss_full", "loss_smallest", "loss_random1", "loss_random2", "arch_loss", "budget_loss"):
+        assert np.all(np.isfinite(search["history"][key])), key
+    supernet = keras.models.load_model(run_dir / "supernet.keras", safe_mode=True, compile=False)
+    graph = ChannelGraph(supernet)
+    channels = json.loads((run_dir / "channels.json").read_text())
+    assert set(channels) == {g.name for g in graph.gates}
+    assert all(1 <= channels[g.name] <= g.channels for g in graph.gates)
+    structure = (run_dir / "structure.md").read_text()
+    assert all(g.name in structure for g in graph.gates)
+
+    slim = keras.models.load_model(run_dir / "slim.keras", safe_mode=True, compile=False)
+    evaluated = json.loads((run_dir / "eval.json").read_text())
+    assert evaluated["slim"]["flops"] == ChannelGraph(slim).flops() == graph.flops(channels)
+    assert evaluated["full"]["flops"] == graph.flops()
+    for label in ("full", "slim"):
+        assert 0.0 <= evaluated[label]["accuracy"] <= 1.0
+    exported = json.loads((run_dir / "export.json").read_text())
+    for name in ("slim_float32", "full_float32"):
+        assert exported[name]["top1_agreement"] >= 0.99, exported[name]
+        assert exported[name]["latency_ms"] > 0
+    assert exported["slim_int8"]["bytes"] < exported["slim_float32"]["bytes"]
+    report = (run_dir / "report.md").read_text()
+    assert "## Summary" in report and "DMCP slim" in report and "flops_histogram.png" in report
+
+
+def test_missing_data_dir_stops_before_anything_is_written(tmp_path):
+    code, out = main("--data_dir=/no/such/folder", f"--run_dir={tmp_path / 'run'}")
+    assert code == 2
+    assert "/no/such/folder" in out and "does not exist" in out
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_config_key_is_named():
+    code, out = main("--config.search.bugdet=0.5x", "--mode=flops")
+    assert code == 2
+    assert "bugdet" in out and "budget" in out and "Traceback" not in out
+
+
+def test_impossible_budget_stops_before_training(tmp_path, data_dir):
+    code, out = main(f"--data_dir={data_dir}", f"--run_dir={tmp_path / 'run'}", "--config.search.budget=2x")
+    assert code == 2
+    assert "outside what the supernet can reach" in out and "Epoch" not in out
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_mode_is_rejected():
+    code, out = main("--mode=prune")
+    assert code == 2
+    assert "prune" in out and "search" in out
+
+
+def test_run_directory_of_another_config_is_refused(tmp_path, data_dir):
+    other = fashion_mnist.get_config()
+    other.model.options = {"channels": (8, 16, 32)}
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(other.to_json())
+    code, out = main(f"--data_dir={data_dir}", f"--run_dir={run_dir}")
+    assert code == 2
+    assert "belongs to another config" in out and "model" in out
+    assert json.loads((run_dir / "config.json").read_text()) == json.loads(other.to_json())
+
+
+def test_existing_outputs_are_not_overwritten(tmp_path, data_dir):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(fashion_mnist.get_config().to_json())
+    (run_dir / "channels.json").write_text("keep me")
+    code, out = main(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--mode=sample")
+    assert code == 2
+    assert "channels.json" in out and "--overwrite" in out
+    assert (run_dir / "channels.json").read_text() == "keep me"
+
+
+def test_a_step_without_its_inputs_says_which_step_to_run_first(tmp_path):
+    code, out = main(f"--run_dir={tmp_path}", "--mode=retrain")
+    assert code == 2
+    assert "supernet.keras" in out and "--mode=all" in out
+
+
+def test_flops_mode_counts_supernet_and_paper_structures(tmp_path):
+    code, out = main("--mode=flops", "--config=" + os.path.join(ROOT, "configs", "mobilenet_v2_imagenet.py") + ":210M")
+    assert code == 0, out
+    assert "672.8M MACs" in out and "budget 210M = 210.0M" in out
+    code, out = main("--mode=flops", "--structure=resnet50_2.8G")
+    assert code == 0, out
+    assert "2.8G MACs (2832777865)" in out
+    channels = tmp_path / "channels.json"
+    channels.write_text(json.dumps({"stem": 16}))
+    code, out = main("--mode=flops", f"--channels={channels}")
+    assert code == 0, out
+    assert str(channels) in out
