@@ -140,13 +140,16 @@ def split_channels(channels, *, width=None, min_channels=None, group_size=None):
 class ChannelGate(keras.layers.Layer):
     """Base class of the gates: channel split, `alpha`, forward behaviours.
 
+    `alpha` starts at `initial_alpha` (0 in the paper: every transition 0.5; a
+    positive value starts the chains nearer full width, as the authors' code does).
     Subclasses define `keep_probabilities()`, the marginal probability that each
     group is kept, and `sample_groups(uniform)`, the number of kept groups for a
     draw of uniform random numbers.
     """
 
-    def __init__(self, width=None, min_channels=None, group_size=None, **kwargs):
+    def __init__(self, width=None, min_channels=None, group_size=None, initial_alpha=0.0, **kwargs):
         super().__init__(**kwargs)
+        self.initial_alpha = float(initial_alpha)
         if width is None and (min_channels is None or group_size is None):
             raise ValueError("A gate needs `width=(min, max, offset)` or both `min_channels` and `group_size`.")
         self.width = tuple(width) if width is not None else None
@@ -166,7 +169,8 @@ class ChannelGate(keras.layers.Layer):
         except ValueError as error:
             raise ValueError(f"Gate {self.name!r}: {error}") from None
         self.alpha = self.add_weight(
-            name="alpha", shape=(self.num_groups,), initializer="zeros", trainable=True
+            name="alpha", shape=(self.num_groups,), trainable=True,
+            initializer=keras.initializers.Constant(self.initial_alpha),
         )
         self.alpha.is_architecture = True
 
@@ -217,7 +221,8 @@ class ChannelGate(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(width=self.width, min_channels=self.min_channels, group_size=self.group_size)
+        config.update(width=self.width, min_channels=self.min_channels, group_size=self.group_size,
+                      initial_alpha=self.initial_alpha)
         return config
 
 

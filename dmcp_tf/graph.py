@@ -15,9 +15,11 @@ and the slim rebuild.
 import dataclasses
 import re
 
+import keras
 import numpy as np
 
 from dmcp_tf import layer_rules as rules
+from dmcp_tf import walk as walk_lib
 from dmcp_tf.gates import ChannelGate
 
 
@@ -49,10 +51,24 @@ class NodeRecord:
 
     layer: object
     rule: object
-    in_layout: tuple
-    out_layout: tuple
-    in_shape: tuple
-    out_shape: tuple
+    in_info: TensorInfo  # the (first) input
+    out_info: TensorInfo
+
+    @property
+    def in_layout(self):
+        return self.in_info.layout
+
+    @property
+    def out_layout(self):
+        return self.out_info.layout
+
+    @property
+    def in_shape(self):
+        return self.in_info.shape
+
+    @property
+    def out_shape(self):
+        return self.out_info.shape
 
 
 class ChannelGraph:
@@ -70,17 +86,28 @@ class ChannelGraph:
         graph.expected_flops()              # differentiable in the gates' alpha
     """
 
-    def __init__(self, model, exclude=()):
+    def __init__(self, model, exclude=(), strict=True):
         self.model = model
         self._parent = []
         self._spaces = []
         self.records = []
         self._consumers = []  # (layer name, TensorInfo) that must only read masked channels
         self._exclude = [re.compile(p) for p in exclude]
-        self.tensor_info = {}
+        self._layer_layouts = {}
+        self._layers = {}  # every layer called, nested models' layers included
+        self.tensor_of = {}  # id(TensorInfo) -> the symbolic tensor it describes
+        self.readers = {}  # id(TensorInfo) -> layers that read it
         self._walk()
         self.gates = self._collect_gates()
-        self._check_consumers()
+        self.violations = self._unmasked_reads()
+        if strict and self.violations:
+            consumer, _, gate = self.violations[0]
+            raise GraphError(
+                f"{consumer} reads channels governed by gate {gate.name!r} that the gate does "
+                "not reach (a path skips it, or a layer such as BatchNormalization or a bias "
+                "between gate and consumer turns the zeroed channels non-zero). Place the gate "
+                "so that every consumer reads its output."
+            )
 
     # --- union-find over channel spaces ------------------------------------
     def _new_space(self, size, frozen=None):
@@ -132,29 +159,35 @@ class ChannelGraph:
 
     # --- the walk ----------------------------------------------------------
     def _walk(self):
-        model = self.model
-        if not hasattr(model, "_nodes_by_depth"):
-            raise GraphError(
-                f"{type(model).__name__} {model.name!r} is not a functional model. Build it with "
-                "keras.Model(inputs, outputs) or keras.Sequential so its layer graph can be read."
-            )
-        for tensor in model.inputs:
-            self._set(tensor, self._fresh(tensor.shape, "it is a model input"))
-        for depth in sorted(model._nodes_by_depth, reverse=True):
-            for node in model._nodes_by_depth[depth]:
-                if node.operation is None or node.is_input:
-                    continue
-                inputs = [self.tensor_info[id(t)] for t in node.input_tensors]
-                outputs = self._visit(node.operation, inputs, node.output_tensors)
-                for tensor, info in zip(node.output_tensors, outputs):
-                    self._set(tensor, info)
-        for tensor in model.outputs:
-            info = self.tensor_info[id(tensor)]
+        model = walk_lib.as_functional(self.model)
+        inputs = [self._fresh(t.shape, "they are a model input") for t in model.inputs]
+        self.tensor_of.update((id(i), t) for i, t in zip(inputs, model.inputs))
+        outputs = walk_lib.walk(model, inputs, self._visit_node)
+        for tensor, info in zip(model.outputs, outputs):
             self._freeze(info.layout, "they are a model output")
             self._consumers.append((f"model output {tensor.name!r}", info))
 
-    def _set(self, tensor, info):
-        self.tensor_info[id(tensor)] = info
+    def _visit_node(self, layer, args, kwargs, node):
+        self._layers[id(layer)] = layer
+        inputs = [a for a in keras.tree.flatten((args, kwargs)) if isinstance(a, TensorInfo)]
+        outputs = self._visit(layer, inputs, node.outputs)
+        self._tie_shared_layer(layer, inputs, outputs)
+        self.tensor_of.update((id(i), t) for i, t in zip(outputs, node.outputs))
+        for info in inputs:
+            self.readers.setdefault(id(info), []).append(layer)
+        return outputs
+
+    def _tie_shared_layer(self, layer, inputs, outputs):
+        """A layer called several times has one set of weights: its calls keep the same channels."""
+        if not layer.weights or isinstance(layer, ChannelGate) or len(inputs) != 1:
+            return
+        first = self._layer_layouts.setdefault(id(layer), (inputs[0].layout, outputs[0].layout))
+        for old, new in zip(first, (inputs[0].layout, outputs[0].layout)):
+            if len(old) != len(new):
+                self._freeze(old + new, f"layer {layer.name!r} is called on differently split channels")
+                continue
+            for a, b in zip(old, new):
+                self._union(a, b, f"Shared layer {layer.name!r}")
 
     def _fresh(self, shape, frozen=None):
         space = self._new_space(shape[-1], frozen)
@@ -170,7 +203,10 @@ class ChannelGraph:
             for info in inputs:
                 self._freeze(info.layout, f"they feed layer {layer.name!r} ({reason})")
                 self._consumers.append((layer.name, info))
-            return [self._fresh(t.shape, f"they come from layer {layer.name!r} ({reason})") for t in output_tensors]
+            outputs = [self._fresh(t.shape, f"they come from layer {layer.name!r} ({reason})") for t in output_tensors]
+            if rule is not None and inputs:  # a known layer used unprunably still costs its MACs
+                self.records.append(NodeRecord(layer, rule, inputs[0], outputs[0]))
+            return outputs
         first = inputs[0]
         if rule.role == rules.PRODUCE:
             self._consumers.append((layer.name, first))
@@ -188,9 +224,7 @@ class ChannelGraph:
         else:  # FLATTEN
             positions = int(np.prod(first.shape[1:-1]))
             out = TensorInfo(first.layout * positions, first.masked * positions, out_shape)
-        self.records.append(
-            NodeRecord(layer, rule, first.layout, out.layout, first.shape, out_shape)
-        )
+        self.records.append(NodeRecord(layer, rule, first, out))
         return [out]
 
     def _unprunable_reason(self, layer, rule, inputs):
@@ -219,8 +253,9 @@ class ChannelGraph:
             )
         space.gate = gate
         self._check_gate(root)
-        self.records.append(NodeRecord(gate, rules.rule_for(gate), info.layout, info.layout, info.shape, info.shape))
-        return TensorInfo(info.layout, (True,), info.shape)
+        out = TensorInfo(info.layout, (True,), info.shape)
+        self.records.append(NodeRecord(gate, rules.rule_for(gate), info, out))
+        return out
 
     def _visit_couple(self, layer, rule, inputs, out_shape):
         # Inputs whose channel axis has size 1 broadcast over channels: not coupled.
@@ -250,17 +285,15 @@ class ChannelGraph:
                 gates.append(record.layer)
         return gates
 
-    def _check_consumers(self):
+    def _unmasked_reads(self):
+        """`(consumer, TensorInfo, gate)` for every read of gated channels the gate does not reach."""
+        found = []
         for consumer, info in self._consumers:
             for space_id, masked in zip(info.layout, info.masked):
                 gate = self.space(space_id).gate
                 if gate is not None and not masked:
-                    raise GraphError(
-                        f"{consumer} reads channels governed by gate {gate.name!r} that the gate does "
-                        "not reach (a path skips it, or a layer such as BatchNormalization or a bias "
-                        "between gate and consumer turns the zeroed channels non-zero). Place the gate "
-                        "so that every consumer reads its output."
-                    )
+                    found.append((consumer, info, gate))
+        return found
 
     # --- channel counts ----------------------------------------------------
     def kept(self, space_id, config=None):
@@ -342,21 +375,20 @@ class ChannelGraph:
         return total
 
     def params(self, config=None):
-        """Number of weights (trainable and not) with `config` kept channels."""
-        total, seen = 0, set()
+        """Number of weights (trainable and not) with `config` kept channels; gates excluded."""
+        records = {}
         for r in self.records:
-            if id(r.layer) in seen or isinstance(r.layer, ChannelGate):
+            records.setdefault(id(r.layer), r)
+        total = 0
+        for layer in self._layers.values():
+            if isinstance(layer, ChannelGate):
                 continue
-            seen.add(id(r.layer))
-            for weight, axes in self.weight_axes(r):
-                total += int(np.prod([len(i) for i in self.kept_weight_indices(weight, axes, config)]))
-        return total + self._params_outside_records(seen)
-
-    def _params_outside_records(self, seen):
-        return sum(
-            int(np.prod(w.shape)) for layer in self.model.layers if id(layer) not in seen
-            and not isinstance(layer, ChannelGate) for w in layer.weights
-        )
+            if id(layer) in records:
+                for weight, axes in self.weight_axes(records[id(layer)]):
+                    total += int(np.prod([len(i) for i in self.kept_weight_indices(weight, axes, config)]))
+            else:
+                total += sum(int(np.prod(w.shape)) for w in layer.weights)
+        return total
 
     def weight_axes(self, record):
         """`(weight, [(axis, layout), ...])` for every weight of a recorded layer."""
@@ -375,6 +407,8 @@ class ChannelGraph:
         """Per axis of `weight`, the indices it keeps under `config`."""
         indices = [np.arange(d) for d in weight.shape]
         for axis, layout in axes:
+            if self.count(layout, config) == self.count(layout):
+                continue  # nothing pruned on this axis (e.g. a grouped conv's kernel)
             expansion = weight.shape[axis] // self.count(layout)
             indices[axis] = self.kept_indices(layout, config, expansion)
         return indices
@@ -404,20 +438,26 @@ class ChannelGraph:
             for g in self.gates
         ]
 
-    def describe(self):
-        """A readable summary of the channel spaces: which layers share channels, and why some are not pruned."""
+    def record_reading(self, layer, info):
+        """The record of `layer`'s call on the tensor `info`."""
+        return next(r for r in self.records if r.layer is layer and r.in_info is info)
+
+    def describe(self, reason=None):
+        """A readable summary of the channel spaces: which layers share channels, and why some are not pruned.
+
+        Args:
+            reason: optional `reason(space) -> str or None` explaining why an
+                ungated space cannot be pruned.
+        """
         members = {}
         for r in self.records:
-            if r.rule.role == rules.PRODUCE or r.rule.role == rules.THROUGH:
-                for s in set(r.out_layout):
+            if r.rule.role in (rules.PRODUCE, rules.THROUGH) and not isinstance(r.layer, ChannelGate):
+                for s in r.out_layout:
                     members.setdefault(self.find(s), []).append(r.layer.name)
         lines = []
         for root, names in members.items():
             space = self._spaces[root]
-            status = (
-                f"gate {space.gate.name!r}" if space.gate else
-                f"not pruned: {space.frozen}" if space.frozen else "no gate"
-            )
-            unique = list(dict.fromkeys(names))
-            lines.append(f"{space.size:5d} channels  {status:40s}  {', '.join(unique)}")
+            why = space.frozen or (reason(space) if reason else None)
+            status = f"gate {space.gate.name!r}" if space.gate else f"not pruned: {why}" if why else "prunable"
+            lines.append(f"{space.size:6d} channels  {status}\n                 layers: {', '.join(dict.fromkeys(names))}")
         return "\n".join(lines)

@@ -159,6 +159,11 @@ class BatchNormRule(LayerRule):
 class ActivationRule(LayerRule):
     """`Activation(fn)`: zero-preserving when `fn(0) == 0`."""
 
+    def check(self, layer, in_shape):
+        if getattr(layer.activation, "__name__", None) in ("softmax", "log_softmax"):
+            return "a softmax mixes the channels it normalises"
+        return None
+
     def zero_preserving(self, layer):
         return getattr(layer.activation, "__name__", None) in ZERO_PRESERVING_ACTIVATIONS
 
@@ -180,6 +185,30 @@ class ConcatRule(LayerRule):
 
 class FlattenRule(LayerRule):
     role = FLATTEN
+
+
+class ReshapeRule(FlattenRule):
+    """`Reshape` to one feature axis behaves as `Flatten`; other reshapes are boundaries."""
+
+    def check(self, layer, in_shape):
+        if len(layer.target_shape) != 1:
+            return f"reshape to {layer.target_shape} moves channels"
+        return None
+
+    def slim_config(self, layer, cin, cout):
+        return dict(layer.get_config(), target_shape=(int(cout),))
+
+
+class ScalarAffineRule(LayerRule):
+    """`Rescaling`: `x * scale + offset` with scalars; zero stays zero without offset."""
+
+    def check(self, layer, in_shape):
+        if getattr(layer.scale, "shape", ()) or getattr(layer.offset, "shape", ()):
+            return "per-channel rescaling"
+        return None
+
+    def zero_preserving(self, layer):
+        return not layer.offset
 
 
 _RULES = {}
@@ -218,4 +247,6 @@ for _cls in (L.Add, L.Subtract, L.Average, L.Maximum, L.Minimum):
 register_rule(L.Multiply, CoupleRule(zero_if_any_zero=True))
 register_rule(L.Concatenate, ConcatRule())
 register_rule(L.Flatten, FlattenRule())
+register_rule(L.Reshape, ReshapeRule())
+register_rule(L.Rescaling, ScalarAffineRule())
 register_rule(ChannelGate, LayerRule())  # gates pass channels through; the graph reads them

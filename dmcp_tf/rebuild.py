@@ -5,6 +5,7 @@ import numpy as np
 
 from dmcp_tf.gates import ChannelGate
 from dmcp_tf.graph import ChannelGraph
+from dmcp_tf.walk import as_functional, walk
 
 
 def rebuild(model, config=None, *, copy_weights=True, graph=None, name=None):
@@ -32,28 +33,25 @@ def rebuild(model, config=None, *, copy_weights=True, graph=None, name=None):
     for record in graph.records:
         records.setdefault(id(record.layer), record)
     slim_layers = {}
-    inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name) for t in model.inputs]
-    tensors = {id(old): new for old, new in zip(model.inputs, inputs)}
-    for depth in sorted(model._nodes_by_depth, reverse=True):
-        for node in model._nodes_by_depth[depth]:
-            if node.operation is None or node.is_input:
-                continue
-            args, kwargs = node.arguments.fill_in(tensors)
-            layer = node.operation
-            if isinstance(layer, ChannelGate):
-                outputs = args[0]
-            else:
-                if id(layer) not in slim_layers:
-                    slim_layers[id(layer)] = _slim_layer(graph, layer, records.get(id(layer)), config)
-                outputs = slim_layers[id(layer)](*args, **kwargs)
-            for old, new in zip(node.outputs, keras.tree.flatten(outputs)):
-                tensors[id(old)] = new
-    outputs = keras.tree.pack_sequence_as(model._outputs_struct, [tensors[id(t)] for t in model.outputs])
-    inputs = keras.tree.pack_sequence_as(model._inputs_struct, inputs)
-    slim = keras.Model(inputs, outputs, name=name or f"{model.name}_slim")
+
+    def visit(layer, args, kwargs, node):
+        if isinstance(layer, ChannelGate):
+            return args[0]
+        if id(layer) not in slim_layers:
+            slim_layers[id(layer)] = (layer, _slim_layer(graph, layer, records.get(id(layer)), config))
+        return slim_layers[id(layer)][1](*args, **kwargs)
+
+    functional = as_functional(model)
+    inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name) for t in functional.inputs]
+    outputs = walk(functional, inputs, visit)
+    slim = keras.Model(
+        keras.tree.pack_sequence_as(functional._inputs_struct, inputs),
+        keras.tree.pack_sequence_as(functional._outputs_struct, outputs),
+        name=name or f"{model.name}_slim",
+    )
     if copy_weights:
-        for layer_id, slim_layer in slim_layers.items():
-            _copy_weights(graph, records.get(layer_id), slim_layer, config)
+        for layer_id, (layer, slim_layer) in slim_layers.items():
+            _copy_weights(graph, layer, records.get(layer_id), slim_layer, config)
     return slim
 
 
@@ -64,16 +62,12 @@ def _slim_layer(graph, layer, record, config):
     return layer.__class__.from_config(record.rule.slim_config(layer, cin, cout))
 
 
-def _copy_weights(graph, record, slim_layer, config):
+def _copy_weights(graph, layer, record, slim_layer, config):
     if record is None:
-        source = [w.numpy() for w in _original_layer(graph, slim_layer).weights]
+        source = [w.numpy() for w in layer.weights]
     else:
         source = [
             w.numpy()[np.ix_(*graph.kept_weight_indices(w, axes, config))]
             for w, axes in graph.weight_axes(record)
         ]
     slim_layer.set_weights(source)
-
-
-def _original_layer(graph, slim_layer):
-    return graph.model.get_layer(slim_layer.name)

@@ -79,6 +79,7 @@ class DMCPModel(keras.Model):
                 f"Model {supernet.name!r} has no channel gates. Build a supernet with gates "
                 "(dmcp_tf.models) or place MarkovGate layers after the batch norms to prune."
             )
+        self.outputs_probabilities = _ends_in_softmax(supernet)
         self.full_flops = self.graph.flops()
         self.min_flops = self.graph.flops(self.graph.smallest_config())
         self.target_flops = flops_lib.parse_budget(budget, self.full_flops)
@@ -143,9 +144,11 @@ class DMCPModel(keras.Model):
         return {name: tracker.result() for name, tracker in self.trackers.items()
                 if self.searching or name not in ("arch_loss", "budget_loss")}
 
-    def _forward(self, x, selection):
+    def _forward(self, x, selection, training=True):
+        """Logits of the supernet under a gate selection (log-probabilities if it ends in a softmax)."""
         with gates_lib.thread_selection(selection):
-            return self.supernet(x, training=True)
+            outputs = self.supernet(x, training=training)
+        return ops.log(ops.maximum(outputs, 1e-12)) if self.outputs_probabilities else outputs
 
     def _weight_stage(self, x, y, step):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
@@ -204,7 +207,7 @@ class DMCPModel(keras.Model):
 
     def test_step(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
-        logits = self.supernet(x, training=False)
+        logits = self._forward(x, gates_lib.Selection(gates_lib.FULL), training=False)
         self.trackers["loss"].update_state(losses_lib.cross_entropy(y, logits))
         self.trackers["accuracy"].update_state(y, logits)
         return {n: self.trackers[n].result() for n in ("loss", "accuracy")}
@@ -225,18 +228,29 @@ class DMCPModel(keras.Model):
         return searching
 
 
+def _ends_in_softmax(model):
+    """Whether the model's output is a softmax (as in keras.applications) rather than logits."""
+    layer = model.outputs[0]._keras_history.operation
+    activation = getattr(layer, "activation", None)
+    return isinstance(layer, keras.layers.Softmax) or getattr(activation, "__name__", "") == "softmax"
+
+
 class LatestValue(keras.metrics.Metric):
-    """A metric that reports the last value it was given (not an epoch average)."""
+    """A metric that reports the last value it was given (not an epoch average).
+
+    Every replica holds the same value; it is averaged, not summed, across replicas
+    (a metric's default), so the reported value does not grow with their number.
+    """
 
     def __init__(self, name, **kwargs):
         super().__init__(name=name, **kwargs)
-        self.value = self.add_variable(shape=(), initializer="zeros", name="value")
+        self.value = self.add_variable(shape=(), initializer="zeros", name="value", aggregation="mean")
 
     def update_state(self, value):
         self.value.assign(ops.cast(value, self.value.dtype))
 
     def result(self):
-        return self.value
+        return ops.convert_to_tensor(self.value)
 
 
 class SearchPhaseSwitch(keras.callbacks.Callback):

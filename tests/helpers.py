@@ -5,7 +5,10 @@ import gzip
 import keras
 import numpy as np
 
+from dmcp_tf import gates as G
 from dmcp_tf.gates import MarkovGate
+from dmcp_tf.graph import ChannelGraph
+from dmcp_tf.rebuild import rebuild
 
 
 def tiny_supernet(input_shape=(12, 12, 3), classes=4, gate_cls=MarkovGate, sync_bn=False, channels=(16, 32)):
@@ -88,3 +91,27 @@ def learnable_fashion_mnist(folder, train=512, test=256, seed=0):
         arrays[images_file], arrays[labels_file] = images, labels
     write_fashion_mnist(folder, arrays)
     return folder
+
+
+def random_config(graph, rng):
+    """A random channel count for every gate of a channel graph."""
+    return {g.name: int(rng.integers(1, g.channels + 1)) for g in graph.gates}
+
+
+def assert_rebuild_exact(model, rng, trials=2, atol=1e-5):
+    """Random sub-networks of a gated model: the slim rebuild computes the same outputs and FLOPs."""
+    randomize_batch_norm(model, rng)
+    graph = ChannelGraph(model)
+    x = [rng.normal(size=(2,) + tuple(t.shape[1:])).astype("float32") for t in model.inputs]
+    x = x[0] if len(x) == 1 else x
+    for _ in range(trials):
+        config = random_config(graph, rng)
+        slim = rebuild(model, config, graph=graph)
+        assert not any(isinstance(layer, G.ChannelGate) for layer in slim._flatten_layers())
+        with G.selection(G.Selection(G.SUBNET, {g: config[g.name] for g in graph.gates})):
+            gated = np.asarray(model(x, training=False))
+        np.testing.assert_allclose(np.asarray(slim(x, training=False)), gated, atol=atol)
+        slim_graph = ChannelGraph(slim)
+        assert slim_graph.flops() == graph.flops(config)
+        assert slim.count_params() == graph.params(config)
+    return graph

@@ -7,31 +7,7 @@ from dmcp_tf.calibration import calibrate_batch_norm
 from dmcp_tf.graph import ChannelGraph, GraphError
 from dmcp_tf.models import mobilenet_v2, resnet18, resnet50
 from dmcp_tf.rebuild import rebuild
-from tests.helpers import randomize_batch_norm, tiny_supernet
-
-
-def random_config(graph, rng):
-    return {g.name: int(rng.integers(1, g.channels + 1)) for g in graph.gates}
-
-
-def gated_output(model, graph, config, x):
-    widths = {g: config[g.name] for g in graph.gates}
-    with G.selection(G.Selection(G.SUBNET, widths)):
-        return np.asarray(model(x, training=False))
-
-
-def assert_rebuild_exact(model, rng, trials=2):
-    randomize_batch_norm(model, rng)
-    graph = ChannelGraph(model)
-    x = rng.normal(size=(2,) + tuple(model.input_shape[1:])).astype("float32")
-    for _ in range(trials):
-        config = random_config(graph, rng)
-        slim = rebuild(model, config, graph=graph)
-        assert not any(isinstance(layer, G.ChannelGate) for layer in slim.layers)
-        np.testing.assert_allclose(np.asarray(slim(x, training=False)), gated_output(model, graph, config, x), atol=1e-5)
-        slim_graph = ChannelGraph(slim)
-        assert slim_graph.flops() == graph.flops(config)
-        assert slim.count_params() == graph.params(config)
+from tests.helpers import assert_rebuild_exact, tiny_supernet
 
 
 @pytest.mark.parametrize(

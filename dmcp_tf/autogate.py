@@ -1,0 +1,153 @@
+"""DMCP for any functional Keras model: find the coupled channels, insert the gates.
+
+`insert_gates(model)` returns a copy of the model with one shared gate per group
+of coupled channels (after the batch norm that follows a producing layer, where
+there is one; again wherever a layer such as a batch norm would turn pruned
+channels non-zero before they are read). `make_supernet` wraps that in a
+`DMCPModel`, `analyze` prints the groups.
+"""
+
+import keras
+
+from dmcp_tf import layer_rules as rules
+from dmcp_tf.gates import ChannelGate, make_gate, split_channels
+from dmcp_tf.graph import ChannelGraph, GraphError
+from dmcp_tf.supernet import DMCPModel
+from dmcp_tf.walk import as_functional, walk
+
+MAX_PLACEMENT_ROUNDS = 8
+
+
+def analyze(model, *, exclude=(), width=(0.1, 1.0, 0.1), print_fn=print):
+    """Prints the channel groups of `model`: who shares channels, which can be pruned and why not.
+
+    Returns:
+        The model's `ChannelGraph`.
+    """
+    graph = ChannelGraph(model, exclude=exclude, strict=False)
+    print_fn(f"Channel groups of {model.name!r} ({graph.flops():,} MACs):")
+    print_fn(graph.describe(lambda space: _unprunable_reason(space, width)))
+    return graph
+
+
+def make_supernet(model, *, budget, total_steps, width=(0.1, 1.0, 0.1), gate_kind="markov", exclude=(),
+                  initial_alpha=0.0, **kwargs):
+    """Turns any functional model into a `DMCPModel` ready for `compile` and `fit`.
+
+    Args:
+        model: a functional or Sequential Keras model (nested models are inlined).
+        budget, total_steps, **kwargs: as for `DMCPModel`.
+        width: every gate's width grid `(min_width, max_width, width_offset)`.
+        gate_kind: `"markov"` or `"bernoulli"`.
+        exclude: layer names or regular expressions whose output channels stay whole.
+        initial_alpha: the gates' starting `alpha` (see `ChannelGate`).
+
+    Example:
+        backbone = keras.applications.MobileNetV2(input_shape=(96, 96, 3), weights=None, classes=10)
+        model = make_supernet(backbone, budget="0.5x", total_steps=1000)
+        model.compile()
+        model.fit(train_ds, epochs=2)
+    """
+    supernet = insert_gates(model, width=width, gate_kind=gate_kind, exclude=exclude, initial_alpha=initial_alpha)
+    return DMCPModel(supernet, budget=budget, total_steps=total_steps, **kwargs)
+
+
+def insert_gates(model, *, width=(0.1, 1.0, 0.1), gate_kind="markov", exclude=(), initial_alpha=0.0):
+    """A copy of `model` (same weights) with a gate on every prunable group of channels."""
+    graph = ChannelGraph(model, exclude=exclude, strict=False)
+    if graph.gates:
+        raise GraphError(
+            f"Model {model.name!r} already has gates ({', '.join(g.name for g in graph.gates)}); "
+            "pass it to DMCPModel directly."
+        )
+    prunable = {root for root in _space_roots(graph) if _unprunable_reason(graph.space(root), width) is None}
+    placements = _first_placements(graph, prunable)
+    for _ in range(MAX_PLACEMENT_ROUNDS):
+        gates = {root: make_gate(gate_kind, width=width, name=_gate_name(graph, root), initial_alpha=initial_alpha)
+                 for root in prunable}
+        gated, origin = _clone_with_gates(model, {t: gates[r] for t, r in placements.items() if r in prunable})
+        check = ChannelGraph(gated, exclude=exclude, strict=False)
+        if not check.violations:
+            return gated
+        for _, info, gate in check.violations:
+            root = next(r for r, g in gates.items() if g is gate)
+            tensor = check.tensor_of.get(id(info))
+            if len(info.layout) == 1 and id(tensor) in origin:
+                placements[origin[id(tensor)]] = root  # gate the tensor the consumer reads
+            else:
+                prunable.discard(root)  # cannot be masked there: leave these channels whole
+    raise GraphError(f"Could not place gates in {model.name!r} so that every consumer reads gated channels.")
+
+
+def _space_roots(graph):
+    return {graph.find(s) for r in graph.records if r.rule.role == rules.PRODUCE for s in r.out_layout}
+
+
+def _unprunable_reason(space, width):
+    if space.frozen:
+        return space.frozen
+    try:
+        split_channels(space.size, width=width)
+    except ValueError as error:
+        return f"too few channels for the width grid ({error})"
+    return None
+
+
+def _gate_name(graph, root):
+    producer = next(r.layer.name for r in graph.records
+                    if r.rule.role == rules.PRODUCE and graph.find(r.out_layout[0]) == root)
+    return f"{producer}_gate"
+
+
+def _first_placements(graph, prunable):
+    """Original tensor id -> space root: each producer's output, or the batch norm right after it."""
+    placements = {}
+    for record in graph.records:
+        if record.rule.role != rules.PRODUCE or graph.find(record.out_layout[0]) not in prunable:
+            continue
+        info = record.out_info
+        readers = graph.readers.get(id(info), [])
+        if len(readers) == 1 and isinstance(readers[0], keras.layers.BatchNormalization):
+            info = graph.record_reading(readers[0], info).out_info
+        placements[id(graph.tensor_of[id(info)])] = graph.find(record.out_layout[0])
+    return placements
+
+
+def _clone_with_gates(model, gates_at):
+    """Copies `model` (fresh layers, copied weights) and applies `gates_at[id(tensor)]` after those tensors.
+
+    Returns:
+        The gated model, and a map from its tensors' ids to the original tensors' ids.
+    """
+    functional = as_functional(model)
+    origin, copies = {}, {}
+
+    def visit(layer, args, kwargs, node):
+        if id(layer) not in copies:
+            copies[id(layer)] = layer.__class__.from_config(layer.get_config())
+        outputs = copies[id(layer)](*args, **kwargs)
+        flat = keras.tree.flatten(outputs)
+        for i, (old, new) in enumerate(zip(node.outputs, flat)):
+            origin[id(new)] = id(old)
+            if id(old) in gates_at:
+                flat[i] = gates_at[id(old)](new)
+                origin[id(flat[i])] = id(old)
+        return flat
+
+    inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name) for t in functional.inputs]
+    origin.update((id(new), id(old)) for new, old in zip(inputs, functional.inputs))
+    outputs = walk(functional, inputs, visit)
+    gated = keras.Model(
+        keras.tree.pack_sequence_as(functional._inputs_struct, inputs),
+        keras.tree.pack_sequence_as(functional._outputs_struct, outputs),
+        name=f"{model.name}_supernet",
+    )
+    layers = {id(layer): layer for layer in _leaf_layers(functional)}
+    for layer_id, copy in copies.items():
+        copy.set_weights([w.numpy() for w in layers[layer_id].weights])
+    return gated, origin
+
+
+def _leaf_layers(model):
+    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+            if not isinstance(layer, (keras.Model, ChannelGate))]
