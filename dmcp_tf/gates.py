@@ -38,10 +38,11 @@ class Selection:
         if mode not in (FULL, SUBNET, SCALE):
             raise ValueError(f"Unknown gate mode {mode!r}; use one of {FULL}, {SUBNET}, {SCALE}.")
         self.mode = mode
-        self._widths = {id(gate): width for gate, width in (widths or {}).items()}
+        self.widths = dict(widths or {})
+        self._by_id = {id(gate): width for gate, width in self.widths.items()}
 
     def width_of(self, gate):
-        return self._widths.get(id(gate))
+        return self._by_id.get(id(gate))
 
 
 # The selection is per thread (MirroredStrategy traces each replica in a thread of
@@ -216,7 +217,7 @@ class ChannelGate(keras.layers.Layer):
         width = sel.width_of(self)
         if width is None:
             return inputs
-        mask = ops.arange(self.channels) < ops.cast(width, "int32")
+        mask = ops.arange(self.channels, dtype="int32") < ops.cast(width, "int32")
         return inputs * ops.cast(mask, inputs.dtype)
 
     def get_config(self):

@@ -12,6 +12,7 @@ from dmcp_tf import flops as flops_lib
 from dmcp_tf import gates as gates_lib
 from dmcp_tf import losses as losses_lib
 from dmcp_tf.graph import ChannelGraph
+from dmcp_tf.slicing import SlicedForward
 
 
 def default_weight_optimizer(total_steps, learning_rate=0.2, warmup_steps=0):
@@ -48,6 +49,9 @@ class DMCPModel(keras.Model):
             uniform with probability `s`, multiplied by `uniform_decay` every
             `uniform_decay_every` steps, and Markov-sampled otherwise.
         seed: seed of the sub-network sampling.
+        slice_subnetworks: run the weight stage's sub-networks at their real width
+            (sliced kernels) where the graph allows it; otherwise, or when False,
+            they run at full width with pruned channels zeroed (masking).
 
     Example:
         model = DMCPModel(mobilenet_v2(1.5), budget="210M", total_steps=1000)
@@ -68,6 +72,7 @@ class DMCPModel(keras.Model):
         uniform_decay=0.9999,
         uniform_decay_every=10,
         seed=0,
+        slice_subnetworks=True,
         name="dmcp",
         **kwargs,
     ):
@@ -80,6 +85,9 @@ class DMCPModel(keras.Model):
                 "(dmcp_tf.models) or place MarkovGate layers after the batch norms to prune."
             )
         self.outputs_probabilities = _ends_in_softmax(supernet)
+        sliced = SlicedForward(self.graph)
+        self.sliced = sliced if slice_subnetworks and sliced.supported else None
+        self.slicing_note = "sliced" if self.sliced else sliced.reason or "masking requested"
         self.full_flops = self.graph.flops()
         self.min_flops = self.graph.flops(self.graph.smallest_config())
         self.target_flops = flops_lib.parse_budget(budget, self.full_flops)
@@ -146,8 +154,11 @@ class DMCPModel(keras.Model):
 
     def _forward(self, x, selection, training=True):
         """Logits of the supernet under a gate selection (log-probabilities if it ends in a softmax)."""
-        with gates_lib.thread_selection(selection):
-            outputs = self.supernet(x, training=training)
+        if selection.mode == gates_lib.SUBNET and self.sliced is not None:
+            outputs = self.sliced(x, selection.widths, training=training)
+        else:
+            with gates_lib.thread_selection(selection):
+                outputs = self.supernet(x, training=training)
         return ops.log(ops.maximum(outputs, 1e-12)) if self.outputs_probabilities else outputs
 
     def _weight_stage(self, x, y, step):
