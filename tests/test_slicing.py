@@ -18,8 +18,10 @@ def float64():
     """Float64 models: masked and sliced runs then agree to rounding, not to float32 noise
     amplified by dozens of training-mode batch norms."""
     keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")  # the global policy may already exist as float32
     yield
     keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy("float32")
 
 
 def masked_and_sliced(model, training, seed=0):
