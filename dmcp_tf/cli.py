@@ -25,19 +25,21 @@ def define_flags():
     flags.DEFINE_string("run_dir", None, "Run directory (default: runs/<config.name>).")
     flags.DEFINE_bool("overwrite", False, "Allow replacing outputs that already exist in the run directory.")
     flags.DEFINE_string("data_dir", None, "Shortcut for --config.data.data_dir.")
-    flags.DEFINE_enum("strategy", "auto", ("auto", "default", "mirrored"),
-                      "Distribution: `mirrored` uses every visible GPU; `auto` picks it when there are several.")
+    flags.DEFINE_enum("strategy", "auto", ("auto", "default", "mirrored", "multi_worker"),
+                      "Distribution: `mirrored` uses every visible GPU of this machine; `multi_worker` trains on "
+                      "the machines listed in TF_CONFIG (start the same command on each; the run directory must "
+                      "be shared); `auto` picks multi_worker when TF_CONFIG lists several tasks, else mirrored "
+                      "when several GPUs are visible, else one device.")
+    flags.DEFINE_bool("deterministic", False, "TensorFlow op determinism and fixed seeds: two runs of the same "
+                      "config give identical results (slower on GPUs).")
     flags.DEFINE_string("channels", None, "With --mode=flops: a channels.json to count.")
     flags.DEFINE_string("structure", None, "With --mode=flops: a paper structure, e.g. mobilenet_v2_210M or resnet50_2.8G.")
 
 
 def _strategy(name):
-    import tensorflow as tf  # noqa: PLC0415 (after flag parsing: --help stays fast)
+    from dmcp_tf import distributed  # noqa: PLC0415 (after flag parsing: --help stays fast)
 
-    gpus = tf.config.list_logical_devices("GPU")
-    if name == "mirrored" or (name == "auto" and len(gpus) > 1):
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
+    return distributed.make_strategy(name)
 
 
 def _flops(config):
@@ -79,12 +81,16 @@ def run(argv):
         config.data.data_dir = FLAGS.data_dir
     if FLAGS.mode == "flops":
         return _flops(config)
+    strategy = _strategy(FLAGS.strategy)  # first: multi-worker set-up must precede other TensorFlow work
     from dmcp_tf import pipeline, report  # noqa: PLC0415
 
     steps = pipeline.STEPS if FLAGS.mode == "all" else (FLAGS.mode,)
     run_dir = FLAGS.run_dir or os.path.join("runs", config.name)
-    runner = pipeline.Pipeline(config, run_dir, overwrite=FLAGS.overwrite, strategy=_strategy(FLAGS.strategy))
+    runner = pipeline.Pipeline(config, run_dir, overwrite=FLAGS.overwrite, strategy=strategy,
+                               deterministic=FLAGS.deterministic)
     rows = runner.run(steps)
+    if not runner.chief:
+        return  # the chief writes the report and prints the summary
     print()
     print(report.summary_table(rows, runner.SUMMARY_COLUMNS))
     print(f"\nRun directory: {run_dir} (report.md sums it up)")

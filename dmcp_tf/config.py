@@ -18,6 +18,7 @@ def base_config():
     c = ml_collections.ConfigDict()
     c.name = "fashion_mnist"
     c.seed = 0
+    c.checkpoints_to_keep = 3     # newest checkpoints kept per training step (search, retrain)
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "fashion_mnist"
@@ -47,6 +48,7 @@ def base_config():
     c.search.budget_weight = 0.1
     c.search.uniform_decay = 0.9999
     c.search.uniform_decay_every = 10
+    c.search.checkpoint_every_steps = 100  # and at every epoch end; 0: epoch ends only
 
     c.sample = ml_collections.ConfigDict()
     c.sample.statistics_samples = 3000  # direct samples for the FLOPs histogram (Fig. 6)
@@ -61,6 +63,7 @@ def base_config():
     c.retrain.learning_rate = 0.05
     c.retrain.weight_decay = 1e-4
     c.retrain.label_smoothing = 0.0
+    c.retrain.checkpoint_every_steps = 100
 
     c.export = ml_collections.ConfigDict()
     c.export.quantizations = "float32,int8"
@@ -93,6 +96,12 @@ def validate(config):
         section, name = key.split(".")
         if config[section][name] < 1:
             fail(key, f"must be at least 1, got {config[section][name]}.")
+    for key in ("search.checkpoint_every_steps", "retrain.checkpoint_every_steps"):
+        section, name = key.split(".")
+        if config[section][name] < 0:
+            fail(key, f"must be 0 (epoch ends only) or a number of steps, got {config[section][name]}.")
+    if config.checkpoints_to_keep < 1:
+        fail("checkpoints_to_keep", f"must be at least 1, got {config.checkpoints_to_keep}.")
     if not 0 <= config.search.warmup_fraction < 1:
         fail("search.warmup_fraction", f"must be in [0, 1), got {config.search.warmup_fraction}.")
     unknown = set(quantizations(config)) - set(QUANTIZATIONS)

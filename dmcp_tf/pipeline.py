@@ -4,26 +4,40 @@ Each step reads what earlier steps left in the run directory and writes its own
 outputs there (atomically), so any step can run on its own (`--mode=sample`) and
 pick up a previous run. Everything that can be checked is checked before the
 first step trains: the config, the run directory, the data, the budget.
+
+The training steps (search, retrain) save checkpoints into
+`checkpoints/<step>/` every `checkpoint_every_steps` steps and at every epoch end;
+the same command started again continues an interrupted run: finished steps are
+skipped and the interrupted one resumes from its last intact checkpoint, on the
+same batches (the input pipeline is seeded and replayed to the resumed step).
+Under `MultiWorkerMirroredStrategy` every worker trains, but only the chief
+writes the run directory (which must be on a file system all workers share) and
+runs the single-machine steps (sample, eval, export, report).
 """
 
+import contextlib
+import hashlib
 import json
 import os
+import shutil
+import tempfile
 import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from dmcp_tf import calibration, export, report, sampling
+from dmcp_tf import calibration, distributed, export, report, sampling
 from dmcp_tf import losses as losses_lib
 from dmcp_tf import config as config_lib
 from dmcp_tf import data as data_lib
 from dmcp_tf import flops as flops_lib
+from dmcp_tf.checkpoints import CheckpointCallback, CheckpointManager, list_checkpoints, seed_generator_states
 from dmcp_tf.graph import ChannelGraph
 from dmcp_tf.io_utils import atomic_write_json, atomic_write_text
 from dmcp_tf.models import build_supernet
 from dmcp_tf.rebuild import rebuild
-from dmcp_tf.supernet import DMCPModel, default_arch_optimizer, default_weight_optimizer
+from dmcp_tf.supernet import DMCPModel, SearchPhaseSwitch, default_arch_optimizer, default_weight_optimizer
 
 STEPS = ("search", "sample", "retrain", "eval", "export")
 OUTPUTS = {
@@ -37,6 +51,18 @@ INPUTS = {"sample": ("supernet.keras",), "retrain": ("supernet.keras", "channels
           "eval": ("supernet.keras", "slim.keras"), "export": ("supernet.keras", "slim.keras")}
 # Config sections that define the supernet: a run directory belongs to one of them.
 IDENTITY = ("data.name", "data.image_size", "model", "search")
+# Keys inside those sections that do not change results (may differ on a resumed run).
+NOT_IDENTITY = ("search.checkpoint_every_steps", "retrain.checkpoint_every_steps")
+TRAINING_STEPS = ("search", "retrain")  # run on every worker; the others on the chief only
+
+
+def enable_determinism(seed):
+    """Fixed seeds and TensorFlow op determinism: the same config gives the same result.
+
+    Process-wide and not reversible: call it once, at start-up (`--deterministic`).
+    """
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
 
 
 class PipelineError(ValueError):
@@ -52,27 +78,47 @@ class Pipeline:
         overwrite: allow replacing outputs of earlier runs.
         strategy: a `tf.distribute` strategy (models are built in its scope).
         log: where progress lines go.
+        deterministic: fixed seeds and op determinism (`enable_determinism`), so
+            two runs of one config give identical gate parameters.
     """
 
-    def __init__(self, config, run_dir, *, overwrite=False, strategy=None, log=print):
+    def __init__(self, config, run_dir, *, overwrite=False, strategy=None, log=print, deterministic=False):
         tf.get_logger().setLevel("ERROR")
         self.config = config
         self.run_dir = run_dir
         self.overwrite = overwrite
         self.strategy = strategy or tf.distribute.get_strategy()
-        self.log = log
+        self.multi_worker = distributed.is_multi_worker(self.strategy)
+        self.chief = distributed.is_chief(self.strategy)
+        self.deterministic = deterministic
+        self.log = log if self.chief else (lambda *args, **kwargs: None)
+        # Workers other than the chief write what they must write to a scratch folder.
+        self._scratch = None if self.chief else tempfile.mkdtemp(prefix=f"dmcp-{distributed.task_name(self.strategy)}-")
         self._data = None
         self._supernet = None
         self._slim = None
         self._full = None
+        self.skipped = []
 
     def path(self, *parts):
+        """A file of the run directory (what steps read)."""
         return os.path.join(self.run_dir, *parts)
+
+    def out(self, *parts):
+        """Where this process writes a run-directory file: the run directory on the chief."""
+        return os.path.join(self._scratch or self.run_dir, *parts)
+
+    def _local_scope(self):
+        """Scope for models used on one machine (evaluation, export): not multi-worker."""
+        return contextlib.nullcontext() if self.multi_worker else self.strategy.scope()
 
     # --- checks before any training ------------------------------------------
     def preflight(self, steps):
         """Raises `PipelineError`/`ValueError` for anything that would fail later."""
         config_lib.validate(self.config)
+        if self.multi_worker and self.strategy.num_replicas_in_sync > self.config.data.batch_size:
+            raise PipelineError(f"data.batch_size {self.config.data.batch_size} is smaller than the number of "
+                                f"replicas ({self.strategy.num_replicas_in_sync}).")
         self._check_run_dir(steps)
         missing = [
             f for step in steps for f in INPUTS.get(step, ())
@@ -96,7 +142,7 @@ class Pipeline:
             with open(saved) as f:
                 previous = json.load(f)
             current = json.loads(self.config.to_json())
-            changed = [key for key in IDENTITY if _lookup(previous, key) != _lookup(current, key)]
+            changed = [key for key in IDENTITY if _identity_value(previous, key) != _identity_value(current, key)]
             if changed:
                 raise PipelineError(
                     f"Run directory {self.run_dir} belongs to another config (these settings differ: "
@@ -108,6 +154,26 @@ class Pipeline:
                 f"Run directory {self.run_dir} already holds {', '.join(existing)}, which this run would "
                 "replace. Pass --overwrite to replace them, or choose another --run_dir."
             )
+
+    def finished(self, step):
+        """True if `step` completed in the run directory (its outputs and `<step>.json` exist)."""
+        return all(os.path.exists(self.path(f)) for f in OUTPUTS[step] + (f"{step}.json",))
+
+    def _resumable_prefix(self, steps):
+        """Leading steps that an earlier, interrupted run finished: skipped when it is started again.
+
+        None if every step finished: running them again would replace their
+        outputs, which needs --overwrite (and then nothing is skipped). The first
+        unfinished step must not have outputs yet (`_check_run_dir` refuses then).
+        """
+        if self.overwrite:
+            return []
+        done = []
+        for step in steps:
+            if not self.finished(step):
+                break
+            done.append(step)
+        return done if len(done) < len(steps) else []
 
     # --- shared inputs ------------------------------------------------------
     @property
@@ -132,14 +198,14 @@ class Pipeline:
     @property
     def supernet(self):
         if self._supernet is None:
-            with self.strategy.scope():
+            with self._local_scope():
                 self._supernet = keras.models.load_model(self.path("supernet.keras"), safe_mode=True, compile=False)
         return self._supernet
 
     @property
     def slim(self):
         if self._slim is None:
-            with self.strategy.scope():
+            with self._local_scope():
                 self._slim = keras.models.load_model(self.path("slim.keras"), safe_mode=True, compile=False)
         return self._slim
 
@@ -148,17 +214,104 @@ class Pipeline:
 
     # --- steps --------------------------------------------------------------
     def run(self, steps):
-        """Runs `steps` in order, then writes the report; returns the summary rows."""
-        self.preflight(steps)
+        """Runs `steps` in order, then writes the report; returns the summary rows.
+
+        Started again after an interruption, it skips the steps that finished and
+        resumes the interrupted one from its last checkpoint.
+        """
+        if self.deterministic:
+            enable_determinism(self.config.seed)
+        self.skipped = self._resumable_prefix(steps)
+        todo = [s for s in steps if s not in self.skipped]
+        self.preflight(todo)
+        for step in self.skipped:
+            self.log(f"== {step} == finished earlier in {self.run_dir} ({step}.json); skipped")
+        if self.chief and self.overwrite:
+            for step in todo:
+                shutil.rmtree(self.path("checkpoints", step), ignore_errors=True)
         if not os.path.exists(self.path("config.json")) or self.overwrite:
-            atomic_write_json(self.path("config.json"), json.loads(self.config.to_json()))
-        for step in steps:
-            self.log(f"== {step} ==")
-            start = time.time()
-            result = getattr(self, f"_{step}")()
-            result["seconds"] = round(time.time() - start, 1)
-            atomic_write_json(self.path(f"{step}.json"), result)
-        return self.write_report()
+            atomic_write_json(self.out("config.json"), json.loads(self.config.to_json()))
+        try:
+            for step in todo:
+                if self.multi_worker:
+                    if step not in TRAINING_STEPS:
+                        if self.chief:
+                            self._run_step(step)
+                        continue
+                    distributed.barrier(self.strategy)  # the chief's earlier outputs are written
+                self._run_step(step)
+            return self.write_report() if self.chief else []
+        finally:
+            if self._scratch:
+                shutil.rmtree(self._scratch, ignore_errors=True)
+
+    def _run_step(self, step):
+        self.log(f"== {step} ==")
+        start = time.time()
+        result = getattr(self, f"_{step}")()
+        result["seconds"] = round(time.time() - start, 1)
+        atomic_write_json(self.out(f"{step}.json"), result)
+        if self.chief and step in TRAINING_STEPS:
+            shutil.rmtree(self.path("checkpoints", step), ignore_errors=True)  # its outputs are written
+            with contextlib.suppress(OSError):
+                os.rmdir(self.path("checkpoints"))  # if no other step's checkpoints remain
+
+    # --- training with checkpoints -------------------------------------------
+    def _checkpoint_identity(self, step, steps_per_epoch, **more):
+        """What a checkpoint of `step` must have been written by (config values that change results)."""
+        config = json.loads(self.config.to_json())
+        d = config["data"]
+        section = {k: v for k, v in config[step].items() if f"{step}.{k}" not in NOT_IDENTITY}
+        return dict({
+            "step": step, "seed": config["seed"], "model": config["model"], step: section,
+            "data": {k: d[k] for k in ("name", "image_size", "batch_size", "train_limit", "augment")},
+            "steps_per_epoch": steps_per_epoch,
+        }, **more)
+
+    def _checkpoint_manager(self, step, objects, identity):
+        manager = CheckpointManager(self.path("checkpoints", step), objects, identity=identity,
+                                    keep=self.config.checkpoints_to_keep, is_chief=self.chief, log=self.log)
+        manager.clean_temporary()
+        return manager
+
+    def _restore(self, manager, total_steps):
+        """Restores the newest intact checkpoint; returns (step, extra). Workers must agree on the step."""
+        restored = manager.restore()
+        step = restored.step if restored else 0
+        distributed.agree(self.strategy, step, f"the checkpoint to resume from in {manager.directory}")
+        if restored:
+            self.log(f"resuming from step {step} of {total_steps} ({restored.path})")
+            return step, restored.extra
+        return 0, {}
+
+    def _train(self, model, *, epochs, steps_per_epoch, initial_step, callbacks, validation_data=None):
+        """Trains from global step `initial_step` to the end, on the batches an uninterrupted run sees.
+
+        The training data is one seeded stream (`train.repeat()`), replayed up to
+        `initial_step` (input pipeline only). `fit` under one machine's strategies;
+        under MultiWorkerMirroredStrategy, where Keras 3 `fit` fails, a loop
+        through `strategy.run`.
+        """
+        stream = self.data.train.repeat()
+        if self.multi_worker:
+            if isinstance(model, DMCPModel):
+                callbacks = list(callbacks) + [SearchPhaseSwitch()]
+            distributed.train_loop(model, stream.skip(initial_step), epochs=epochs, steps_per_epoch=steps_per_epoch,
+                                   initial_step=initial_step, callbacks=callbacks)
+            return
+        epoch, batch = divmod(initial_step, steps_per_epoch)
+        if batch:  # finish the interrupted epoch, then the others
+            model.fit(stream.skip(initial_step), initial_epoch=epoch, epochs=epoch + 1,
+                      steps_per_epoch=steps_per_epoch - batch, validation_data=validation_data, shuffle=False,
+                      callbacks=callbacks)
+            epoch += 1
+        if epoch < epochs:
+            model.fit(stream.skip(epoch * steps_per_epoch), initial_epoch=epoch, epochs=epochs,
+                      steps_per_epoch=steps_per_epoch, validation_data=validation_data, shuffle=False,
+                      callbacks=callbacks)
+
+    def _tensorboard(self, step):
+        return [keras.callbacks.TensorBoard(self.path("logs", step))] if self.chief else []
 
     def _steps_per_epoch(self, configured):
         return configured or self.data.train_examples // self.config.data.batch_size
@@ -180,22 +333,30 @@ class Pipeline:
         return model
 
     def _search(self):
+        s = self.config.search
         keras.utils.set_random_seed(self.config.seed)
-        steps = self._steps_per_epoch(self.config.search.steps_per_epoch)
+        steps = self._steps_per_epoch(s.steps_per_epoch)
         model = self._build_search_model(steps)
         self.log(f"supernet {model.supernet.name}: {flops_lib.format_flops(model.full_flops)} MACs, "
                  f"{len(model.gates)} gates, budget {flops_lib.format_flops(model.target_flops)}")
-        history = model.fit(
-            self.data.train.repeat(), epochs=self.config.search.epochs, steps_per_epoch=steps, shuffle=False,
-            callbacks=[keras.callbacks.TensorBoard(self.path("logs", "search"))]
-        )
-        _save_model(model.supernet, self.path("supernet.keras"))
+        # Everything the rest of the search depends on: weights, gate parameters and
+        # batch-norm statistics, both optimisers (with the step counters), and the
+        # sub-network sampler's random state.
+        objects = {"supernet": model.supernet, "optimizer": model.optimizer, "arch_optimizer": model.arch_optimizer,
+                   "random_state": seed_generator_states(model)}
+        manager = self._checkpoint_manager("search", objects, self._checkpoint_identity("search", steps))
+        start, extra = self._restore(manager, model.total_steps)
+        saver = CheckpointCallback(manager, s.checkpoint_every_steps, history=extra.get("history"))
+        if start < model.total_steps:
+            self._train(model, epochs=s.epochs, steps_per_epoch=steps, initial_step=start,
+                        callbacks=self._tensorboard("search") + [saver])
+        _save_model(model.supernet, self.out("supernet.keras"))
         self._supernet = model.supernet
         expected = float(model.graph.expected_flops())
         return {
             "full_flops": model.full_flops, "target_flops": model.target_flops, "expected_flops": expected,
-            "steps": model.total_steps, "warmup_steps": model.warmup_steps,
-            "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+            "steps": model.total_steps, "warmup_steps": model.warmup_steps, "resumed_from_step": start or None,
+            "replicas": self.strategy.num_replicas_in_sync, "history": saver.history,
         }
 
     def _sample(self):
@@ -240,30 +401,50 @@ class Pipeline:
         r = self.config.retrain
         channels = sampling.load_config(self.path("channels.json"))
         keras.utils.set_random_seed(self.config.seed)
+        steps = self._steps_per_epoch(r.steps_per_epoch)
+        resuming = bool(list_checkpoints(self.path("checkpoints", "retrain")))
+        inherited = None
         with self.strategy.scope():
             slim = rebuild(self.supernet, channels, copy_weights=not r.from_scratch)
-            inherited = None
-            if not r.from_scratch:
-                self._calibrate(slim)
-                inherited = _evaluate(slim, self.data.test)
-                self.log(f"inherited weights after BN calibration: top-1 {inherited['accuracy']:.4f}")
-            steps = self._steps_per_epoch(r.steps_per_epoch)
+        if not r.from_scratch and not resuming:
+            # Under several workers the BN calibration and the evaluation of the
+            # inherited weights run on a local copy (Keras 3 evaluate does not run
+            # under MultiWorkerMirroredStrategy), whose weights are then copied in.
+            local = rebuild(self.supernet, channels) if self.multi_worker else slim
+            with self._local_scope():
+                self._calibrate(local)
+                if self.chief:
+                    inherited = _evaluate(local, self.data.test)
+                    self.log(f"inherited weights after BN calibration: top-1 {inherited['accuracy']:.4f}")
+            if local is not slim:
+                slim.set_weights(local.get_weights())
+        with self.strategy.scope():
             _compile_classifier(slim, r, steps * r.epochs)
-        history = slim.fit(
-            self.data.train.repeat(), epochs=r.epochs, steps_per_epoch=steps, validation_data=self.data.test, shuffle=False,
-            callbacks=[keras.callbacks.TensorBoard(self.path("logs", "retrain"))]
-        )
-        _save_model(slim, self.path("slim.keras"))
-        self._slim = slim
+            slim.optimizer.build(slim.trainable_variables)  # its variables exist before a restore
+        identity = self._checkpoint_identity("retrain", steps, channels=channels,
+                                             supernet_sha256=_file_sha256(self.path("supernet.keras")))
+        objects = {"model": slim, "optimizer": slim.optimizer, "random_state": seed_generator_states(slim)}
+        manager = self._checkpoint_manager("retrain", objects, identity)
+        start, extra = self._restore(manager, steps * r.epochs)
+        inherited = extra.get("inherited", inherited)
+        saver = CheckpointCallback(manager, r.checkpoint_every_steps, history=extra.get("history"),
+                                   extra={"inherited": inherited})
+        if start < steps * r.epochs:
+            # Several workers: no per-epoch validation (the eval step measures the result).
+            self._train(slim, epochs=r.epochs, steps_per_epoch=steps, initial_step=start,
+                        callbacks=self._tensorboard("retrain") + [saver],
+                        validation_data=None if self.multi_worker else self.data.test)
+        _save_model(slim, self.out("slim.keras"))
+        self._slim = None if self.multi_worker else slim
         return {
-            "from_scratch": r.from_scratch, "inherited": inherited,
-            "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+            "from_scratch": r.from_scratch, "inherited": inherited, "resumed_from_step": start or None,
+            "history": saver.history,
         }
 
     def full_model(self):
         """The unpruned supernet as a plain model, batch norm calibrated for the full width."""
         if self._full is None:
-            with self.strategy.scope():
+            with self._local_scope():
                 self._full = rebuild(self.supernet, name=f"{self.supernet.name}_full")
                 self._calibrate(self._full)
         return self._full
@@ -358,6 +539,22 @@ def _lookup(tree, dotted):
     for key in dotted.split("."):
         tree = tree.get(key) if isinstance(tree, dict) else None
     return tree
+
+
+def _identity_value(tree, dotted):
+    """`_lookup`, without the keys that do not change results (`NOT_IDENTITY`)."""
+    value = _lookup(tree, dotted)
+    if isinstance(value, dict):
+        value = {k: v for k, v in value.items() if f"{dotted}.{k}" not in NOT_IDENTITY}
+    return value
+
+
+def _file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _save_model(model, path):
