@@ -83,3 +83,11 @@ def write_json(path, data):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
     return path
+
+
+def write_results(args, results):
+    """Writes `results` with the machine and the script's settings to `args.json_out`, if given."""
+    if args.json_out:
+        settings = {k: v for k, v in vars(args).items() if k != "json_out"}
+        write_json(args.json_out, {"machine": machine_info(), "settings": settings, "results": results})
+        print(f"\nwrote {args.json_out}")

@@ -217,10 +217,7 @@ def main(argv=None):
             log=lambda message: print(message, flush=True))
     for family, rows in results.items():
         print("\n" + latency_table(family, rows, quantizations, threads))
-    if args.json_out:
-        settings = {k: v for k, v in vars(args).items() if k != "json_out"}
-        common.write_json(args.json_out, {"machine": common.machine_info(), "settings": settings, "results": results})
-        print(f"\nwrote {args.json_out}")
+    common.write_results(args, results)
     return results
 
 

@@ -240,10 +240,7 @@ def main(argv=None):
             print(f"\nProfile of the DMCP step (ratio {result['ratio']:.2f} > target {args.target_ratio}):"
                   if result["ratio"] > args.target_ratio else "\nProfile of the DMCP step:")
             print(profile_table(result))
-    if args.json_out:
-        settings = {k: v for k, v in vars(args).items() if k != "json_out"}
-        common.write_json(args.json_out, {"machine": common.machine_info(), "settings": settings, "results": results})
-        print(f"\nwrote {args.json_out}")
+    common.write_results(args, results)
     return results
 
 

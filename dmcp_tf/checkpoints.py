@@ -33,6 +33,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from dmcp_tf.io_utils import file_sha256
+
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 STATE_PREFIX = "state"
@@ -67,14 +69,6 @@ class Restored:
     path: str
     extra: dict
     skipped: list
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fsync_file(path):
@@ -211,7 +205,7 @@ class CheckpointManager:
             for name in sorted(os.listdir(tmp)):
                 path = os.path.join(tmp, name)
                 _fsync_file(path)
-                files[name] = {"bytes": os.path.getsize(path), "sha256": _sha256(path)}
+                files[name] = {"bytes": os.path.getsize(path), "sha256": file_sha256(path)}
             manifest["files"] = files
             with open(os.path.join(tmp, MANIFEST), "w") as f:
                 json.dump(manifest, f, indent=1, sort_keys=True)
@@ -258,7 +252,7 @@ class CheckpointManager:
             if size != expected["bytes"]:
                 raise CorruptCheckpointError(
                     f"checkpoint file {file} is truncated or altered: {size} bytes, {expected['bytes']} when written")
-            if _sha256(file) != expected["sha256"]:
+            if file_sha256(file) != expected["sha256"]:
                 raise CorruptCheckpointError(
                     f"checkpoint file {file} is corrupt: its SHA-256 differs from the one recorded when it was written")
         return manifest

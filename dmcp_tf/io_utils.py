@@ -1,6 +1,7 @@
 """Atomic file writes: a reader never sees a half-written file or directory."""
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -59,3 +60,12 @@ def atomic_directory(path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def file_sha256(path):
+    """Hex SHA-256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

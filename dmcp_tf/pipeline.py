@@ -16,7 +16,6 @@ runs the single-machine steps (sample, eval, export, report).
 """
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -34,7 +33,7 @@ from dmcp_tf import data as data_lib
 from dmcp_tf import flops as flops_lib
 from dmcp_tf.checkpoints import CheckpointCallback, CheckpointManager, list_checkpoints, seed_generator_states
 from dmcp_tf.graph import ChannelGraph
-from dmcp_tf.io_utils import atomic_write_json, atomic_write_text
+from dmcp_tf.io_utils import atomic_write_json, atomic_write_text, file_sha256
 from dmcp_tf.models import build_supernet
 from dmcp_tf.rebuild import rebuild
 from dmcp_tf.supernet import DMCPModel, SearchPhaseSwitch, default_arch_optimizer, default_weight_optimizer
@@ -422,7 +421,7 @@ class Pipeline:
             _compile_classifier(slim, r, steps * r.epochs)
             slim.optimizer.build(slim.trainable_variables)  # its variables exist before a restore
         identity = self._checkpoint_identity("retrain", steps, channels=channels,
-                                             supernet_sha256=_file_sha256(self.path("supernet.keras")))
+                                             supernet_sha256=file_sha256(self.path("supernet.keras")))
         objects = {"model": slim, "optimizer": slim.optimizer, "random_state": seed_generator_states(slim)}
         manager = self._checkpoint_manager("retrain", objects, identity)
         start, extra = self._restore(manager, steps * r.epochs)
@@ -547,14 +546,6 @@ def _identity_value(tree, dotted):
     if isinstance(value, dict):
         value = {k: v for k, v in value.items() if f"{dotted}.{k}" not in NOT_IDENTITY}
     return value
-
-
-def _file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _save_model(model, path):
