@@ -60,6 +60,18 @@ def current_selection():
 
 
 @contextlib.contextmanager
+def _pushed(stack, sel):
+    stack.append(sel)
+    try:
+        yield sel
+    finally:
+        stack.pop()
+
+
+def _thread_stack():
+    return _thread_state.__dict__.setdefault("stack", [])
+
+
 def selection(sel):
     """Activates `sel` for model calls made inside the block.
 
@@ -67,24 +79,13 @@ def selection(sel):
     a `tf.function` is traced. Inside a training step the widths are tensors, so
     the traced graph serves every sub-network.
     """
-    stack = _thread_state.__dict__.setdefault("stack", [])
     in_main = threading.current_thread() is threading.main_thread()
-    (_process_state if in_main else stack).append(sel)
-    try:
-        yield sel
-    finally:
-        (_process_state if in_main else stack).pop()
+    return _pushed(_process_state if in_main else _thread_stack(), sel)
 
 
-@contextlib.contextmanager
 def thread_selection(sel):
     """Like `selection`, but visible to the calling thread only (used in train steps)."""
-    stack = _thread_state.__dict__.setdefault("stack", [])
-    stack.append(sel)
-    try:
-        yield sel
-    finally:
-        stack.pop()
+    return _pushed(_thread_stack(), sel)
 
 
 def split_channels(channels, *, width=None, min_channels=None, group_size=None):

@@ -376,9 +376,7 @@ class ChannelGraph:
 
     def params(self, config=None):
         """Number of weights (trainable and not) with `config` kept channels; gates excluded."""
-        records = {}
-        for r in self.records:
-            records.setdefault(id(r.layer), r)
+        records = self.first_records()
         total = 0
         for layer in self._layers.values():
             if isinstance(layer, ChannelGate):
@@ -437,6 +435,13 @@ class ChannelGraph:
              "expected": float(g.expected_channels())}
             for g in self.gates
         ]
+
+    def first_records(self):
+        """`id(layer)` -> the record of the layer's first call (shared layers keep one width)."""
+        records = {}
+        for r in self.records:
+            records.setdefault(id(r.layer), r)
+        return records
 
     def record_reading(self, layer, info):
         """The record of `layer`'s call on the tensor `info`."""

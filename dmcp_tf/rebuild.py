@@ -29,9 +29,7 @@ def rebuild(model, config=None, *, copy_weights=True, graph=None, name=None):
     graph = graph or ChannelGraph(model)
     config = dict(config or {})
     graph.validate_config(config)
-    records = {}
-    for record in graph.records:
-        records.setdefault(id(record.layer), record)
+    records = graph.first_records()
     slim_layers = {}
 
     def visit(layer, args, kwargs, node):
