@@ -24,10 +24,12 @@ from benchmarks import common  # noqa: E402  (sets up the path and TF logging)
 
 import numpy as np  # noqa: E402
 
+from dmcp_tf.baselines import uniform_config  # noqa: E402
 from dmcp_tf.export import export_tflite, tflite_latency_ms  # noqa: E402
 from dmcp_tf.graph import ChannelGraph  # noqa: E402
 from dmcp_tf.models import mobilenet_v2, mobilenet_v2_config, resnet50, resnet50_config  # noqa: E402
 from dmcp_tf.rebuild import rebuild  # noqa: E402
+from dmcp_tf.sampling import round_config  # noqa: E402
 
 # family -> (supernet builder(input_size), structure name -> channel configuration)
 FAMILIES = {
@@ -35,53 +37,6 @@ FAMILIES = {
                      mobilenet_v2_config),
     "resnet50": (lambda size: resnet50(input_shape=(size, size, 3), num_classes=1000), resnet50_config),
 }
-
-
-def round_config(graph, config, multiple):
-    """Rounds every gate's kept channels to the nearest multiple of `multiple`.
-
-    The result is at least `multiple` and never above the gate's channels (a gate with
-    fewer channels than `multiple` keeps them all). `multiple` <= 1 returns a copy.
-    """
-    config = dict(config)
-    if multiple <= 1:
-        return config
-    for gate in graph.gates:
-        kept = config.get(gate.name, gate.channels)
-        rounded = max(multiple, int(np.floor(kept / multiple + 0.5)) * multiple)
-        config[gate.name] = min(rounded, gate.channels)
-    return config
-
-
-def fraction_config(graph, fraction):
-    """Every gate keeps `round(fraction * channels)` channels (at least 1)."""
-    return {g.name: int(min(g.channels, max(1, np.floor(fraction * g.channels + 0.5)))) for g in graph.gates}
-
-
-def uniform_config(graph, target_macs, tolerance=0.01, iterations=60):
-    """The uniformly narrowed configuration whose MACs are closest to `target_macs`.
-
-    Bisects the kept fraction of every gate's channels (`fraction_config`).
-
-    Returns:
-        `(config, fraction, macs)`.
-
-    Raises:
-        ValueError: if no fraction comes within `tolerance` (relative) of the target.
-    """
-    lo, hi = 0.0, 1.0
-    for _ in range(iterations):
-        mid = 0.5 * (lo + hi)
-        if graph.flops(fraction_config(graph, mid)) < target_macs:
-            lo = mid
-        else:
-            hi = mid
-    fraction = min((lo, hi), key=lambda f: abs(graph.flops(fraction_config(graph, f)) - target_macs))
-    config = fraction_config(graph, fraction)
-    macs = graph.flops(config)
-    if abs(macs - target_macs) > tolerance * target_macs:
-        raise ValueError(f"Uniform narrowing reaches {macs} MACs at best, not {target_macs} within {tolerance:.0%}.")
-    return config, fraction, macs
 
 
 def variants(graph, structures, round_to=0):

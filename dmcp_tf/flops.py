@@ -60,7 +60,7 @@ def budget_loss(expected_flops, target_flops):
     with `r = 0.1` when `|E - T| > 200` MFLOPs, else 1.
     """
     e = ops.convert_to_tensor(expected_flops, "float32") / 1e6
-    t = float(target_flops) / 1e6
+    t = ops.convert_to_tensor(target_flops, "float32") / 1e6
     r = ops.where(ops.abs(e - t) > 200.0, 0.1, 1.0)
     tiny = 1e-12  # keeps the unused branch of `where` finite, so gradients stay finite
     below = ops.log(ops.maximum(r * ops.abs(e - t), tiny))

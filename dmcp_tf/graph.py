@@ -314,17 +314,21 @@ class ChannelGraph:
             total = total + (gate.expected_channels() if gate is not None else self.space(s).size)
         return total
 
-    def kept_indices(self, layout, config=None, expansion=1):
-        """Indices of the kept channels (first ones of each segment).
+    def kept_indices(self, layout, config=None, expansion=1, order=None):
+        """Indices of the kept channels (by default the first ones of each segment).
 
         With `expansion` > 1 every channel owns that many consecutive rows (the
-        pointwise kernel after a depthwise conv with a depth multiplier).
+        pointwise kernel after a depthwise conv with a depth multiplier). `order`
+        (gate name -> channel indices, most important first) makes a gated segment
+        keep the first channels of its order instead.
         """
         indices, offset = [], 0
         for s in layout:
-            size = self.space(s).size
-            indices.append(np.arange(offset, offset + self.kept(s, config)))
-            offset += size
+            gate = self.space(s).gate
+            ranked = order.get(gate.name) if order and gate is not None else None
+            kept = self.kept(s, config)
+            indices.append(offset + (np.asarray(ranked[:kept]) if ranked is not None else np.arange(kept)))
+            offset += self.space(s).size
         kept = np.concatenate(indices) if indices else np.zeros((0,), int)
         if expansion > 1:
             kept = (kept[:, None] * expansion + np.arange(expansion)).reshape(-1)
@@ -401,14 +405,16 @@ class ChannelGraph:
             out.append((weight, axes))
         return out
 
-    def kept_weight_indices(self, weight, axes, config=None):
-        """Per axis of `weight`, the indices it keeps under `config`."""
+    def kept_weight_indices(self, weight, axes, config=None, order=None):
+        """Per axis of `weight`, the indices it keeps under `config` (and channel `order`)."""
         indices = [np.arange(d) for d in weight.shape]
         for axis, layout in axes:
-            if self.count(layout, config) == self.count(layout):
+            reordered = order and any(self.space(s).gate is not None and self.space(s).gate.name in order
+                                      for s in layout)
+            if self.count(layout, config) == self.count(layout) and not reordered:
                 continue  # nothing pruned on this axis (e.g. a grouped conv's kernel)
             expansion = weight.shape[axis] // self.count(layout)
-            indices[axis] = self.kept_indices(layout, config, expansion)
+            indices[axis] = self.kept_indices(layout, config, expansion, order)
         return indices
 
     def layer_rows(self, config=None):

@@ -26,8 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dmcp_tf import calibration, distributed, export, report, sampling
-from dmcp_tf import losses as losses_lib
+from dmcp_tf import calibration, distributed, export, report, sampling, training
 from dmcp_tf import config as config_lib
 from dmcp_tf import data as data_lib
 from dmcp_tf import flops as flops_lib
@@ -36,7 +35,7 @@ from dmcp_tf.graph import ChannelGraph
 from dmcp_tf.io_utils import atomic_write_json, atomic_write_text, file_sha256
 from dmcp_tf.models import build_supernet
 from dmcp_tf.rebuild import rebuild
-from dmcp_tf.supernet import DMCPModel, SearchPhaseSwitch, default_arch_optimizer, default_weight_optimizer
+from dmcp_tf.supernet import DMCPModel, SearchPhaseSwitch
 
 STEPS = ("search", "sample", "retrain", "eval", "export")
 OUTPUTS = {
@@ -316,20 +315,9 @@ class Pipeline:
         return configured or self.data.train_examples // self.config.data.batch_size
 
     def _build_search_model(self, steps_per_epoch):
-        s = self.config.search
-        total = s.epochs * steps_per_epoch
         with self.strategy.scope():
-            model = DMCPModel(
-                self._new_supernet(), budget=s.budget, total_steps=total, warmup_fraction=s.warmup_fraction,
-                budget_weight=s.budget_weight, label_smoothing=s.label_smoothing, weight_decay=s.weight_decay,
-                uniform_decay=s.uniform_decay, uniform_decay_every=s.uniform_decay_every, seed=self.config.seed,
-            )
-            model.compile(
-                weight_optimizer=default_weight_optimizer(total, s.learning_rate, int(s.warmup_epochs * steps_per_epoch)),
-                arch_optimizer=default_arch_optimizer(total - model.warmup_steps, s.arch_learning_rate,
-                                                      s.arch_final_learning_rate),
-            )
-        return model
+            return training.build_search_model(self._new_supernet(), self.config.search, steps_per_epoch,
+                                               seed=self.config.seed)
 
     def _search(self):
         s = self.config.search
@@ -363,7 +351,7 @@ class Pipeline:
         target = self.target_flops(graph)
         cfg = self.config.sample
         rng = np.random.default_rng(self.config.seed)
-        chosen = sampling.expected_config(graph)
+        chosen = sampling.round_config(graph, sampling.expected_config(graph), cfg.round_to)
         sampling.save_config(self.path("channels.json"), chosen)
         direct, note = [], None
         try:
@@ -379,7 +367,8 @@ class Pipeline:
         report.plot_channel_distributions(dists, {g.name: g.channels for g in graph.gates},
                                           self.path("channel_distributions.png"), expected=chosen)
         structure = report.structure_markdown(graph.gate_rows(chosen), graph.layer_rows(chosen),
-                                              f"{self.supernet.name} at {self.config.search.budget} (expected sampling)")
+                                              f"{self.supernet.name} at {self.config.search.budget} (expected sampling"
+                                              + (f", rounded to multiples of {cfg.round_to})" if cfg.round_to > 1 else ")"))
         atomic_write_text(self.path("structure.md"), structure)
         atomic_write_json(self.path("samples.json"), {"direct": direct, "note": note})
         self.log(f"expected sampling: {flops_lib.format_flops(graph.flops(chosen))} MACs "
@@ -387,7 +376,7 @@ class Pipeline:
                  f"{flops_lib.format_flops(stats['mean'])}")
         return {
             "target_flops": target, "expected_flops": float(graph.expected_flops()),
-            "es_flops": graph.flops(chosen), "es_params": graph.params(chosen),
+            "es_flops": graph.flops(chosen), "es_params": graph.params(chosen), "round_to": cfg.round_to,
             "direct_mean_flops": stats["mean"], "direct_std_flops": stats["std"],
             "direct_samples": len(direct), "within_budget_samples": int(len(next(iter(dists.values())))),
         }
@@ -413,12 +402,12 @@ class Pipeline:
             with self._local_scope():
                 self._calibrate(local)
                 if self.chief:
-                    inherited = _evaluate(local, self.data.test)
+                    inherited = training.evaluate(local, self.data.test)
                     self.log(f"inherited weights after BN calibration: top-1 {inherited['accuracy']:.4f}")
             if local is not slim:
                 slim.set_weights(local.get_weights())
         with self.strategy.scope():
-            _compile_classifier(slim, r, steps * r.epochs)
+            training.compile_classifier(slim, r, steps * r.epochs)
             slim.optimizer.build(slim.trainable_variables)  # its variables exist before a restore
         identity = self._checkpoint_identity("retrain", steps, channels=channels,
                                              supernet_sha256=file_sha256(self.path("supernet.keras")))
@@ -452,7 +441,7 @@ class Pipeline:
         results = {}
         for label, model in (("full", self.full_model()), ("slim", self.slim)):
             graph = ChannelGraph(model)
-            results[label] = dict(_evaluate(model, self.data.test), flops=graph.flops(), params=graph.params())
+            results[label] = dict(training.evaluate(model, self.data.test), flops=graph.flops(), params=graph.params())
             self.log(f"{label}: top-1 {results[label]['accuracy']:.4f}, {flops_lib.format_flops(graph.flops())} MACs")
         return results
 
@@ -553,22 +542,6 @@ def _save_model(model, path):
     tmp = f"{path}.tmp.keras"
     model.save(tmp)
     os.replace(tmp, path)
-
-
-def _compile_classifier(model, cfg, total_steps):
-    """SGD, Nesterov momentum, cosine schedule, decoupled weight decay off biases and BN."""
-    schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, max(1, total_steps))
-    optimizer = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
-    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
-    model.compile(optimizer=optimizer, loss=losses_lib.smoothed_sparse_cross_entropy(cfg.label_smoothing),
-                  metrics=["accuracy"])
-
-
-def _evaluate(model, dataset):
-    if not model.compiled:
-        model.compile(loss=losses_lib.smoothed_sparse_cross_entropy(0.0), metrics=["accuracy"])
-    result = model.evaluate(dataset, verbose=0, return_dict=True)
-    return {"accuracy": float(result["accuracy"]), "loss": float(result["loss"])}
 
 
 def _test_images(dataset, count):

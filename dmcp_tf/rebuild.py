@@ -8,7 +8,7 @@ from dmcp_tf.graph import ChannelGraph
 from dmcp_tf.walk import as_functional, walk
 
 
-def rebuild(model, config=None, *, copy_weights=True, graph=None, name=None):
+def rebuild(model, config=None, *, copy_weights=True, graph=None, name=None, channel_order=None):
     """Builds the sub-network `config` of `model` as a plain model without gates.
 
     Every layer keeps the channel counts the configuration gives its gates; with
@@ -22,6 +22,11 @@ def rebuild(model, config=None, *, copy_weights=True, graph=None, name=None):
         copy_weights: copy the kept weights (fine-tuning); False gives freshly
             initialised layers (training from scratch, as in the paper).
         graph: the model's `ChannelGraph`, if already built.
+        channel_order: gate name -> that gate's channel indices, most important
+            first; a gate keeping `c` channels then keeps the first `c` of its
+            order instead of the first `c` channels (pruning by an importance
+            criterion, e.g. `baselines.l1_channel_order`). Changes only which
+            weights are copied.
 
     Returns:
         A `keras.Model` whose layers carry the original names.
@@ -29,6 +34,7 @@ def rebuild(model, config=None, *, copy_weights=True, graph=None, name=None):
     graph = graph or ChannelGraph(model)
     config = dict(config or {})
     graph.validate_config(config)
+    _check_order(graph, channel_order or {})
     records = graph.first_records()
     slim_layers = {}
 
@@ -49,8 +55,18 @@ def rebuild(model, config=None, *, copy_weights=True, graph=None, name=None):
     )
     if copy_weights:
         for layer_id, (layer, slim_layer) in slim_layers.items():
-            _copy_weights(graph, layer, records.get(layer_id), slim_layer, config)
+            _copy_weights(graph, layer, records.get(layer_id), slim_layer, config, channel_order)
     return slim
+
+
+def _check_order(graph, order):
+    channels = {g.name: g.channels for g in graph.gates}
+    for name, ranked in order.items():
+        if name not in channels:
+            raise ValueError(f"channel_order names unknown gate {name!r}; the gates are {sorted(channels)}.")
+        if sorted(int(i) for i in ranked) != list(range(channels[name])):
+            raise ValueError(f"channel_order[{name!r}] must be a permutation of 0..{channels[name] - 1} "
+                             "(every channel index once, most important first).")
 
 
 def _slim_layer(graph, layer, record, config):
@@ -60,12 +76,12 @@ def _slim_layer(graph, layer, record, config):
     return layer.__class__.from_config(record.rule.slim_config(layer, cin, cout))
 
 
-def _copy_weights(graph, layer, record, slim_layer, config):
+def _copy_weights(graph, layer, record, slim_layer, config, order):
     if record is None:
         source = [w.numpy() for w in layer.weights]
     else:
         source = [
-            w.numpy()[np.ix_(*graph.kept_weight_indices(w, axes, config))]
+            w.numpy()[np.ix_(*graph.kept_weight_indices(w, axes, config, order))]
             for w, axes in graph.weight_axes(record)
         ]
     slim_layer.set_weights(source)

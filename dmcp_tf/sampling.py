@@ -16,6 +16,22 @@ def expected_config(graph):
     return {g.name: g.expected_sample() for g in graph.gates}
 
 
+def round_config(graph, config, multiple):
+    """Rounds every gate's kept channels to the nearest multiple of `multiple`.
+
+    The result is at least `multiple` and never above the gate's channels (a gate with
+    fewer channels than `multiple` keeps them all). `multiple` <= 1 returns a copy.
+    """
+    config = dict(config)
+    if multiple <= 1:
+        return config
+    for gate in graph.gates:
+        kept = config.get(gate.name, gate.channels)
+        rounded = max(multiple, int(np.floor(kept / multiple + 0.5)) * multiple)
+        config[gate.name] = min(rounded, gate.channels)
+    return config
+
+
 def direct_configs(graph, rng, count):
     """`count` direct samples of the Markov chains, as per-gate arrays of channel counts."""
     return {g.name: g.direct_sample(rng, size=count) for g in graph.gates}

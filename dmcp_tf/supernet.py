@@ -90,8 +90,9 @@ class DMCPModel(keras.Model):
         self.slicing_note = "sliced" if self.sliced else sliced.reason or "masking requested"
         self.full_flops = self.graph.flops()
         self.min_flops = self.graph.flops(self.graph.smallest_config())
-        self.target_flops = flops_lib.parse_budget(budget, self.full_flops)
-        flops_lib.check_budget(self.target_flops, self.full_flops, self.min_flops)
+        # A variable, so that `set_budget` changes the budget without retracing the step.
+        self._target = self.add_weight(name="target_flops", shape=(), trainable=False, dtype="float32")
+        self.set_budget(budget)
         if not 0.0 <= warmup_fraction < 1.0:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}.")
         if total_steps < 1:
@@ -114,6 +115,20 @@ class DMCPModel(keras.Model):
         self.trackers = {n: keras.metrics.Mean(name=n) for n in names}
         self.trackers["accuracy"] = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
         self.trackers["expected_mflops"] = LatestValue(name="expected_mflops")
+
+    def set_budget(self, budget):
+        """Sets the FLOPs target (`"210M"`, `"0.5x"`, MACs) of the architecture stage.
+
+        The warm-up does not depend on the budget, so searches for several budgets
+        can continue one warm-up: restore its state, `set_budget`, `fit` on.
+
+        Raises:
+            ValueError: the budget is not between the smallest and the full sub-network.
+        """
+        target = flops_lib.parse_budget(budget, self.full_flops)
+        flops_lib.check_budget(target, self.full_flops, self.min_flops)
+        self.target_flops = target
+        self._target.assign(float(target))
 
     @property
     def gates(self):
@@ -188,7 +203,7 @@ class DMCPModel(keras.Model):
         with tf.GradientTape() as tape:
             logits = self._forward(x, gates_lib.Selection(gates_lib.SCALE))
             task = losses_lib.cross_entropy(y, logits)
-            budget = flops_lib.budget_loss(self.graph.expected_flops(), self.target_flops)
+            budget = flops_lib.budget_loss(self.graph.expected_flops(), self._target)
             loss = task + self.budget_weight * budget
             scaled = loss / replicas
         grads = tape.gradient(scaled, self.arch_variables)

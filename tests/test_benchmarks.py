@@ -2,12 +2,12 @@
 
 import json
 
-import numpy as np
 import pytest
 
-from benchmarks import common, latency, step_time
+from benchmarks import accuracy, common, latency, step_time
 from dmcp_tf.graph import ChannelGraph
-from dmcp_tf.models import fashion_resnet, mobilenet_v2, mobilenet_v2_config
+from dmcp_tf.models import fashion_resnet
+from tests.helpers import learnable_fashion_mnist
 
 
 def _tiny(gate_kind="markov"):
@@ -42,35 +42,6 @@ def test_step_time_plain_and_dmcp_with_profile(tmp_path):
     assert json.loads(path.read_text())["results"][0]["batch"] == 4
 
 
-def test_round_config_multiples_within_bounds():
-    graph = ChannelGraph(fashion_resnet())
-    rng = np.random.default_rng(0)
-    config = {g.name: int(rng.integers(1, g.channels + 1)) for g in graph.gates}
-    config[graph.gates[0].name] = 1  # rounds up to N, never to 0
-    for multiple in (4, 8, 48):
-        rounded = latency.round_config(graph, config, multiple)
-        for gate in graph.gates:
-            kept = rounded[gate.name]
-            assert 1 <= kept <= gate.channels
-            assert kept % multiple == 0 or kept == gate.channels
-            assert kept >= min(multiple, gate.channels)
-            assert abs(kept - config[gate.name]) <= multiple / 2 or kept == min(multiple, gate.channels)
-    assert latency.round_config(graph, config, 0) == config
-
-
-def test_uniform_config_matches_paper_structures_macs():
-    graph = ChannelGraph(mobilenet_v2(1.5))
-    for name in ("300M", "59M"):
-        target = graph.flops(mobilenet_v2_config(name))
-        config, fraction, macs = latency.uniform_config(graph, target)
-        assert macs == graph.flops(config) and abs(macs - target) <= 0.01 * target
-        assert config == latency.fraction_config(graph, fraction) and 0 < fraction < 1
-        assert all(abs(config[g.name] - fraction * g.channels) <= 0.5 + 1e-9 for g in graph.gates)
-    with pytest.raises(ValueError):  # a coarse model cannot always get within 1%: said, not hidden
-        tiny = ChannelGraph(fashion_resnet())
-        latency.uniform_config(tiny, 2 * tiny.flops())
-
-
 def test_latency_tiny_model(tmp_path):
     supernet = _tiny()
     graph = ChannelGraph(supernet)
@@ -88,3 +59,32 @@ def test_latency_tiny_model(tmp_path):
     assert all(v % 4 == 0 or v == g.channels for g in graph.gates for v in [rows[3]["config"][g.name]])
     table = latency.latency_table("tiny", rows, ("float32",), (1,))
     assert "float32 1T ms" in table and len(table.splitlines()) == 2 + len(rows)
+
+
+@pytest.mark.slow
+def test_accuracy_benchmark_every_method_tiny(tmp_path):
+    (tmp_path / "fashion").mkdir()
+    data_dir = learnable_fashion_mnist(tmp_path / "fashion")
+    out = accuracy.main([
+        "--seeds=0", "--budgets=0.5x", "--channels=16,32", "--train_limit=256", "--test_limit=128",
+        "--batch_size=32", "--search_epochs=2", "--retrain_epochs=1", "--tolerance=0.1",
+        f"--data_dir={data_dir}", f"--plot={tmp_path / 'acc.png'}", f"--json_out={tmp_path / 'acc.json'}",
+    ])
+    rows = {r["method"]: r for r in out["rows"]}
+    assert set(rows) == {"full", *accuracy.METHODS}
+    full = rows["full"]["macs"]
+    for method in ("uniform", "l1", "random"):  # matched to the budget, not searched
+        assert abs(rows[method]["macs"] - 0.5 * full) <= 0.1 * 0.5 * full, method
+    assert rows["uniform"]["config"] == rows["l1"]["config"] != rows["random"]["config"]
+    for method in ("dmcp_finetune", "dmcp_scratch"):  # one search, two ways of training its structure
+        assert rows[method]["config"] == rows["dmcp_scratch"]["config"] and rows[method]["search_seconds"] > 0
+    assert all(0.0 <= r["accuracy"] <= 1.0 and 0 < r["macs"] <= full for r in out["rows"])
+    summary = {(s["method"], s["budget"]): s for s in out["summary"]}
+    assert summary["uniform", "0.5x"]["macs_over_budget"] == pytest.approx(rows["uniform"]["macs"] / (0.5 * full))
+    assert (tmp_path / "acc.png").read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads((tmp_path / "acc.json").read_text())
+    assert len(saved["results"]["rows"]) == 1 + len(accuracy.METHODS) and saved["settings"]["budgets"] == ["0.5x"]
+    redrawn = accuracy.main([f"--from_json={tmp_path / 'acc.json'}", f"--plot={tmp_path / 'again.png'}"])
+    assert redrawn["summary"] == out["summary"] and (tmp_path / "again.png").exists()
+    table = accuracy.tables(out["summary"], ["0.5x"], list(accuracy.METHODS))
+    assert all(label in table for label in accuracy.METHODS.values()) and "Unpruned network" in table

@@ -41,7 +41,7 @@ def data_dir(tmp_path_factory):
 @pytest.mark.slow
 def test_whole_pipeline_writes_every_artefact(tmp_path, data_dir):
     run_dir = tmp_path / "run"
-    code, out = main(f"--data_dir={data_dir}", f"--run_dir={run_dir}", *TINY)
+    code, out = main(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--config.sample.round_to=4", *TINY)
     assert code == 0, out
     assert "DMCP slim" in out and "unpruned supernet" in out  # the console summary table
     for name in ("config.json", "supernet.keras", "search.json", "channels.json", "samples.json", "structure.md",
@@ -61,6 +61,7 @@ def test_whole_pipeline_writes_every_artefact(tmp_path, data_dir):
     channels = json.loads((run_dir / "channels.json").read_text())
     assert set(channels) == {g.name for g in graph.gates}
     assert all(1 <= channels[g.name] <= g.channels for g in graph.gates)
+    assert all(channels[g.name] % 4 == 0 or channels[g.name] == g.channels for g in graph.gates)  # round_to
     structure = (run_dir / "structure.md").read_text()
     assert all(g.name in structure for g in graph.gates)
 

@@ -190,6 +190,7 @@ def tiny_config(data_dir):
         config.sample.statistics_samples, config.sample.direct_samples = 300, 1
         config.sample.calibration_batches = 2
         config.retrain.epochs, config.retrain.steps_per_epoch, config.retrain.checkpoint_every_steps = 2, 4, 3
+        config.retrain.from_scratch = False  # the longer path: inherited weights, batch-norm calibration
     return config
 
 
@@ -240,6 +241,7 @@ def test_pipeline_resumes_an_interrupted_retraining(tmp_path, monkeypatch):
     retrain = json.loads((interrupted / "retrain.json").read_text())
     assert retrain["resumed_from_step"] == 6 and len(retrain["history"]["loss"]) == 2
     assert len(retrain["history"]["val_accuracy"]) == 2
+    assert retrain["inherited"] is not None
     assert retrain["inherited"] == json.loads((uninterrupted / "retrain.json").read_text())["inherited"]
     assert not (interrupted / "checkpoints").exists()  # removed once slim.keras is written
 

@@ -7,6 +7,7 @@ import pytest
 from dmcp_tf import sampling
 from dmcp_tf.gates import MarkovGate
 from dmcp_tf.graph import ChannelGraph
+from dmcp_tf.models import fashion_resnet
 from tests.helpers import tiny_supernet
 
 
@@ -88,3 +89,19 @@ def test_config_json_round_trip(tmp_path, graph):
     path.write_text('{"g1": "many"}')
     with pytest.raises(ValueError, match="not a channel configuration"):
         sampling.load_config(path)
+
+
+def test_round_config_multiples_within_bounds():
+    graph = ChannelGraph(fashion_resnet())
+    rng = np.random.default_rng(0)
+    config = {g.name: int(rng.integers(1, g.channels + 1)) for g in graph.gates}
+    config[graph.gates[0].name] = 1  # rounds up to N, never to 0
+    for multiple in (4, 8, 48):
+        rounded = sampling.round_config(graph, config, multiple)
+        for gate in graph.gates:
+            kept = rounded[gate.name]
+            assert 1 <= kept <= gate.channels
+            assert kept % multiple == 0 or kept == gate.channels
+            assert kept >= min(multiple, gate.channels)
+            assert abs(kept - config[gate.name]) <= multiple / 2 or kept == min(multiple, gate.channels)
+    assert sampling.round_config(graph, config, 0) == config

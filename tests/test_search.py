@@ -113,3 +113,20 @@ def test_bad_schedule_arguments_are_rejected():
         DMCPModel(tiny_supernet(), budget="0.5x", total_steps=10, warmup_fraction=1.0)
     with pytest.raises(ValueError, match="total_steps"):
         DMCPModel(tiny_supernet(), budget="0.5x", total_steps=0)
+
+
+def test_set_budget_continues_a_search_without_retracing():
+    keras.utils.set_random_seed(1)
+    x, y = blob_data(np.random.default_rng(1), 512)
+    model = DMCPModel(tiny_supernet(channels=(32, 64)), budget="0.6x", total_steps=96, warmup_fraction=1 / 6)
+    model.compile(arch_optimizer=default_arch_optimizer(80, 2.0, 0.5))
+    model.fit(x, y, batch_size=32, epochs=3, verbose=0)  # warm-up, then 32 search steps
+    step_function = model.train_function
+    high = float(model.graph.expected_flops())
+    model.set_budget("0.2x")
+    assert model.target_flops == pytest.approx(0.2 * model.full_flops)
+    model.fit(x, y, batch_size=32, initial_epoch=3, epochs=6, verbose=0)
+    assert model.train_function is step_function  # the budget is a variable of the traced step
+    assert float(model.graph.expected_flops()) < 0.85 * high  # the gates follow the new budget down
+    with pytest.raises(ValueError, match="outside what the supernet can reach"):
+        model.set_budget("1.5x")

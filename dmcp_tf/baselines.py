@@ -1,0 +1,123 @@
+"""Channel configurations chosen without a search: what DMCP is compared with.
+
+- `uniform_config`: every gate keeps the same fraction of its channels (width
+  scaling, as MobileNet's width multiplier);
+- `random_config`: random relative widths, scaled together to the budget;
+- `l1_channel_order`: Li et al. (2017), "Pruning Filters for Efficient
+  ConvNets": filters ranked by the L1 norm of their weights; with
+  `rebuild(..., channel_order=...)` a configuration keeps the largest ones.
+
+All of them meet a FLOPs target by scaling relative widths together
+(`config_at_flops`).
+"""
+
+import numpy as np
+
+from dmcp_tf import layer_rules as rules
+
+
+def scaled_config(graph, fractions):
+    """Every gate keeps `round(fraction * channels)` channels, between 1 and all.
+
+    Args:
+        graph: a `ChannelGraph`.
+        fractions: gate name -> kept fraction (may exceed 1: clipped).
+    """
+    return {
+        g.name: int(min(g.channels, max(1, np.floor(fractions[g.name] * g.channels + 0.5))))
+        for g in graph.gates
+    }
+
+
+def config_at_flops(graph, target_macs, relative=None, *, tolerance=0.01, iterations=60):
+    """Scales relative widths together until the configuration's MACs meet `target_macs`.
+
+    Args:
+        graph: a `ChannelGraph`.
+        target_macs: the budget in multiply-accumulates.
+        relative: gate name -> relative width in (0, 1]; all 1 (uniform) by default.
+        tolerance: the largest accepted relative miss of the target.
+
+    Returns:
+        `(config, scale, macs)`: gate `g` keeps `round(scale * relative[g] * channels)`.
+
+    Raises:
+        ValueError: no scale comes within `tolerance` of the target (channel
+            counts are integers, so a tiny network cannot meet every target).
+    """
+    relative = relative or {g.name: 1.0 for g in graph.gates}
+
+    def config(scale):
+        return scaled_config(graph, {name: scale * r for name, r in relative.items()})
+
+    lo, hi = 0.0, 1.0 / min(relative.values())  # at `hi` every gate keeps all its channels
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        if graph.flops(config(mid)) < target_macs:
+            lo = mid
+        else:
+            hi = mid
+    scale = min((lo, hi), key=lambda s: abs(graph.flops(config(s)) - target_macs))
+    chosen = config(scale)
+    macs = graph.flops(chosen)
+    if abs(macs - target_macs) > tolerance * target_macs:
+        raise ValueError(
+            f"Scaling these widths reaches {macs} MACs at best, not {target_macs:.0f} within {tolerance:.0%}. "
+            "Channel counts are integers, so the MACs move in steps (coarse in a narrow network), and no "
+            "target outside the network's smallest and full sizes can be met: raise the tolerance or change "
+            "the target."
+        )
+    return chosen, scale, macs
+
+
+def uniform_config(graph, target_macs, *, tolerance=0.01):
+    """Uniform width scaling to `target_macs`: returns `(config, fraction, macs)`."""
+    return config_at_flops(graph, target_macs, tolerance=tolerance)
+
+
+def random_config(graph, target_macs, rng, *, tolerance=0.01, tries=100):
+    """A random configuration of `target_macs` MACs.
+
+    Relative widths are drawn as the sandwich rule draws random sub-networks
+    (uniformly on each gate's width grid), then scaled together to the target.
+
+    Returns:
+        `(config, macs)`.
+    """
+    for _ in range(tries):
+        relative = {g.name: float(rng.choice(g.widths_grid())) / g.channels for g in graph.gates}
+        try:
+            config, _, macs = config_at_flops(graph, target_macs, relative, tolerance=tolerance)
+        except ValueError:
+            continue
+        return config, macs
+    raise ValueError(f"No random configuration met {target_macs} MACs within {tolerance:.0%} in {tries} draws.")
+
+
+def l1_channel_order(graph):
+    """Per gate, its channels ranked by the L1 norm of the filters producing them, largest first.
+
+    A channel produced by several layers (a residual stage's blocks and
+    shortcut, coupled by their additions) is ranked by the sum of its filters'
+    norms.
+
+    Returns:
+        gate name -> int array, a permutation of the gate's channels.
+    """
+    norms = {g.name: np.zeros(g.channels) for g in graph.gates}
+    for record in graph.first_records().values():
+        if record.rule.role != rules.PRODUCE:
+            continue
+        for weight in record.layer.weights:
+            in_axis, out_axis = record.rule.weight_axes.get(weight.name, (None, None))
+            if in_axis is None or out_axis is None:
+                continue  # biases are not filters
+            values = np.abs(np.asarray(weight.numpy(), np.float64))
+            per_channel = np.moveaxis(values, out_axis, 0).reshape(values.shape[out_axis], -1).sum(axis=1)
+            offset = 0
+            for space_id in record.out_layout:
+                space = graph.space(space_id)
+                if space.gate is not None:
+                    norms[space.gate.name] += per_channel[offset:offset + space.size]
+                offset += space.size
+    return {name: np.argsort(-norm, kind="stable") for name, norm in norms.items()}

@@ -1,0 +1,55 @@
+"""Model set-up shared by the pipeline and the benchmarks: the search model and the classifier.
+
+Both read their hyperparameters from a config section (`config.search`,
+`config.retrain`), so a benchmark trains exactly as `main.py` does.
+"""
+
+import keras
+
+from dmcp_tf import losses as losses_lib
+from dmcp_tf.supernet import DMCPModel, default_arch_optimizer, default_weight_optimizer
+
+
+def build_search_model(supernet, search, steps_per_epoch, seed=0):
+    """A compiled `DMCPModel` for `supernet`, set up by the config section `search`.
+
+    Args:
+        supernet: a gated functional model.
+        search: the `config.search` section (budget, epochs, learning rates...).
+        steps_per_epoch: training steps per search epoch.
+        seed: seed of the sub-network sampling.
+    """
+    total = search.epochs * steps_per_epoch
+    model = DMCPModel(
+        supernet, budget=search.budget, total_steps=total, warmup_fraction=search.warmup_fraction,
+        budget_weight=search.budget_weight, label_smoothing=search.label_smoothing,
+        weight_decay=search.weight_decay, uniform_decay=search.uniform_decay,
+        uniform_decay_every=search.uniform_decay_every, seed=seed,
+    )
+    model.compile(
+        weight_optimizer=default_weight_optimizer(total, search.learning_rate,
+                                                  int(search.warmup_epochs * steps_per_epoch)),
+        arch_optimizer=default_arch_optimizer(total - model.warmup_steps, search.arch_learning_rate,
+                                              search.arch_final_learning_rate),
+    )
+    return model
+
+
+def compile_classifier(model, retrain, total_steps):
+    """SGD with Nesterov momentum, cosine schedule over `total_steps`, decoupled weight decay off biases and BN.
+
+    `retrain` is the `config.retrain` section (learning rate, weight decay, label smoothing).
+    """
+    schedule = keras.optimizers.schedules.CosineDecay(retrain.learning_rate, max(1, total_steps))
+    optimizer = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=retrain.weight_decay)
+    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    model.compile(optimizer=optimizer, loss=losses_lib.smoothed_sparse_cross_entropy(retrain.label_smoothing),
+                  metrics=["accuracy"])
+
+
+def evaluate(model, dataset):
+    """Top-1 accuracy and cross-entropy of a classifier on `dataset`: `{"accuracy", "loss"}`."""
+    if not model.compiled:
+        model.compile(loss=losses_lib.smoothed_sparse_cross_entropy(0.0), metrics=["accuracy"])
+    result = model.evaluate(dataset, verbose=0, return_dict=True)
+    return {"accuracy": float(result["accuracy"]), "loss": float(result["loss"])}
