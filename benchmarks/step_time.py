@@ -84,9 +84,14 @@ def make_profile_steps(dmcp):
     - "1 full-width pass": forward + backward + SGD of the gated supernet with its gates
       inactive (what one sandwich pass costs at full width, gate overhead included);
     - "weight stage": the 4 sandwich sub-networks (sliced, or masked at full width) + SGD;
-    - "architecture stage": one pass with gates scaling by their probabilities, gradients to alpha.
+    - "architecture stage": one pass with gates scaling by their probabilities, gradients to alpha;
+    - "weight stage, widths repeated": the weight stage with the two random sub-networks'
+      widths drawn once and read from variables every step, so the tensors keep dynamic
+      shapes but the shapes repeat (what shape novelty costs: new oneDNN primitives).
     """
     full = make_plain_step(dmcp.supernet, dmcp.optimizer, dmcp.weight_variables)
+    drawn = [dmcp._random_widths(dmcp.optimizer.iterations) for _ in range(2)]  # pylint: disable=protected-access
+    repeated = [{g: tf.Variable(w) for g, w in widths.items()} for widths in drawn]
 
     @tf.function
     def weight_stage(x, y):
@@ -98,8 +103,20 @@ def make_profile_steps(dmcp):
         dmcp._arch_stage(x, y)  # pylint: disable=protected-access
         return dmcp.trackers["arch_loss"].result()
 
+    @tf.function
+    def weight_stage_repeated(x, y):
+        reads = iter([{g: v.read_value() for g, v in widths.items()} for widths in repeated])
+        draw = dmcp._random_widths  # pylint: disable=protected-access
+        dmcp._random_widths = lambda step: next(reads)  # pylint: disable=protected-access
+        try:
+            dmcp._weight_stage(x, y, dmcp.optimizer.iterations)  # pylint: disable=protected-access
+        finally:
+            dmcp._random_widths = draw  # pylint: disable=protected-access
+        return dmcp.trackers["loss"].result()
+
     return {"1 full-width pass (gated, gates off)": full, "weight stage (4 sandwich passes)": weight_stage,
-            "architecture stage (1 pass, grads to alpha)": arch_stage}
+            "architecture stage (1 pass, grads to alpha)": arch_stage,
+            "weight stage, widths repeated every step": weight_stage_repeated}
 
 
 def sandwich_macs(graph, samples=2000, seed=0):
@@ -174,7 +191,7 @@ def profile_dmcp(dmcp, x, y, main_fns, steps, warmup):
     medians = {k: common.median(v) for k, v in times.items()}
     plain_s, dmcp_s = medians.pop("plain"), medians.pop("dmcp")
     medians.pop("dmcp_masked")
-    full_s, weight_s, arch_s = medians.values()
+    full_s, weight_s, arch_s, _ = medians.values()
     smallest, random_mean = sandwich_macs(dmcp.graph)
     return {
         "plain_s": plain_s, "dmcp_s": dmcp_s, "parts_s": medians, "times": times,

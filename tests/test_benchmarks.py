@@ -33,7 +33,7 @@ def test_step_time_plain_and_dmcp_with_profile(tmp_path):
     assert result["masked_ratio"] == pytest.approx(result["masked_s"] / result["plain_s"])
     assert len(result["masked_times"]) == 2 and result["subnetworks"] == "sliced"
     profile = result["profile"]
-    assert len(profile["parts_s"]) == 3 and all(t > 0 for t in profile["parts_s"].values())
+    assert len(profile["parts_s"]) == 4 and all(t > 0 for t in profile["parts_s"].values())
     assert 0 < profile["smallest_macs_fraction"] < profile["random_macs_fraction"] < 1
     table = step_time.results_table([result])
     assert "sliced/plain" in table and "masked/plain" in table

@@ -35,7 +35,7 @@ def masked_and_sliced(model, training, seed=0):
     dtype = keras.config.floatx()
     x = tf.constant(rng.normal(size=(4,) + tuple(model.input_shape[1:])).astype(dtype))
     weights = [v for v in model.trainable_variables if "alpha" not in v.path]
-    moving = [v for v in model.non_trainable_variables if "moving_mean" in v.path]
+    moving = [v for v in model.non_trainable_variables if "moving_" in v.path]  # means and variances
     start = [v.numpy().copy() for v in moving]
     probe = tf.constant(rng.normal(size=(4, model.output_shape[-1])).astype(dtype))  # a linear loss
     with tf.GradientTape() as tape:
@@ -93,3 +93,21 @@ def test_unsliceable_graph_falls_back_with_a_reason():
     assert "concatenated" in forward.reason or "Concatenate" in forward.reason
     with pytest.raises(ValueError, match="cannot be sliced"):
         forward(np.zeros((1, 8, 8, 3), "float32"), {})
+
+
+def test_float32_batch_norm_is_fused_and_equals_masked():
+    """In float32 (what training uses) sliced batch norm is one fused op; results equal masking's."""
+    graph, config, (masked, sliced), (masked_grads, sliced_grads), (moving, start, after_masked) = \
+        masked_and_sliced(tiny_supernet(), training=True)
+    np.testing.assert_allclose(sliced.numpy(), masked.numpy(), rtol=1e-4, atol=1e-5)
+    for a, b in zip(masked_grads, sliced_grads):
+        a = np.zeros(b.shape) if a is None else np.asarray(a)
+        np.testing.assert_allclose(np.asarray(b), a, rtol=1e-3, atol=1e-4 * max(1.0, np.abs(a).max()))
+    kept = config["g1"]
+    for i in [i for i, v in enumerate(moving) if v.path.startswith("bn1")]:  # mean, and the biased variance
+        np.testing.assert_allclose(moving[i].numpy()[:kept], after_masked[i][:kept], rtol=1e-6, atol=1e-7)
+        np.testing.assert_array_equal(moving[i].numpy()[kept:], start[i][kept:])
+    forward = SlicedForward(graph)
+    widths = {g: tf.constant(config[g.name]) for g in graph.gates}
+    traced = tf.function(lambda x: forward(x, widths)).get_concrete_function(tf.TensorSpec((2, 12, 12, 3)))
+    assert any(op.type.startswith("FusedBatchNorm") for op in traced.graph.get_operations())
