@@ -46,7 +46,6 @@ import numpy as np  # noqa: E402
 from dmcp_tf import baselines, report, training  # noqa: E402
 from dmcp_tf import data as data_lib  # noqa: E402
 from dmcp_tf import flops as flops_lib  # noqa: E402
-from dmcp_tf.checkpoints import seed_generator_states  # noqa: E402
 from dmcp_tf.configs import fashion_mnist  # noqa: E402
 from dmcp_tf.graph import ChannelGraph  # noqa: E402
 from dmcp_tf.models import build_supernet  # noqa: E402
@@ -192,9 +191,8 @@ class Benchmark:
 
 
 def _search_state(model):
-    """Everything a DMCP search carries from step to step: weights, gates, optimisers, sampler state."""
-    return (model.supernet.variables + model.optimizer.variables + model.arch_optimizer.variables
-            + seed_generator_states(model))
+    """The variables of everything a DMCP search carries from step to step (`DMCPModel.search_state`)."""
+    return [v for part in model.search_state().values() for v in (part if isinstance(part, list) else part.variables)]
 
 
 def _copy_weights_by_name(source, target):

@@ -326,12 +326,7 @@ class Pipeline:
         model = self._build_search_model(steps)
         self.log(f"supernet {model.supernet.name}: {flops_lib.format_flops(model.full_flops)} MACs, "
                  f"{len(model.gates)} gates, budget {flops_lib.format_flops(model.target_flops)}")
-        # Everything the rest of the search depends on: weights, gate parameters and
-        # batch-norm statistics, both optimisers (with the step counters), and the
-        # sub-network sampler's random state.
-        objects = {"supernet": model.supernet, "optimizer": model.optimizer, "arch_optimizer": model.arch_optimizer,
-                   "random_state": seed_generator_states(model)}
-        manager = self._checkpoint_manager("search", objects, self._checkpoint_identity("search", steps))
+        manager = self._checkpoint_manager("search", model.search_state(), self._checkpoint_identity("search", steps))
         start, extra = self._restore(manager, model.total_steps)
         saver = CheckpointCallback(manager, s.checkpoint_every_steps, history=extra.get("history"))
         if start < model.total_steps:

@@ -11,6 +11,7 @@ from keras import ops
 from dmcp_tf import flops as flops_lib
 from dmcp_tf import gates as gates_lib
 from dmcp_tf import losses as losses_lib
+from dmcp_tf.checkpoints import seed_generator_states
 from dmcp_tf.graph import ChannelGraph
 from dmcp_tf.slicing import SlicedForward
 
@@ -129,6 +130,16 @@ class DMCPModel(keras.Model):
         flops_lib.check_budget(target, self.full_flops, self.min_flops)
         self.target_flops = target
         self._target.assign(float(target))
+
+    def search_state(self):
+        """Everything the rest of a search depends on, by name (what a checkpoint saves).
+
+        Weights, gate parameters and batch-norm statistics (`supernet`), both
+        optimisers with their step counters, and the sub-network sampler's random
+        state. Available after `compile`.
+        """
+        return {"supernet": self.supernet, "optimizer": self.optimizer, "arch_optimizer": self.arch_optimizer,
+                "random_state": seed_generator_states(self)}
 
     @property
     def gates(self):

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dmcp_tf.checkpoints import CheckpointManager, seed_generator_states
+from dmcp_tf.checkpoints import CheckpointManager
 from dmcp_tf.supernet import DMCPModel, default_arch_optimizer
 from tests.helpers import blob_data, tiny_supernet
 
@@ -51,13 +51,9 @@ def test_two_replicas_match_one_device(tmp_path):
 
     # A checkpoint written under two replicas restores on one device (a resumed
     # run may use another number of devices).
-    def objects(m):
-        return {"supernet": m.supernet, "optimizer": m.optimizer, "arch_optimizer": m.arch_optimizer,
-                "random_state": seed_generator_states(m)}
-
-    CheckpointManager(tmp_path, objects(mirrored), identity={}).save(STEPS)
+    CheckpointManager(tmp_path, mirrored.search_state(), identity={}).save(STEPS)
     restored = build(tf.distribute.OneDeviceStrategy("/cpu:0"))
-    assert CheckpointManager(tmp_path, objects(restored), identity={}).restore().step == STEPS
+    assert CheckpointManager(tmp_path, restored.search_state(), identity={}).restore().step == STEPS
     for a, b in zip(mirrored.variables + mirrored.optimizer.variables + mirrored.arch_optimizer.variables,
                     restored.variables + restored.optimizer.variables + restored.arch_optimizer.variables):
         np.testing.assert_array_equal(b.numpy(), a.numpy(), err_msg=a.path)

@@ -15,8 +15,7 @@ import pytest
 import tensorflow as tf
 
 from dmcp_tf import checkpoints
-from dmcp_tf.checkpoints import (CheckpointCallback, CheckpointError, CheckpointManager, CheckpointMismatchError,
-                                 seed_generator_states)
+from dmcp_tf.checkpoints import CheckpointCallback, CheckpointError, CheckpointManager, CheckpointMismatchError
 from dmcp_tf.configs import fashion_mnist
 from dmcp_tf.pipeline import Pipeline
 from dmcp_tf.supernet import DMCPModel
@@ -33,11 +32,6 @@ def search_model(seed=0):
     return model
 
 
-def search_objects(model):
-    return {"supernet": model.supernet, "optimizer": model.optimizer, "arch_optimizer": model.arch_optimizer,
-            "random_state": seed_generator_states(model)}
-
-
 def training_state(model):
     variables = model.variables + model.optimizer.variables + model.arch_optimizer.variables
     return [(v.path, v.numpy()) for v in variables]
@@ -50,14 +44,14 @@ def batches(x, y, start):
 def test_checkpoint_restores_the_whole_training_state_and_training_continues_identically(tmp_path):
     x, y = blob_data(np.random.default_rng(0), 10 * 32)
     first = search_model()
-    manager = CheckpointManager(tmp_path, search_objects(first), identity={"run": 1})
+    manager = CheckpointManager(tmp_path, first.search_state(), identity={"run": 1})
     first.fit(batches(x, y, 0), epochs=1, steps_per_epoch=6, verbose=0, shuffle=False,
               callbacks=[CheckpointCallback(manager, 2)])
     assert first.searching  # 4 warm-up steps, then 2 search steps
     assert [step for step, _ in manager.checkpoints()] == [2, 4, 6]  # every 2 steps and at the epoch end
 
     second = search_model(seed=1)  # other initial values, other sampling seed
-    restored = CheckpointManager(tmp_path, search_objects(second), identity={"run": 1}).restore()
+    restored = CheckpointManager(tmp_path, second.search_state(), identity={"run": 1}).restore()
     assert restored.step == 6 and not restored.skipped
     # Weights, gate parameters, batch-norm statistics, both optimisers (with their
     # step counters) and the sub-network sampler's random state.
