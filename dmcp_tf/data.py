@@ -8,6 +8,7 @@ only describes its raw splits and crops (`_Source`).
 """
 
 import dataclasses
+import functools
 import gzip
 import os
 from typing import Callable, Optional
@@ -137,13 +138,19 @@ class DataBundle:
     """Batched input pipelines of one data set, for the GLOBAL batch size.
 
     Attributes:
-        train: shuffled, augmented, full batches (not repeated).
+        train: one epoch of shuffled, augmented, full batches, in a new order
+            every time it is iterated (for a `fit` over several epochs).
         test: deterministic order, not augmented, last batch may be partial.
         num_classes: number of labels.
         input_shape: (H, W, C) of one image.
         train_examples: examples per training epoch (before dropping the remainder).
         test_examples: examples in `test`.
         name: data set name.
+        train_stream: `(start, stop) -> Dataset`: global batches `start` to
+            `stop` (exclusive) of the training stream. Epoch e's order and
+            augmentation depend on (seed, e) alone, so these are exactly the
+            batches an uninterrupted run sees there, whatever ran before in the
+            process; reaching `start` skips raw examples of one epoch at most.
         train_unaugmented: training split in file order, test-time preprocessing,
             full batches; used by `calibration_batches` (falls back to `train`).
     """
@@ -155,6 +162,7 @@ class DataBundle:
     train_examples: int
     test_examples: int
     name: str
+    train_stream: Callable[[int, int], tf.data.Dataset] = dataclasses.field(repr=False)
     train_unaugmented: Optional[tf.data.Dataset] = dataclasses.field(default=None, repr=False)
 
     def calibration_batches(self, n):
@@ -371,20 +379,42 @@ def _build(name, source, *, batch_size, train_limit, test_limit, augment, seed):
         image = source.random_crop(example[0], crop_seed)
         return normalize(tf.image.stateless_random_flip_left_right(image, flip_seed), example[1])
 
-    shuffled = train.shuffle(min(train_examples, _SHUFFLE_BUFFER), seed=seed)
-    if augment:
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        train_batches = _batches(tf.data.Dataset.zip(shuffled, seeds), augmented, batch_size, True)
-    else:
-        train_batches = _batches(shuffled, plain, batch_size, True)
+    def batched(examples):
+        """(example, seed pair) -> augmented (or plain) full batches."""
+        if augment:
+            return _batches(examples, augmented, batch_size, True)
+        return _batches(examples.map(lambda example, _: example), plain, batch_size, True)
+
+    buffer = min(train_examples, _SHUFFLE_BUFFER)
+    batches_per_epoch = train_examples // batch_size
+
+    def epoch_examples(epoch):
+        """Epoch `epoch` of the stream: order and augmentation seeds depend on (seed, epoch) only."""
+        shuffle_seed = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+        key = tf.constant([seed, epoch], tf.int64)
+        seeds = tf.data.Dataset.range(train_examples).map(lambda i: tf.random.experimental.stateless_fold_in(key, i))
+        shuffled = train.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+        return tf.data.Dataset.zip(shuffled, seeds).take(batches_per_epoch * batch_size)
+
+    def train_stream(start, stop):
+        if not 0 <= start < stop:
+            raise ValueError(f"train_stream needs 0 <= start < stop, got start={start}, stop={stop}.")
+        first, last = start // batches_per_epoch, (stop - 1) // batches_per_epoch
+        examples = functools.reduce(tf.data.Dataset.concatenate, map(epoch_examples, range(first, last + 1)))
+        offset = start - first * batches_per_epoch
+        return batched(examples.skip(offset * batch_size).take((stop - start) * batch_size))
+
+    reshuffled = train.shuffle(buffer, seed=seed)  # a new order every iteration
+    fresh_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
     return DataBundle(
-        train=train_batches,
+        train=batched(tf.data.Dataset.zip(reshuffled, fresh_seeds)),
         test=_batches(test, plain, batch_size, False),
         num_classes=source.num_classes,
         input_shape=source.input_shape,
         train_examples=train_examples,
         test_examples=test_examples,
         name=name,
+        train_stream=train_stream,
         train_unaugmented=_batches(train, plain, batch_size, True),
     )
 

@@ -9,7 +9,7 @@ The training steps (search, retrain) save checkpoints into
 `checkpoints/<step>/` every `checkpoint_every_steps` steps and at every epoch end;
 the same command started again continues an interrupted run: finished steps are
 skipped and the interrupted one resumes from its last intact checkpoint, on the
-same batches (the input pipeline is seeded and replayed to the resumed step).
+same batches (the seeded training stream starts again at the resumed step).
 Under `MultiWorkerMirroredStrategy` every worker trains, but only the chief
 writes the run directory (which must be on a file system all workers share) and
 runs the single-machine steps (sample, eval, export, report).
@@ -285,26 +285,26 @@ class Pipeline:
     def _train(self, model, *, epochs, steps_per_epoch, initial_step, callbacks, validation_data=None):
         """Trains from global step `initial_step` to the end, on the batches an uninterrupted run sees.
 
-        The training data is one seeded stream (`train.repeat()`), replayed up to
-        `initial_step` (input pipeline only). `fit` under one machine's strategies;
-        under MultiWorkerMirroredStrategy, where Keras 3 `fit` fails, a loop
-        through `strategy.run`.
+        The training data is one seeded stream (`DataBundle.train_stream`), started
+        at `initial_step`. `fit` under one machine's strategies; under
+        MultiWorkerMirroredStrategy, where Keras 3 `fit` fails, a loop through
+        `strategy.run`.
         """
-        stream = self.data.train.repeat()
+        stop = epochs * steps_per_epoch
         if self.multi_worker:
             if isinstance(model, DMCPModel):
                 callbacks = list(callbacks) + [SearchPhaseSwitch()]
-            distributed.train_loop(model, stream.skip(initial_step), epochs=epochs, steps_per_epoch=steps_per_epoch,
-                                   initial_step=initial_step, callbacks=callbacks)
+            distributed.train_loop(model, self.data.train_stream(initial_step, stop), epochs=epochs,
+                                   steps_per_epoch=steps_per_epoch, initial_step=initial_step, callbacks=callbacks)
             return
         epoch, batch = divmod(initial_step, steps_per_epoch)
         if batch:  # finish the interrupted epoch, then the others
-            model.fit(stream.skip(initial_step), initial_epoch=epoch, epochs=epoch + 1,
+            model.fit(self.data.train_stream(initial_step, stop), initial_epoch=epoch, epochs=epoch + 1,
                       steps_per_epoch=steps_per_epoch - batch, validation_data=validation_data, shuffle=False,
                       callbacks=callbacks)
             epoch += 1
         if epoch < epochs:
-            model.fit(stream.skip(epoch * steps_per_epoch), initial_epoch=epoch, epochs=epochs,
+            model.fit(self.data.train_stream(epoch * steps_per_epoch, stop), initial_epoch=epoch, epochs=epochs,
                       steps_per_epoch=steps_per_epoch, validation_data=validation_data, shuffle=False,
                       callbacks=callbacks)
 

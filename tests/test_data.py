@@ -90,6 +90,26 @@ def test_train_drops_remainder_and_train_limit_works(fashion):
         assert np.abs(first_40 - image).sum(axis=(1, 2, 3)).min() < 1e-3
 
 
+@pytest.mark.parametrize("augment", [False, True])
+def test_train_stream_from_any_step_is_the_uninterrupted_stream_from_there(fashion, augment):
+    folder, _ = fashion
+    bundle = data.load("fashion_mnist", data_dir=str(folder), batch_size=16, train_limit=56, augment=augment, seed=1)
+    batches = lambda ds, n: list(ds.take(n).as_numpy_iterator())
+    uninterrupted = batches(bundle.train_stream(0, 10), 10)  # 3 full batches per epoch
+    epochs = [np.concatenate([y for _, y in uninterrupted[e * 3:(e + 1) * 3]]) for e in range(3)]
+    assert not np.array_equal(epochs[0], epochs[1]) and not np.array_equal(epochs[1], epochs[2])
+    # In one process, after other iterations of the same bundle (as a resumed run
+    # finishes one epoch and starts the next): nothing carries over between streams.
+    batches(bundle.train, 3)
+    for start in (4, 3, 7, 0):
+        for (x, y), (x_ref, y_ref) in zip(batches(bundle.train_stream(start, 10), 10), uninterrupted[start:]):
+            np.testing.assert_array_equal(y, y_ref)
+            np.testing.assert_array_equal(x, x_ref)
+    # Another seed, another stream.
+    other = data.load("fashion_mnist", data_dir=str(folder), batch_size=16, train_limit=56, augment=augment, seed=2)
+    assert not np.array_equal(batches(other.train_stream(0, 1), 1)[0][1], uninterrupted[0][1])
+
+
 def test_test_split_is_deterministic_and_keeps_last_partial_batch(fashion):
     folder, _ = fashion
     bundle = data.load("fashion_mnist", data_dir=str(folder), batch_size=16, test_limit=20)

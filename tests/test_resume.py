@@ -280,14 +280,16 @@ def test_search_killed_after_warmup_resumes_to_the_uninterrupted_result(tmp_path
     logs = [tmp_path / "reference.log", tmp_path / "killed.log", tmp_path / "resumed.log"]
     procs = [start_search(data_dir, reference, logs[0]), start_search(data_dir, killed, logs[1])]
     try:
-        # Past warm-up and past the retrace of the search phase, then a random moment
-        # (perhaps in the middle of a step, or of writing a checkpoint).
+        # Past warm-up and past the retrace of the search phase, in the middle of
+        # epoch 2 of 3 (so the resumed run finishes that epoch, then starts the next:
+        # two `fit` calls on the input stream), then a random moment within about
+        # two steps (perhaps in the middle of a step, or of writing a checkpoint).
         deadline = time.time() + 180
-        while not any(s >= WARMUP_STEPS + 2 for s in checkpoint_steps(killed)):
+        while not any(s >= WARMUP_STEPS + 4 for s in checkpoint_steps(killed)):
             assert procs[1].poll() is None, tail(logs[1])
             assert time.time() < deadline, "no checkpoint after warm-up within 180 s"
             time.sleep(0.02)
-        time.sleep(random.uniform(0.0, 0.3))
+        time.sleep(random.uniform(0.0, 0.1))
         procs[1].send_signal(signal.SIGKILL)
         procs[1].wait(timeout=60)
         procs[0].wait(timeout=180)
