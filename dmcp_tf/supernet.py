@@ -173,8 +173,10 @@ class DMCPModel(keras.Model):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         step = self.optimizer.iterations
         self._weight_stage(x, y, step)
-        if self.searching:
-            self._arch_stage(x, y)
+        # Gate parameters change only in the architecture stage, which computes the
+        # expected FLOPs (before its update) anyway.
+        expected = self._arch_stage(x, y) if self.searching else self.graph.expected_flops()
+        self.trackers["expected_mflops"].update_state(expected / 1e6)
         return {name: tracker.result() for name, tracker in self.trackers.items()
                 if self.searching or name not in ("arch_loss", "budget_loss")}
 
@@ -207,20 +209,22 @@ class DMCPModel(keras.Model):
         self.trackers["accuracy"].update_state(y, logits)
         for name, value in losses.items():
             self.trackers[name].update_state(value)
-        self.trackers["expected_mflops"].update_state(self.graph.expected_flops() / 1e6)
 
     def _arch_stage(self, x, y):
+        """One update of the gate parameters; returns the expected FLOPs before it."""
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
             logits = self._forward(x, gates_lib.Selection(gates_lib.SCALE))
             task = losses_lib.cross_entropy(y, logits)
-            budget = flops_lib.budget_loss(self.graph.expected_flops(), self._target)
+            expected = self.graph.expected_flops()
+            budget = flops_lib.budget_loss(expected, self._target)
             loss = task + self.budget_weight * budget
             scaled = loss / replicas
         grads = tape.gradient(scaled, self.arch_variables)
         self.arch_optimizer.apply(grads, self.arch_variables)
         self.trackers["arch_loss"].update_state(loss)
         self.trackers["budget_loss"].update_state(budget)
+        return expected
 
     def _random_widths(self, step):
         """Widths of one random sub-network: uniform on the grid, or Markov-sampled after warm-up."""

@@ -79,6 +79,18 @@ def test_search_phase_starts_after_warmup():
     assert any(not np.allclose(v.numpy(), a) for v, a in zip(model.arch_variables, alphas))
 
 
+@pytest.mark.parametrize("warmup_fraction", [0.5, 0.0])
+def test_expected_mflops_are_those_the_step_started_from(warmup_fraction):
+    x, y = blob_data(np.random.default_rng(0), 32)
+    model = DMCPModel(tiny_supernet(), budget="0.3x", total_steps=4, warmup_fraction=warmup_fraction)
+    model.compile(arch_optimizer=default_arch_optimizer(4, 5.0, 5.0))
+    before = float(model.graph.expected_flops())
+    logs = model.fit(x, y, batch_size=32, epochs=1, verbose=0).history
+    after = float(model.graph.expected_flops())
+    assert logs["expected_mflops"][0] == pytest.approx(before / 1e6, rel=1e-6)
+    assert (after == before) == (warmup_fraction > 0)  # only the architecture stage moves them
+
+
 def test_random_subnetworks_are_on_the_grid():
     model = DMCPModel(tiny_supernet(), budget="0.5x", total_steps=10)
     model.compile()
