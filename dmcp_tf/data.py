@@ -374,13 +374,16 @@ def _build(name, source, *, batch_size, train_limit, test_limit, augment, seed):
     def plain(image, label):
         return normalize(source.center_crop(image), label)
 
-    def augmented(example, seed_pair):
+    def augmented(example, counter):
+        # Example i of epoch e (counter e * train_examples + i): seeds fold_in((seed, e), i).
+        epoch_key = tf.stack([tf.constant(seed, tf.int64), counter // train_examples])
+        seed_pair = tf.random.experimental.stateless_fold_in(epoch_key, counter % train_examples)
         crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed_pair, 2))
         image = source.random_crop(example[0], crop_seed)
         return normalize(tf.image.stateless_random_flip_left_right(image, flip_seed), example[1])
 
     def batched(examples):
-        """(example, seed pair) -> augmented (or plain) full batches."""
+        """(example, augmentation counter) -> augmented (or plain) full batches."""
         if augment:
             return _batches(examples, augmented, batch_size, True)
         return _batches(examples.map(lambda example, _: example), plain, batch_size, True)
@@ -389,12 +392,11 @@ def _build(name, source, *, batch_size, train_limit, test_limit, augment, seed):
     batches_per_epoch = train_examples // batch_size
 
     def epoch_examples(epoch):
-        """Epoch `epoch` of the stream: order and augmentation seeds depend on (seed, epoch) only."""
+        """Epoch `epoch` of the stream: its order and augmentation depend on (seed, epoch) only."""
         shuffle_seed = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
-        key = tf.constant([seed, epoch], tf.int64)
-        seeds = tf.data.Dataset.range(train_examples).map(lambda i: tf.random.experimental.stateless_fold_in(key, i))
         shuffled = train.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
-        return tf.data.Dataset.zip(shuffled, seeds).take(batches_per_epoch * batch_size)
+        counters = tf.data.Dataset.range(epoch * train_examples, (epoch + 1) * train_examples)
+        return tf.data.Dataset.zip(shuffled, counters).take(batches_per_epoch * batch_size)
 
     def train_stream(start, stop):
         if not 0 <= start < stop:
@@ -405,9 +407,9 @@ def _build(name, source, *, batch_size, train_limit, test_limit, augment, seed):
         return batched(examples.skip(offset * batch_size).take((stop - start) * batch_size))
 
     reshuffled = train.shuffle(buffer, seed=seed)  # a new order every iteration
-    fresh_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    fresh_counters = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
     return DataBundle(
-        train=batched(tf.data.Dataset.zip(reshuffled, fresh_seeds)),
+        train=batched(tf.data.Dataset.zip(reshuffled, fresh_counters)),
         test=_batches(test, plain, batch_size, False),
         num_classes=source.num_classes,
         input_shape=source.input_shape,
