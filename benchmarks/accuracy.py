@@ -96,7 +96,7 @@ class Benchmark:
         r = self.config.retrain
         training.compile_classifier(model, r, self.steps * r.epochs)
         model.fit(self.data.train_stream(0, self.steps * r.epochs), epochs=r.epochs, steps_per_epoch=self.steps,
-                  verbose=0)
+                  shuffle=False, verbose=0)
         return training.evaluate(model, self.data.test)["accuracy"]
 
     def record(self, method, budget, model, **extra):
@@ -129,7 +129,7 @@ class Benchmark:
             model.optimizer.iterations.assign(model.warmup_steps)  # the search phase's schedules and steps
         model.set_budget(budget)
         model.fit(self.data.train_stream(model.warmup_steps, model.total_steps), epochs=1,
-                  steps_per_epoch=model.total_steps - model.warmup_steps, verbose=0)
+                  steps_per_epoch=model.total_steps - model.warmup_steps, shuffle=False, verbose=0)
         return expected_config(model.graph), float(model.graph.expected_flops())
 
     def searched_structures(self, budget, models, states, full, methods):
@@ -164,7 +164,7 @@ class Benchmark:
             # The warm-up trains weights on uniformly drawn sub-networks: the same for
             # every budget and gate kind (whose alpha have the same shapes).
             first.fit(self.data.train_stream(0, first.warmup_steps), epochs=1, steps_per_epoch=first.warmup_steps,
-                      verbose=0)
+                      shuffle=False, verbose=0)
             states["warmup"] = [v.numpy() for v in _search_state(first)]
             self.log(f"[accuracy] seed {self.seed} warm-up: {time.time() - start:.0f} s")
         l1_supernet = self.supernet("markov")
