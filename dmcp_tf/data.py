@@ -384,9 +384,8 @@ def _build(name, source, *, batch_size, train_limit, test_limit, augment, seed):
 
     def batched(examples):
         """(example, augmentation counter) -> augmented (or plain) full batches."""
-        if augment:
-            return _batches(examples, augmented, batch_size, True)
-        return _batches(examples.map(lambda example, _: example), plain, batch_size, True)
+        preprocess = augmented if augment else lambda example, _: plain(*example)
+        return _batches(examples, preprocess, batch_size, True)
 
     buffer = min(train_examples, _SHUFFLE_BUFFER)
     batches_per_epoch = train_examples // batch_size
