@@ -1,38 +1,44 @@
 """Top-1 accuracy of DMCP against simpler ways of choosing channels, on Fashion-MNIST.
 
-For every seed, on the default supernet (`configs/fashion_mnist.py`, trained with
-its hyperparameters), and for every budget:
+For every seed and budget, on a supernet with room to choose (a constant-width
+ResNet: 12 gates, a channel of the first stage costs 16x the MACs of one of the
+last), trained with the default config's hyperparameters:
 
-  dmcp_finetune  DMCP search, expected sampling, the supernet's weights fine-tuned
-  dmcp_scratch   the same structure trained from scratch
-  uniform        every layer narrowed by one factor to the budget, from scratch
-  l1             Li et al. (2017): the uniform widths, keeping each layer's filters of
-                 largest L1 norm in the trained full network, fine-tuned
-  random         random relative widths scaled to the budget, from scratch
-  bernoulli      DMCP with Bernoulli gates (the paper's ablation), from scratch
-  from_full      DMCP whose warm-up is replaced by the trained full network (the
-                 paper's other ablation), from scratch
+  dmcp_budget      DMCP search started at the uniform width of the budget, expected
+                   sampling, trained from scratch
+  dmcp_authors     the same, started where the authors start (alpha = 0)
+  dmcp_full        the same, started near full width
+  uniform          every layer narrowed by one factor to the budget, from scratch
+  random           random relative widths scaled to the budget, from scratch
+  l1               Li et al. (2017): the uniform widths, keeping each layer's filters
+                   of largest L1 norm in the trained unpruned network, fine-tuned
+  dmcp_pretrained  DMCP from the trained unpruned network (channels sorted by L1
+                   norm, warm-up and search), its slim model fine-tuned from the
+                   inherited channels after batch-norm calibration; search and
+                   fine-tuning together take as many epochs as `l1`'s fine-tuning
+  dmcp_finetune    `dmcp_budget`'s structure, the searched supernet's weights fine-tuned
+  bernoulli        DMCP with Bernoulli gates (the paper's ablation), from scratch
+  from_full        DMCP whose warm-up is replaced by the trained unpruned network
+                   (the paper's other ablation), from scratch
 
-After its structure is chosen every model trains for the same `--retrain_epochs`
-on the same batches, with the config's retraining settings. The full network,
-trained as long from scratch, is the reference (and the source of `l1` and
-`from_full`). The warm-up does not depend on the budget or the gate kind (it
-trains weights on uniformly drawn sub-networks), so it runs once per seed and every
-search continues from a copy of its state: the same computation as separate
-searches, each on the same batches.
+Every model trains for `--retrain_epochs` (or, for `dmcp_pretrained`, what is left
+of them) on the same batches. The unpruned network, trained as long from scratch,
+is the reference and the source of `l1`, `dmcp_pretrained` and `from_full`. The
+warm-up does not depend on the budget, the start or the gate kind, so it runs
+once per seed and every search continues from a copy of its state.
 
-    python benchmarks/accuracy.py --json_out=/tmp/accuracy.json --plot=docs/accuracy_vs_flops.png
-    python benchmarks/accuracy.py --train_limit=0 --search_epochs=10 --retrain_epochs=20   # full length
+Every finished model is appended to `--json_out` at once; run again with the same
+settings, the script skips the models the file holds (and the trained unpruned
+network and warm-up it cached beside it), so a run cut short continues.
+
+    nohup python benchmarks/accuracy.py --json_out=docs/accuracy.json > /tmp/accuracy.log &
     python benchmarks/accuracy.py --from_json=docs/accuracy.json --plot=docs/accuracy_vs_flops.png  # redraw
-
-The default (the first 15,000 training images, 2 search and 2 retraining epochs,
-all 10,000 test images) takes about 50 minutes on 2 CPU cores; it compares the
-methods after short training, not at convergence.
 """
 
 import argparse
 import json
 import os
+import pathlib
 import sys
 import time
 
@@ -43,40 +49,58 @@ from benchmarks import common  # noqa: E402  (sets up the path and TF logging)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dmcp_tf import baselines, report, training  # noqa: E402
+from dmcp_tf import baselines, calibration, pretrained, report, search_init, training  # noqa: E402
 from dmcp_tf import data as data_lib  # noqa: E402
 from dmcp_tf import flops as flops_lib  # noqa: E402
+from dmcp_tf import trajectory as trajectory_lib  # noqa: E402
 from dmcp_tf.configs import fashion_mnist  # noqa: E402
 from dmcp_tf.graph import ChannelGraph  # noqa: E402
+from dmcp_tf.io_utils import atomic_write_json  # noqa: E402
 from dmcp_tf.models import build_supernet  # noqa: E402
 from dmcp_tf.rebuild import rebuild  # noqa: E402
 from dmcp_tf.sampling import expected_config  # noqa: E402
 
 METHODS = {
-    "dmcp_finetune": "DMCP, fine-tuned",
-    "dmcp_scratch": "DMCP, from scratch",
+    "dmcp_budget": "DMCP (start: budget), from scratch",
+    "dmcp_authors": "DMCP (start: authors), from scratch",
+    "dmcp_full": "DMCP (start: full), from scratch",
     "uniform": "uniform width, from scratch",
-    "l1": "L1-norm filter pruning, fine-tuned",
     "random": "random widths, from scratch",
+    "l1": "L1-norm filter pruning, fine-tuned",
+    "dmcp_pretrained": "DMCP from the trained network, fine-tuned",
+    "dmcp_finetune": "DMCP (start: budget), supernet fine-tuned",
     "bernoulli": "DMCP Bernoulli gates, from scratch",
     "from_full": "DMCP from full model (no warm-up), from scratch",
 }
+DEFAULT_METHODS = ("dmcp_budget", "dmcp_authors", "uniform", "l1", "dmcp_pretrained")
 FULL = "full"  # the unpruned network, trained from scratch
-# The search each method needs: (gate kind, start) with start "warmup" or "full".
-SEARCHES = {"dmcp_finetune": ("markov", "warmup"), "dmcp_scratch": ("markov", "warmup"),
-            "bernoulli": ("bernoulli", "warmup"), "from_full": ("markov", "full")}
+# The search each method needs: (gate kind, origin, start of the gates).
+SEARCHES = {"dmcp_budget": ("markov", "warmup", "budget"), "dmcp_authors": ("markov", "warmup", "authors"),
+            "dmcp_full": ("markov", "warmup", "full"), "dmcp_finetune": ("markov", "warmup", "budget"),
+            "bernoulli": ("bernoulli", "warmup", "budget"), "from_full": ("markov", "full", "budget")}
+# Settings that do not change a row's result: a rerun may differ in them and still skip finished rows.
+SELECTION = ("seeds", "budgets", "methods", "json_out", "from_json", "plot", "trajectory_plots")
 
 
 class Benchmark:
-    """Every method at every budget for one seed; `rows` collects one dict per trained model."""
+    """Every method at every budget for one seed; `rows` collects one dict per trained model.
 
-    def __init__(self, args, seed, log=print):
+    Args:
+        args: the parsed command line.
+        seed: seed of data order, initial weights, random widths and sub-network sampling.
+        done: (method, budget) -> the row an earlier run already wrote (skipped).
+        save: called with every new row.
+        cache: a folder for the trained unpruned network and the warm-up, or None.
+    """
+
+    def __init__(self, args, seed, *, done=None, save=None, cache=None, log=print):
         self.args, self.seed, self.log = args, seed, log
+        self.done, self.save, self.cache = dict(done or {}), save or (lambda row: None), cache
         self.config = fashion_mnist.get_config()
         self.config.search.epochs = args.search_epochs
         self.config.search.steps_per_epoch = 0
         self.config.retrain.epochs = args.retrain_epochs
-        self.config.model.options = {"channels": tuple(args.channels)}
+        self.config.model.options = {"channels": tuple(args.channels), "blocks": args.blocks}
         self.data = data_lib.load("fashion_mnist", batch_size=args.batch_size, data_dir=args.data_dir or None,
                                   train_limit=args.train_limit or None, test_limit=args.test_limit or None,
                                   seed=seed)
@@ -90,106 +114,176 @@ class Benchmark:
                               num_classes=self.data.num_classes, gate_kind=gate_kind,
                               **self.config.model.options.to_dict())
 
+    def _cached(self, name):
+        return None if self.cache is None else self.cache / f"seed{self.seed}_{name}"
+
     # --- training ------------------------------------------------------------
-    def train(self, model):
-        """Retrains `model` for `--retrain_epochs` on the seed's batches; returns test top-1."""
-        r = self.config.retrain
-        training.compile_classifier(model, r, self.steps * r.epochs)
-        model.fit(self.data.train_stream(0, self.steps * r.epochs), epochs=r.epochs, steps_per_epoch=self.steps,
-                  shuffle=False, verbose=0)
+    def train(self, model, epochs):
+        """Trains `model` for `epochs` on the seed's batches (from the first); returns test top-1."""
+        training.compile_classifier(model, self.config.retrain, self.steps * epochs)
+        if epochs:
+            model.fit(self.data.train_stream(0, self.steps * epochs), epochs=epochs, steps_per_epoch=self.steps,
+                      shuffle=False, verbose=0)
         return training.evaluate(model, self.data.test)["accuracy"]
 
-    def record(self, method, budget, model, **extra):
-        """Trains and evaluates `model`, keeping a row with its MACs, top-1 and training time."""
+    def record(self, method, budget, model, epochs=None, **extra):
+        """Trains and evaluates `model`, keeping (and saving) a row with its MACs, top-1 and training time."""
         macs = ChannelGraph(model).flops()
         start = time.time()
-        accuracy = self.train(model)
+        accuracy = self.train(model, self.args.retrain_epochs if epochs is None else epochs)
         row = dict(seed=self.seed, method=method, budget=budget, macs=macs, accuracy=accuracy,
                    seconds=round(time.time() - start, 1), **extra)
         self.rows.append(row)
-        self.log(f"[accuracy] seed {self.seed} {budget:>5} {method:<14} {flops_lib.format_flops(macs):>8} MACs  "
+        self.save(row)
+        self.log(f"[accuracy] seed {self.seed} {budget:>5} {method:<15} {flops_lib.format_flops(macs):>8} MACs  "
                  f"top-1 {accuracy:.4f}  ({row['seconds']} s)")
         return row
 
-    def search_model(self, gate_kind):
+    def full_network(self):
+        """The unpruned network trained from scratch (cached per seed); records its row if missing."""
+        keras.utils.set_random_seed(self.seed)
+        full = rebuild(self.template, copy_weights=False, name="full")
+        path = self._cached("full.weights.h5")
+        if path is not None and path.exists():
+            full.load_weights(path)
+        elif (FULL, "1.0x") in self.done:  # its row is kept; its weights were not
+            self.train(full, self.args.retrain_epochs)
+        else:
+            self.record(FULL, "1.0x", full)
+        if path is not None and not path.exists():
+            full.save_weights(path)
+        return full
+
+    # --- searches ---------------------------------------------------------------
+    def search_model(self, gate_kind, epochs=None):
         """A compiled search model; its budget is set per search (`DMCPModel.set_budget`)."""
         keras.utils.set_random_seed(self.seed)
-        return training.build_search_model(self.supernet(gate_kind), self.config.search, self.steps, seed=self.seed)
+        search = self.config.search
+        if epochs is not None:
+            search = search.copy_and_resolve_references()
+            search.epochs = epochs
+        return training.build_search_model(self.supernet(gate_kind), search, self.steps, seed=self.seed)
 
-    def search(self, model, budget, state, full=None):
-        """The search phase at `budget`, from `state`; with `full`, from the trained full network's weights.
+    def search(self, model, budget, init, *, state=None, start_step=None):
+        """Searches at `budget` from `state` (or the model as it is), the gates starting at `init`.
 
-        One model per gate kind serves every search, so its step is traced once.
-        Returns the expected-sampling configuration and the expected MACs.
+        Returns the expected-sampling configuration and what the row keeps of the
+        search (seconds, expected MACs, trajectory, settling).
         """
-        for variable, value in zip(_search_state(model), state, strict=True):
-            variable.assign(value)
-        if full is not None:
-            _copy_weights_by_name(full, model.supernet)
-            model.optimizer.iterations.assign(model.warmup_steps)  # the search phase's schedules and steps
+        began = time.time()
+        if state is not None:
+            for variable, value in zip(_search_state(model), state, strict=True):
+                variable.assign(value)
+        if start_step is not None:
+            model.optimizer.iterations.assign(start_step)
         model.set_budget(budget)
-        model.fit(self.data.train_stream(model.warmup_steps, model.total_steps), epochs=1,
-                  steps_per_epoch=model.total_steps - model.warmup_steps, shuffle=False, verbose=0)
-        return expected_config(model.graph), float(model.graph.expected_flops())
+        model.initialize_gates(init)
+        first = int(model.optimizer.iterations.numpy())
+        tracker = trajectory_lib.SearchTrajectory(self.args.trajectory_every)
+        model.fit(self.data.train_stream(first, model.total_steps), epochs=1,
+                  steps_per_epoch=model.total_steps - first, shuffle=False, verbose=0, callbacks=[tracker])
+        extra = {"search_seconds": round(time.time() - began, 1), "expected_macs": float(model.graph.expected_flops()),
+                 "search_init": init, "trajectory": _compact(tracker.records), "warmup_steps": model.warmup_steps,
+                 "settling": trajectory_lib.settling(tracker.records, model.warmup_steps, model.total_steps)}
+        return expected_config(model.graph), extra
 
-    def searched_structures(self, budget, models, states, full, methods):
+    def warmup(self, model):
+        """The warm-up shared by every search of this seed (cached); returns the search state after it."""
+        path = self._cached("warmup.npz")
+        if path is not None and path.exists():
+            with np.load(path) as saved:
+                return [saved[f"v{i}"] for i in range(len(saved.files))]
+        start = time.time()
+        model.fit(self.data.train_stream(0, model.warmup_steps), epochs=1, steps_per_epoch=model.warmup_steps,
+                  shuffle=False, verbose=0)
+        state = [v.numpy() for v in _search_state(model)]
+        self.log(f"[accuracy] seed {self.seed} warm-up: {time.time() - start:.0f} s")
+        if path is not None:
+            tmp = path.with_name(path.name + ".tmp.npz")
+            np.savez(tmp, **{f"v{i}": v for i, v in enumerate(state)})
+            os.replace(tmp, path)
+        return state
+
+    # --- one seed ---------------------------------------------------------------
+    def run(self, budgets, methods):
+        todo = [(m, b) for b in budgets for m in methods if (m, b) not in self.done]
+        if not todo and (FULL, "1.0x") in self.done:
+            return self.rows
+        full = self.full_network()
+        if not todo:
+            return self.rows
+        kinds = sorted({SEARCHES[m][0] for m, _ in todo if m in SEARCHES})
+        models = {kind: self.search_model(kind) for kind in kinds}
+        initial = {kind: [v.numpy() for v in _search_state(model)] for kind, model in models.items()}
+        warm = None
+        if any(SEARCHES.get(m, ("", ""))[1] == "warmup" for m, _ in todo):
+            first = models.get("markov") or models["bernoulli"]
+            warm = self.warmup(first)  # the same for every gate kind (their alpha have equal shapes)
+        l1_supernet = self.supernet("markov")
+        pretrained.copy_weights_by_name(full, l1_supernet)
+        l1_order = baselines.l1_channel_order(ChannelGraph(l1_supernet))
+        pretrained_search = None
+        if any(m == "dmcp_pretrained" for m, _ in todo):
+            model = self.search_model("markov", self.args.pretrained_search_epochs)
+            pretrained_search = (model, [v.numpy() for v in _search_state(model)])
+        for budget in budgets:
+            target = flops_lib.parse_budget(budget, self.graph.flops())
+            pending = [m for m in methods if (m, budget) not in self.done]
+            searched = self.searched_structures(budget, pending, models, initial, warm, full)
+            uniform, _, _ = baselines.uniform_config(self.graph, target, tolerance=self.args.tolerance)
+            rng = np.random.default_rng([self.seed, budgets.index(budget)])
+            for method in pending:
+                keras.utils.set_random_seed(self.seed)
+                epochs, extra = None, {}
+                if method in searched:
+                    slim, config, extra = searched[method]
+                elif method == "uniform":
+                    config, slim = uniform, rebuild(self.template, uniform, copy_weights=False)
+                elif method == "l1":
+                    config, slim = uniform, rebuild(l1_supernet, uniform, channel_order=l1_order)
+                elif method == "dmcp_pretrained":
+                    slim, config, extra = self.pretrained_structure(*pretrained_search, budget, full)
+                    epochs = self.args.retrain_epochs - self.args.pretrained_search_epochs
+                else:  # random
+                    config, _ = baselines.random_config(self.graph, target, rng, tolerance=self.args.tolerance)
+                    slim = rebuild(self.template, config, copy_weights=False)
+                self.record(method, budget, slim, epochs, target_macs=target, config=config, **extra)
+        return self.rows
+
+    def searched_structures(self, budget, methods, models, initial, warm, full):
         """Runs the searches `methods` need at `budget`; returns method -> (slim model, config, extra)."""
         out = {}
-        for gate_kind, origin in sorted({SEARCHES[m] for m in methods if m in SEARCHES}):
-            start = time.time()
+        for search in sorted({SEARCHES[m] for m in methods if m in SEARCHES}):
+            gate_kind, origin, init = search
             model = models[gate_kind]
             if origin == "warmup":
-                config, expected = self.search(model, budget, states["warmup"])
-            else:
-                config, expected = self.search(model, budget, states["initial"], full)
-            extra = {"search_seconds": round(time.time() - start, 1), "expected_macs": expected}
-            for method in (m for m in methods if SEARCHES.get(m) == (gate_kind, origin)):
+                config, extra = self.search(model, budget, init, state=warm)
+            else:  # the trained full network instead of a warm-up
+                for variable, value in zip(_search_state(model), initial[gate_kind], strict=True):
+                    variable.assign(value)
+                pretrained.copy_weights_by_name(full, model.supernet)
+                config, extra = self.search(model, budget, init, start_step=model.warmup_steps)
+            for method in (m for m in methods if SEARCHES.get(m) == search):
                 keras.utils.set_random_seed(self.seed)  # every scratch model starts from the same seed
                 # Rebuilt now: the next search overwrites the supernet's weights.
                 slim = rebuild(model.supernet, config, copy_weights=method == "dmcp_finetune")
                 out[method] = (slim, config, extra)
         return out
 
-    # --- one seed ---------------------------------------------------------------
-    def run(self, budgets, methods):
-        keras.utils.set_random_seed(self.seed)
-        full = rebuild(self.template, copy_weights=False, name="full")
-        self.record(FULL, "1.0x", full)
-        models = {kind: self.search_model(kind) for kind in sorted({SEARCHES[m][0] for m in methods if m in SEARCHES})}
-        states = {}
-        if models:
-            first = models.get("markov") or models["bernoulli"]
-            states["initial"] = [v.numpy() for v in _search_state(first)]
-            start = time.time()
-            # The warm-up trains weights on uniformly drawn sub-networks: the same for
-            # every budget and gate kind (whose alpha have the same shapes).
-            first.fit(self.data.train_stream(0, first.warmup_steps), epochs=1, steps_per_epoch=first.warmup_steps,
-                      shuffle=False, verbose=0)
-            states["warmup"] = [v.numpy() for v in _search_state(first)]
-            self.log(f"[accuracy] seed {self.seed} warm-up: {time.time() - start:.0f} s")
-        l1_supernet = self.supernet("markov")
-        _copy_weights_by_name(full, l1_supernet)
-        l1_order = baselines.l1_channel_order(ChannelGraph(l1_supernet))
-        rng = np.random.default_rng(self.seed)
-        for budget in budgets:
-            target = flops_lib.parse_budget(budget, self.graph.flops())
-            candidates = self.searched_structures(budget, models, states, full, methods)
-            uniform, _, _ = baselines.uniform_config(self.graph, target, tolerance=self.args.tolerance)
-            for method in methods:
-                keras.utils.set_random_seed(self.seed)
-                if method in candidates:
-                    slim, config, extra = candidates[method]
-                elif method == "uniform":
-                    config, extra = uniform, {}
-                    slim = rebuild(self.template, uniform, copy_weights=False)
-                elif method == "l1":
-                    config, extra = uniform, {}
-                    slim = rebuild(l1_supernet, uniform, channel_order=l1_order)
-                else:  # random
-                    config, _ = baselines.random_config(self.graph, target, rng, tolerance=self.args.tolerance)
-                    extra, slim = {}, rebuild(self.template, config, copy_weights=False)
-                self.record(method, budget, slim, target_macs=target, config=config, **extra)
-        return self.rows
+    def pretrained_structure(self, model, initial, budget, full):
+        """DMCP from the trained network: sorted channels, warm-up, search; the slim model inherits and is calibrated.
+
+        `initial` is `model`'s search state as built (optimiser slots and counters at zero).
+        """
+        for variable, value in zip(_search_state(model), initial, strict=True):
+            variable.assign(value)
+        pretrained.copy_weights_by_name(full, model.supernet)
+        pretrained.sort_channels_by_l1(model.supernet)
+        config, extra = self.search(model, budget, self.args.init, start_step=0)
+        slim = rebuild(model.supernet, config)
+        calibration.calibrate_batch_norm(slim, self.data.calibration_batches(20))
+        extra["inherited_accuracy"] = training.evaluate(slim, self.data.test)["accuracy"]
+        return slim, config, extra
 
 
 def _search_state(model):
@@ -197,11 +291,10 @@ def _search_state(model):
     return [v for part in model.search_state().values() for v in (part if isinstance(part, list) else part.variables)]
 
 
-def _copy_weights_by_name(source, target):
-    """Copies every layer's weights from `source` into the layer of the same name in `target`."""
-    for layer in source.layers:
-        if layer.weights:
-            target.get_layer(layer.name).set_weights(layer.get_weights())
+def _compact(records):
+    """Trajectory points rounded for the JSON file."""
+    return [{"step": r["step"], "expected_over_budget": round(r["expected_over_budget"], 4),
+             "fractions": {k: round(v, 4) for k, v in r["fractions"].items()}} for r in records]
 
 
 # --- results ------------------------------------------------------------------
@@ -236,7 +329,7 @@ def tables(summary, budgets, methods):
         return "\n".join(lines)
 
     full = cell.get((FULL, "1.0x"))
-    accuracy = table(lambda s: f"{100 * s['accuracy_mean']:.2f} ± {100 * s['accuracy_std']:.2f}")
+    accuracy = table(lambda s: f"{100 * s['accuracy_mean']:.2f} ± {100 * s['accuracy_std']:.2f} (n={s['seeds']})")
     macs = table(lambda s: f"{flops_lib.format_flops(s['macs_mean'])} ({s['macs_over_budget']:.3f})")
     reference = (f"Unpruned network ({flops_lib.format_flops(full['macs_mean'])} MACs), from scratch: "
                  f"{100 * full['accuracy_mean']:.2f} ± {100 * full['accuracy_std']:.2f} "
@@ -254,23 +347,47 @@ def plot(summary, methods, path):
                                          title="Fashion-MNIST: top-1 against MACs (mean ± std over seeds)")
 
 
+def plot_trajectories(rows, folder, seed=0):
+    """One trajectory plot per (search method, budget) of `seed`; returns the paths written."""
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for row in rows:
+        if row["seed"] != seed or not row.get("trajectory") or row["method"] == "dmcp_finetune":
+            continue
+        path = folder / f"trajectory_{row['method']}_{row['budget']}.png"
+        title = (f"{METHODS[row['method']]} at {row['budget']}, seed {seed}: largest change over the last 10% "
+                 f"of the search {row['settling']:.3f}" if row.get("settling") is not None else None)
+        paths.append(report.plot_search_trajectory(row["trajectory"], row["warmup_steps"], path, title=title))
+    return paths
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--budgets", default="0.5x,0.3x,0.15x", help="comma-separated FLOPs budgets")
+    parser.add_argument("--budgets", default="0.5x,0.25x,0.1x", help="comma-separated FLOPs budgets")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
-    parser.add_argument("--train_limit", type=int, default=15000, help="training images used (0: all 60,000)")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                        help=f"comma-separated, from {', '.join(METHODS)}")
+    parser.add_argument("--train_limit", type=int, default=0, help="training images used (0: all 60,000)")
     parser.add_argument("--test_limit", type=int, default=0, help="test images used (0: all 10,000)")
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--search_epochs", type=int, default=2, help="search epochs (half of them warm-up)")
-    parser.add_argument("--retrain_epochs", type=int, default=2, help="training epochs of every model")
-    parser.add_argument("--channels", default="32,64,128", help="the supernet's stage widths")
+    parser.add_argument("--pretrained_search_epochs", type=int, default=1,
+                        help="dmcp_pretrained's search epochs (half warm-up), counted in its --retrain_epochs")
+    parser.add_argument("--retrain_epochs", type=int, default=3, help="training epochs of every model")
+    parser.add_argument("--init", default="budget", choices=search_init.INITS,
+                        help="the gates' start for dmcp_pretrained")
+    parser.add_argument("--channels", default="32,32,32", help="the supernet's stage widths")
+    parser.add_argument("--blocks", type=int, default=3, help="basic blocks per stage")
+    parser.add_argument("--trajectory_every", type=int, default=10, help="steps between trajectory points")
     parser.add_argument("--tolerance", type=float, default=0.03, help="largest relative miss of the budget "
                         "accepted for the uniform, L1 and random widths")
     parser.add_argument("--data_dir", default="", help="Fashion-MNIST IDX files (default: the installed copy)")
     parser.add_argument("--plot", default=None, help="write the accuracy-against-MACs plot here (PNG)")
-    parser.add_argument("--json_out", default=None, help="write every run and the summary here as JSON")
-    parser.add_argument("--from_json", default=None, help="train nothing: print the tables and draw the plot "
+    parser.add_argument("--trajectory_plots", default=None, help="write seed 0's search trajectories into this folder")
+    parser.add_argument("--json_out", default=None, help="every finished model is appended here (JSON); "
+                        "rerun with the same settings to continue")
+    parser.add_argument("--from_json", default=None, help="train nothing: print the tables and draw the plots "
                         "of a JSON file an earlier run wrote with --json_out")
     args = parser.parse_args(argv)
     args.budgets = _csv(args.budgets)
@@ -280,6 +397,8 @@ def parse_args(argv=None):
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
     args.methods = [m for m in METHODS if m in _csv(args.methods)]
+    if "dmcp_pretrained" in args.methods and not 0 < args.pretrained_search_epochs <= args.retrain_epochs:
+        parser.error("--pretrained_search_epochs must be between 1 and --retrain_epochs")
     for budget in args.budgets:
         try:
             flops_lib.parse_budget(budget, 1.0)
@@ -292,27 +411,79 @@ def _csv(text):
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _settings(args):
+    """What defines a row's result: the settings that select no rows, and the config it trains with."""
+    return dict({k: v for k, v in vars(args).items() if k not in SELECTION},
+                config=json.loads(fashion_mnist.get_config().to_json()))
+
+
+class Results:
+    """The JSON file of a run: rows appended as they finish, loaded again to continue a run."""
+
+    def __init__(self, args):
+        self.path = pathlib.Path(args.json_out) if args.json_out else None
+        self.settings = _settings(args)
+        self.rows, self.minutes = [], 0.0
+        if self.path is not None and self.path.exists():
+            saved = json.loads(self.path.read_text())
+            if saved["settings_identity"] != self.settings:
+                changed = sorted(k for k in self.settings if saved["settings_identity"].get(k) != self.settings[k])
+                raise SystemExit(f"{self.path} holds results of other settings ({', '.join(changed)} differ): "
+                                 "pass another --json_out, or delete the file to start again.")
+            self.rows, self.minutes = saved["results"]["rows"], saved["results"]["minutes"]
+        self.cache = None
+        if self.path is not None:
+            self.cache = self.path.with_name(self.path.name + ".cache")
+            self.cache.mkdir(parents=True, exist_ok=True)
+
+    def done(self, seed):
+        return {(r["method"], r["budget"]): r for r in self.rows if r["seed"] == seed}
+
+    def add(self, row, args, minutes):
+        self.rows.append(row)
+        self.write(args, minutes)
+
+    def write(self, args, minutes):
+        if self.path is None:
+            return
+        settings = {k: v for k, v in vars(args).items() if k != "json_out"}
+        atomic_write_json(self.path, {
+            "machine": common.machine_info(), "settings": settings, "settings_identity": self.settings,
+            "results": {"rows": self.rows, "summary": summarize(self.rows), "minutes": round(minutes, 1)}})
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.from_json:
         with open(args.from_json) as f:
             saved = json.load(f)
         settings, rows, minutes = saved["settings"], saved["results"]["rows"], saved["results"]["minutes"]
-        budgets, methods, seeds = settings["budgets"], settings["methods"], settings["seeds"]
+        seeds = sorted({r["seed"] for r in rows})
+        budgets = [b for b in settings["budgets"] if any(r["budget"] == b for r in rows)]
+        methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
     else:
-        start = time.time()
-        rows = []
+        results = Results(args)
+        start, earlier = time.time(), results.minutes
+
+        def elapsed():
+            return earlier + (time.time() - start) / 60
+
         for seed in args.seeds:
-            rows += Benchmark(args, seed, log=lambda m: print(m, flush=True)).run(args.budgets, args.methods)
-        minutes = (time.time() - start) / 60
-        budgets, methods, seeds = args.budgets, args.methods, args.seeds
+            Benchmark(args, seed, done=results.done(seed), cache=results.cache, log=lambda m: print(m, flush=True),
+                      save=lambda row: results.add(row, args, elapsed())).run(args.budgets, args.methods)
+        results.write(args, elapsed())
+        rows, minutes, seeds = results.rows, elapsed(), args.seeds
+        budgets, methods = args.budgets, [m for m in METHODS if any(r["method"] == m for r in rows)]
     summary = summarize(rows)
     print(f"\n{tables(summary, budgets, methods)}\n\nTotal time: {minutes:.1f} min "
           f"({len(seeds)} seeds, {len(rows)} trained models).")
     if args.plot:
         print(f"wrote {plot(summary, methods, args.plot)}")
-    if not args.from_json:
-        common.write_results(args, {"rows": rows, "summary": summary, "minutes": round(minutes, 1)})
+    if args.trajectory_plots:
+        for path in plot_trajectories(rows, args.trajectory_plots):
+            print(f"wrote {path}")
+    if args.json_out and not args.from_json:
+        print(f"\nwrote {args.json_out}")
     return {"rows": rows, "summary": summary}
 
 

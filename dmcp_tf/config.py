@@ -5,12 +5,16 @@ experiment needs; `main.py --config=configs/x.py --config.search.budget=0.3x`
 overrides further. Unknown keys are rejected because the ConfigDict is locked.
 """
 
+import os
+
 import ml_collections
 
 from dmcp_tf import data as data_lib
 from dmcp_tf import flops as flops_lib
 from dmcp_tf.export import QUANTIZATIONS
+from dmcp_tf import search_init
 from dmcp_tf.gates import GATE_TYPES
+from dmcp_tf.training import WEIGHT_DECAY_TYPES
 
 
 def base_config():
@@ -39,16 +43,23 @@ def base_config():
     c.search.epochs = 2
     c.search.steps_per_epoch = 0  # 0: one pass over the training data
     c.search.warmup_fraction = 0.5
+    c.search.init = "authors"     # where the gates start: "authors" (alpha=0), "full", "budget" (search_init.py)
+    c.search.initial_weights = "" # a trained model (.keras) whose weights the search starts from
+    c.search.sort_initial_channels = True  # with initial_weights: order each layer's channels by L1 norm first
     c.search.learning_rate = 0.1
-    c.search.warmup_epochs = 0.0  # linear learning-rate warm-up
+    c.search.warmup_epochs = 0.0  # linear learning-rate warm-up ...
+    c.search.warmup_start_learning_rate = 0.0  # ... from this rate to `learning_rate`
+    c.search.min_learning_rate = 0.0  # the cosine's floor (the authors' min_lr: 0.08 on ImageNet)
     c.search.weight_decay = 1e-4
     c.search.label_smoothing = 0.0
+    c.search.arch_label_smoothing = 0.0  # in the architecture stage's cross-entropy
     c.search.arch_learning_rate = 0.5
     c.search.arch_final_learning_rate = 0.1
     c.search.budget_weight = 0.1
     c.search.uniform_decay = 0.9999
     c.search.uniform_decay_every = 10
     c.search.checkpoint_every_steps = 100  # and at every epoch end; 0: epoch ends only
+    c.search.trajectory_every_steps = 10   # E[MACs]/budget and gate widths logged (TensorBoard, plot)
 
     c.sample = ml_collections.ConfigDict()
     c.sample.statistics_samples = 3000  # direct samples for the FLOPs histogram (Fig. 6)
@@ -64,8 +75,10 @@ def base_config():
     c.retrain.steps_per_epoch = 0
     c.retrain.learning_rate = 0.05
     c.retrain.weight_decay = 1e-4
+    c.retrain.weight_decay_type = "decoupled"  # Keras' weight decay, or "coupled": the authors' L2 term
     c.retrain.label_smoothing = 0.0
     c.retrain.checkpoint_every_steps = 100
+    c.retrain.compare_uniform = False  # also train the uniform-width network of the slim model's MACs
 
     c.export = ml_collections.ConfigDict()
     c.export.quantizations = "float32,int8"
@@ -108,6 +121,25 @@ def validate(config):
         fail("checkpoints_to_keep", f"must be at least 1, got {config.checkpoints_to_keep}.")
     if not 0 <= config.search.warmup_fraction < 1:
         fail("search.warmup_fraction", f"must be in [0, 1), got {config.search.warmup_fraction}.")
+    if config.search.init not in search_init.INITS:
+        fail("search.init", f"unknown start {config.search.init!r}; choose one of {', '.join(search_init.INITS)}.")
+    if config.retrain.weight_decay_type not in WEIGHT_DECAY_TYPES:
+        fail("retrain.weight_decay_type", f"unknown {config.retrain.weight_decay_type!r}; choose one of "
+             f"{', '.join(WEIGHT_DECAY_TYPES)}.")
+    if not 0 <= config.search.min_learning_rate <= config.search.learning_rate:
+        fail("search.min_learning_rate", f"must be in [0, search.learning_rate={config.search.learning_rate}], "
+             f"got {config.search.min_learning_rate}.")
+    if config.search.arch_learning_rate <= 0:
+        fail("search.arch_learning_rate", f"must be positive, got {config.search.arch_learning_rate}.")
+    if not 0 < config.search.arch_final_learning_rate <= config.search.arch_learning_rate:
+        fail("search.arch_final_learning_rate", "must be in (0, search.arch_learning_rate="
+             f"{config.search.arch_learning_rate}], got {config.search.arch_final_learning_rate}.")
+    if config.search.trajectory_every_steps < 1:
+        fail("search.trajectory_every_steps", f"must be at least 1, got {config.search.trajectory_every_steps}.")
+    weights = config.search.initial_weights
+    if weights and not (os.path.isfile(weights) and weights.endswith(".keras")):
+        fail("search.initial_weights", f"{weights!r} is not a .keras file; give a trained model saved with "
+             "model.save('x.keras') whose layer names match the supernet's (or leave it empty).")
     unknown = set(quantizations(config)) - set(QUANTIZATIONS)
     if unknown:
         fail("export.quantizations", f"unknown {sorted(unknown)}; choose from {', '.join(QUANTIZATIONS)}.")

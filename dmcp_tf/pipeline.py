@@ -26,7 +26,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dmcp_tf import calibration, distributed, export, report, sampling, training
+from dmcp_tf import baselines, calibration, distributed, export, pretrained, report, sampling, training
+from dmcp_tf import trajectory as trajectory_lib
 from dmcp_tf import config as config_lib
 from dmcp_tf import data as data_lib
 from dmcp_tf import flops as flops_lib
@@ -39,7 +40,7 @@ from dmcp_tf.supernet import DMCPModel, SearchPhaseSwitch
 
 STEPS = ("search", "sample", "retrain", "eval", "export")
 OUTPUTS = {
-    "search": ("supernet.keras", "search.json"),
+    "search": ("supernet.keras", "search.json", "search_trajectory.png"),
     "sample": ("channels.json", "samples.json", "structure.md", "flops_histogram.png", "channel_distributions.png"),
     "retrain": ("slim.keras", "retrain.json"),
     "eval": ("eval.json",),
@@ -326,19 +327,33 @@ class Pipeline:
         model = self._build_search_model(steps)
         self.log(f"supernet {model.supernet.name}: {flops_lib.format_flops(model.full_flops)} MACs, "
                  f"{len(model.gates)} gates, budget {flops_lib.format_flops(model.target_flops)}")
+        if s.initial_weights:
+            pretrained.load_initial_weights(model.supernet, s.initial_weights, sort_channels=s.sort_initial_channels)
+            self.log(f"search starts from the weights of {s.initial_weights}")
+        start_flops = model.initialize_gates(s.init)
+        self.log(f"search start {s.init!r}: expected MACs {start_flops / model.target_flops:.3f} of the budget")
         manager = self._checkpoint_manager("search", model.search_state(), self._checkpoint_identity("search", steps))
         start, extra = self._restore(manager, model.total_steps)
-        saver = CheckpointCallback(manager, s.checkpoint_every_steps, history=extra.get("history"))
+        tracker = trajectory_lib.SearchTrajectory(
+            s.trajectory_every_steps, log_dir=self.path("logs", "search", "trajectory") if self.chief else None,
+            records=extra.get("trajectory"))
+        saver = CheckpointCallback(manager, s.checkpoint_every_steps, history=extra.get("history"),
+                                   extra={"trajectory": tracker.records})
         if start < model.total_steps:
             self._train(model, epochs=s.epochs, steps_per_epoch=steps, initial_step=start,
-                        callbacks=self._tensorboard("search") + [saver])
+                        callbacks=self._tensorboard("search") + [tracker, saver])
         _save_model(model.supernet, self.out("supernet.keras"))
         self._supernet = model.supernet
         expected = float(model.graph.expected_flops())
+        settling = trajectory_lib.settling(tracker.records, model.warmup_steps, model.total_steps)
+        if self.chief:
+            report.plot_search_trajectory(tracker.records, model.warmup_steps, self.path("search_trajectory.png"),
+                                          title=f"Search of {model.supernet.name} at {s.budget} (start {s.init!r})")
         return {
             "full_flops": model.full_flops, "target_flops": model.target_flops, "expected_flops": expected,
             "steps": model.total_steps, "warmup_steps": model.warmup_steps, "resumed_from_step": start or None,
-            "replicas": self.strategy.num_replicas_in_sync, "history": saver.history,
+            "replicas": self.strategy.num_replicas_in_sync, "init": s.init, "start_flops": start_flops,
+            "settling": settling, "history": saver.history, "trajectory": tracker.records,
         }
 
     def _sample(self):
@@ -417,12 +432,37 @@ class Pipeline:
             self._train(slim, epochs=r.epochs, steps_per_epoch=steps, initial_step=start,
                         callbacks=self._tensorboard("retrain") + [saver],
                         validation_data=None if self.multi_worker else self.data.test)
+        uniform = self._train_uniform(ChannelGraph(self.supernet).flops(channels), steps) if r.compare_uniform else None
         _save_model(slim, self.out("slim.keras"))
         self._slim = None if self.multi_worker else slim
         return {
             "from_scratch": r.from_scratch, "inherited": inherited, "resumed_from_step": start or None,
-            "history": saver.history,
+            "history": saver.history, "uniform": uniform,
         }
+
+    def _train_uniform(self, target, steps):
+        """Trains the uniform-width network of `target` MACs from scratch as the slim model was; its test results.
+
+        What DMCP's structure is worth: the same training, the same MACs, widths
+        chosen by one factor instead of the search.
+        """
+        r = self.config.retrain
+        graph = ChannelGraph(self.supernet)
+        try:
+            config, fraction, macs = baselines.uniform_config(graph, target, tolerance=0.03)
+        except ValueError as error:
+            self.log(f"no uniform-width baseline: {error}")
+            return {"note": str(error)}
+        keras.utils.set_random_seed(self.config.seed)
+        with self.strategy.scope():
+            model = rebuild(self.supernet, config, copy_weights=False, name=f"{self.supernet.name}_uniform")
+            training.compile_classifier(model, r, steps * r.epochs)
+        self.log(f"uniform width {fraction:.3f} ({flops_lib.format_flops(macs)} MACs): training {r.epochs} epochs")
+        self._train(model, epochs=r.epochs, steps_per_epoch=steps, initial_step=0, callbacks=[])
+        if self.multi_worker:
+            return {"fraction": fraction, "flops": macs, "params": graph.params(config), "note": "not evaluated"}
+        return dict(training.evaluate(model, self.data.test), fraction=fraction, flops=macs,
+                    params=graph.params(config), channels=config)
 
     def full_model(self):
         """The unpruned supernet as a plain model, batch norm calibrated for the full width."""
@@ -471,9 +511,13 @@ class Pipeline:
     def summary_rows(self):
         """Before/after rows of the console table and the report."""
         evaluated, exported = self._load_json("eval.json") or {}, self._load_json("export.json") or {}
+        uniform = (self._load_json("retrain.json") or {}).get("uniform") or {}
         rows = []
-        for label, title in (("full", "unpruned supernet"), ("slim", "DMCP slim")):
-            ev = evaluated.get(label, {})
+        for label, title in (("full", "unpruned supernet (searched, not retrained)"), ("slim", "DMCP slim"),
+                             ("uniform", "uniform width, same MACs")):
+            ev = uniform if label == "uniform" else evaluated.get(label, {})
+            if label == "uniform" and "accuracy" not in ev:
+                continue
             tfl = exported.get(f"{label}_float32", {})
             int8 = exported.get(f"{label}_int8", {})
             rows.append({
@@ -482,6 +526,17 @@ class Pipeline:
                 "int8_kb": _kb(int8.get("bytes")), "int8_ms": int8.get("latency_ms"),
             })
         return rows
+
+    def _comparison_section(self, rows):
+        """The line that says what DMCP's structure bought over uniform width (if both were trained)."""
+        top1 = {row["model"]: row["top1"] for row in rows}
+        slim, uniform = top1.get("DMCP slim"), top1.get("uniform width, same MACs")
+        if slim is None or uniform is None:
+            return []
+        return [("DMCP against uniform width", (
+            f"DMCP slim {slim:.4f} against uniform width {uniform:.4f} at the same MACs, trained the same way: "
+            f"{100 * (slim - uniform):+.2f} points top-1 (one seed; `docs/benchmarks.md` section 3 has the "
+            "comparison over seeds)."))]
 
     SUMMARY_COLUMNS = [("model", "model"), ("macs", "MACs"), ("params", "params"), ("top1", "top-1"),
                        ("fp32_kb", "TFLite fp32 KB"), ("fp32_ms", "fp32 ms"), ("int8_kb", "int8 KB"),
@@ -492,12 +547,16 @@ class Pipeline:
         rows = self.summary_rows()
         search, sample = self._load_json("search.json"), self._load_json("sample.json")
         sections = [("Summary", report.markdown_table(rows, self.SUMMARY_COLUMNS))]
+        sections += self._comparison_section(rows)
         if search:
             sections.append(("Search", (
                 f"Budget `{self.config.search.budget}` = {_fmt(search['target_flops'])} MACs of "
                 f"{_fmt(search['full_flops'])}; expected FLOPs after search {_fmt(search['expected_flops'])} "
                 f"({search['expected_flops'] / search['target_flops']:.3f} of the budget), "
-                f"{search['steps']} steps ({search['warmup_steps']} warm-up), {search['seconds']} s.")))
+                f"{search['steps']} steps ({search['warmup_steps']} warm-up), {search['seconds']} s. "
+                f"Start `{search.get('init', 'authors')}`.\n\n"
+                f"{trajectory_lib.verdict(search.get('settling'))}\n\n"
+                "![search trajectory](search_trajectory.png)")))
         if sample:
             sections.append(("Sampling", (
                 f"Expected sampling: {_fmt(sample['es_flops'])} MACs "

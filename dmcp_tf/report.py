@@ -220,6 +220,48 @@ def plot_flops_histogram(flops, budget, path, *, tolerance=0.01, title=None):
     return _save_png(figure, path)
 
 
+def plot_search_trajectory(records, warmup_steps, path, *, title=None):
+    """Expected MACs over the budget and every gate's expected width fraction against steps.
+
+    Args:
+        records: trajectory points (`trajectory.SearchTrajectory.records`).
+        warmup_steps: the warm-up's length, shaded.
+        path: destination PNG file.
+
+    Returns:
+        `path`.
+    """
+    steps = [r["step"] for r in records]
+    figure = _new_figure(11, 4.5)
+    cost, widths = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
+    for axes in (cost, widths):
+        if warmup_steps:
+            axes.axvspan(0, warmup_steps, color="0.9", label="warm-up")
+        axes.set_xlabel("training step")
+    cost.plot(steps, [r["expected_over_budget"] for r in records], color="tab:blue", label="E[MACs] / budget")
+    cost.axhline(1.0, color="tab:green", linewidth=1.5, label="budget")
+    cost.set_ylabel("expected MACs / budget")
+    cost.legend()
+    names = list(records[0]["fractions"]) if records else []
+    colours = _colours(len(names))
+    for name, colour in zip(names, colours):
+        widths.plot(steps, [r["fractions"][name] for r in records], color=colour, label=name, linewidth=1.2)
+    widths.set_ylim(0, 1.02)
+    widths.set_ylabel("expected width / channels")
+    if len(names) <= 16:
+        widths.legend(fontsize=6, ncol=2)
+    figure.suptitle(title or "Search trajectory")
+    return _save_png(figure, path)
+
+
+def _colours(count):
+    """`count` distinguishable colours."""
+    from matplotlib import colormaps  # noqa: PLC0415
+
+    cmap = colormaps["tab20"]
+    return [cmap(i % 20) for i in range(count)]
+
+
 def plot_channel_distributions(distributions, channels, path, *, expected=None, title=None):
     """Violin per gate of the sampled fraction of channels kept (DMCP paper, Fig. 7).
 

@@ -11,16 +11,28 @@ from keras import ops
 from dmcp_tf import flops as flops_lib
 from dmcp_tf import gates as gates_lib
 from dmcp_tf import losses as losses_lib
+from dmcp_tf import search_init
 from dmcp_tf.checkpoints import seed_generator_states
 from dmcp_tf.graph import ChannelGraph
 from dmcp_tf.slicing import SlicedForward
 
 
-def default_weight_optimizer(total_steps, learning_rate=0.2, warmup_steps=0):
-    """SGD with Nesterov momentum 0.9 and a cosine schedule with linear warm-up (authors' settings)."""
+def default_weight_optimizer(total_steps, learning_rate=0.2, warmup_steps=0, *, warmup_start=0.0,
+                             min_learning_rate=0.0):
+    """SGD with Nesterov momentum 0.9, linear warm-up, then cosine decay (the authors' schedule).
+
+    Args:
+        total_steps: steps of the whole search.
+        learning_rate: the peak, reached after `warmup_steps`.
+        warmup_steps: linear warm-up from `warmup_start` to `learning_rate`.
+        min_learning_rate: the cosine's floor at the last step (the authors' `min_lr`, 0.08 on ImageNet).
+    """
+    if not 0.0 <= min_learning_rate <= learning_rate:
+        raise ValueError(f"min_learning_rate must be in [0, learning_rate={learning_rate}], got {min_learning_rate}.")
     schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0 if warmup_steps else learning_rate,
+        initial_learning_rate=warmup_start if warmup_steps else learning_rate,
         decay_steps=max(1, total_steps - warmup_steps),
+        alpha=min_learning_rate / learning_rate if learning_rate else 0.0,
         warmup_target=learning_rate if warmup_steps else None,
         warmup_steps=warmup_steps,
     )
@@ -45,6 +57,8 @@ class DMCPModel(keras.Model):
         warmup_fraction: share of the steps that trains weights only.
         budget_weight: `lambda`, the weight of the budget loss.
         label_smoothing: for the largest sub-network's cross-entropy.
+        arch_label_smoothing: for the architecture stage's cross-entropy (the
+            authors use the training's label smoothing there too).
         weight_decay: L2 on conv and dense kernels (none on biases, BN, gates).
         uniform_decay, uniform_decay_every: after warm-up a random sub-network is
             uniform with probability `s`, multiplied by `uniform_decay` every
@@ -69,6 +83,7 @@ class DMCPModel(keras.Model):
         warmup_fraction=0.5,
         budget_weight=0.1,
         label_smoothing=0.0,
+        arch_label_smoothing=0.0,
         weight_decay=0.0,
         uniform_decay=0.9999,
         uniform_decay_every=10,
@@ -102,6 +117,7 @@ class DMCPModel(keras.Model):
         self.warmup_steps = int(round(warmup_fraction * total_steps))
         self.budget_weight = float(budget_weight)
         self.label_smoothing = float(label_smoothing)
+        self.arch_label_smoothing = float(arch_label_smoothing)
         self.weight_decay = float(weight_decay)
         self.uniform_decay = float(uniform_decay)
         self.uniform_decay_every = int(uniform_decay_every)
@@ -130,6 +146,10 @@ class DMCPModel(keras.Model):
         flops_lib.check_budget(target, self.full_flops, self.min_flops)
         self.target_flops = target
         self._target.assign(float(target))
+
+    def initialize_gates(self, init):
+        """Sets where the search starts (`"authors"`, `"full"`, `"budget"`: `search_init`); returns E[MACs] there."""
+        return search_init.initialize(self.graph, init, self.target_flops)
 
     def search_state(self):
         """Everything the rest of a search depends on, by name (what a checkpoint saves).
@@ -215,7 +235,7 @@ class DMCPModel(keras.Model):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
             logits = self._forward(x, gates_lib.Selection(gates_lib.SCALE))
-            task = losses_lib.cross_entropy(y, logits)
+            task = losses_lib.cross_entropy(y, logits, self.arch_label_smoothing)
             expected = self.graph.expected_flops()
             budget = flops_lib.budget_loss(expected, self._target)
             loss = task + self.budget_weight * budget

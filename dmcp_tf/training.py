@@ -23,25 +23,62 @@ def build_search_model(supernet, search, steps_per_epoch, seed=0):
     model = DMCPModel(
         supernet, budget=search.budget, total_steps=total, warmup_fraction=search.warmup_fraction,
         budget_weight=search.budget_weight, label_smoothing=search.label_smoothing,
+        arch_label_smoothing=search.arch_label_smoothing,
         weight_decay=search.weight_decay, uniform_decay=search.uniform_decay,
         uniform_decay_every=search.uniform_decay_every, seed=seed,
     )
     model.compile(
         weight_optimizer=default_weight_optimizer(total, search.learning_rate,
-                                                  int(search.warmup_epochs * steps_per_epoch)),
+                                                  int(search.warmup_epochs * steps_per_epoch),
+                                                  warmup_start=search.warmup_start_learning_rate,
+                                                  min_learning_rate=search.min_learning_rate),
         arch_optimizer=default_arch_optimizer(total - model.warmup_steps, search.arch_learning_rate,
                                               search.arch_final_learning_rate),
     )
     return model
 
 
-def compile_classifier(model, retrain, total_steps):
-    """SGD with Nesterov momentum, cosine schedule over `total_steps`, decoupled weight decay off biases and BN.
+WEIGHT_DECAY_TYPES = ("decoupled", "coupled")
 
-    `retrain` is the `config.retrain` section (learning rate, weight decay, label smoothing).
+
+@keras.saving.register_keras_serializable(package="dmcp_tf")
+class CoupledSGD(keras.optimizers.SGD):
+    """SGD whose weight decay is an L2 term of the loss (PyTorch's `SGD(weight_decay=...)`).
+
+    The gradient of every decayed variable gets `l2 * variable` added before the
+    momentum update, so with momentum 0.9 the decay acts about 10x more strongly
+    than Keras' decoupled `weight_decay` of the same value. Variables excluded with
+    `exclude_from_weight_decay` are not decayed.
+
+    Args:
+        l2: the L2 coefficient (the authors' `weight_decay`).
+    """
+
+    def __init__(self, *args, l2=0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.l2 = float(l2)
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.l2 and self._use_weight_decay(variable):
+            gradient = gradient + keras.ops.cast(self.l2, variable.dtype) * variable
+        super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self):
+        return dict(super().get_config(), l2=self.l2)
+
+
+def compile_classifier(model, retrain, total_steps):
+    """SGD with Nesterov momentum, cosine schedule over `total_steps`, weight decay off biases and BN.
+
+    `retrain` is the `config.retrain` section (learning rate, weight decay and its
+    type, label smoothing). `weight_decay_type="decoupled"` is Keras' weight decay,
+    `"coupled"` the authors' L2 term (`CoupledSGD`).
     """
     schedule = keras.optimizers.schedules.CosineDecay(retrain.learning_rate, max(1, total_steps))
-    optimizer = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=retrain.weight_decay)
+    if retrain.weight_decay_type == "coupled":
+        optimizer = CoupledSGD(schedule, momentum=0.9, nesterov=True, l2=retrain.weight_decay)
+    else:
+        optimizer = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=retrain.weight_decay)
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     model.compile(optimizer=optimizer, loss=losses_lib.smoothed_sparse_cross_entropy(retrain.label_smoothing),
                   metrics=["accuracy"])

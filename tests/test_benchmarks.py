@@ -65,26 +65,39 @@ def test_latency_tiny_model(tmp_path):
 def test_accuracy_benchmark_every_method_tiny(tmp_path):
     (tmp_path / "fashion").mkdir()
     data_dir = learnable_fashion_mnist(tmp_path / "fashion")
-    out = accuracy.main([
-        "--seeds=0", "--budgets=0.5x", "--channels=16,32", "--train_limit=256", "--test_limit=128",
+    args = [
+        "--seeds=0", "--budgets=0.5x", "--channels=16,32", "--blocks=1", "--train_limit=256", "--test_limit=128",
+        f"--methods={','.join(accuracy.METHODS)}",
         "--batch_size=32", "--search_epochs=2", "--retrain_epochs=1", "--tolerance=0.1",
         f"--data_dir={data_dir}", f"--plot={tmp_path / 'acc.png'}", f"--json_out={tmp_path / 'acc.json'}",
-    ])
+    ]
+    out = accuracy.main(args)
     rows = {r["method"]: r for r in out["rows"]}
     assert set(rows) == {"full", *accuracy.METHODS}
     full = rows["full"]["macs"]
     for method in ("uniform", "l1", "random"):  # matched to the budget, not searched
         assert abs(rows[method]["macs"] - 0.5 * full) <= 0.1 * 0.5 * full, method
     assert rows["uniform"]["config"] == rows["l1"]["config"] != rows["random"]["config"]
-    for method in ("dmcp_finetune", "dmcp_scratch"):  # one search, two ways of training its structure
-        assert rows[method]["config"] == rows["dmcp_scratch"]["config"] and rows[method]["search_seconds"] > 0
+    assert rows["dmcp_finetune"]["config"] == rows["dmcp_budget"]["config"]  # one search, two trainings
+    for method in ("dmcp_budget", "dmcp_authors", "dmcp_full", "dmcp_pretrained", "bernoulli", "from_full"):
+        row = rows[method]
+        assert row["search_seconds"] > 0 and row["trajectory"][-1]["step"] > row["trajectory"][0]["step"], method
+    assert {rows[m]["search_init"] for m in ("dmcp_budget", "dmcp_authors", "dmcp_full")} == {"budget", "authors", "full"}
+    assert 0.0 <= rows["dmcp_pretrained"]["inherited_accuracy"] <= 1.0
     assert all(0.0 <= r["accuracy"] <= 1.0 and 0 < r["macs"] <= full for r in out["rows"])
     summary = {(s["method"], s["budget"]): s for s in out["summary"]}
     assert summary["uniform", "0.5x"]["macs_over_budget"] == pytest.approx(rows["uniform"]["macs"] / (0.5 * full))
     assert (tmp_path / "acc.png").read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((tmp_path / "acc.json").read_text())
     assert len(saved["results"]["rows"]) == 1 + len(accuracy.METHODS) and saved["settings"]["budgets"] == ["0.5x"]
-    redrawn = accuracy.main([f"--from_json={tmp_path / 'acc.json'}", f"--plot={tmp_path / 'again.png'}"])
+    # Rerun with the same settings: every model is in the file, nothing trains again.
+    again = accuracy.main(args)
+    assert again["rows"] == out["rows"]
+    with pytest.raises(SystemExit, match="retrain_epochs"):  # other settings: refused, the file kept
+        accuracy.main([a for a in args if not a.startswith("--retrain_epochs")] + ["--retrain_epochs=2"])
+    redrawn = accuracy.main([f"--from_json={tmp_path / 'acc.json'}", f"--plot={tmp_path / 'again.png'}",
+                             f"--trajectory_plots={tmp_path / 'traj'}"])
     assert redrawn["summary"] == out["summary"] and (tmp_path / "again.png").exists()
+    assert (tmp_path / "traj" / "trajectory_dmcp_budget_0.5x.png").read_bytes()[:4] == b"\x89PNG"
     table = accuracy.tables(out["summary"], ["0.5x"], list(accuracy.METHODS))
     assert all(label in table for label in accuracy.METHODS.values()) and "Unpruned network" in table

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 
+from dmcp_tf import baselines, trajectory
 from dmcp_tf.configs import fashion_mnist
 from dmcp_tf.graph import ChannelGraph
 from tests.helpers import learnable_fashion_mnist
@@ -17,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
     "--config.data.train_limit=512", "--config.data.test_limit=256", "--config.data.batch_size=64",
     "--config.model.options.channels=(16, 32, 64)",
-    "--config.search.epochs=2", "--config.search.steps_per_epoch=4",
+    "--config.search.epochs=2", "--config.search.steps_per_epoch=4", "--config.search.trajectory_every_steps=2",
     "--config.retrain.epochs=1", "--config.retrain.steps_per_epoch=8",
     "--config.sample.statistics_samples=300", "--config.sample.calibration_batches=2",
     "--config.export.representative_images=16", "--config.export.parity_images=200",
@@ -44,18 +45,22 @@ def test_whole_pipeline_writes_every_artefact(tmp_path, data_dir):
     code, out = main(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--config.sample.round_to=4", *TINY)
     assert code == 0, out
     assert "DMCP slim" in out and "unpruned supernet" in out  # the console summary table
-    for name in ("config.json", "supernet.keras", "search.json", "channels.json", "samples.json", "structure.md",
+    assert "uniform width, same MACs" in out
+    for name in ("config.json", "supernet.keras", "search.json", "search_trajectory.png", "channels.json", "samples.json", "structure.md",
                  "flops_histogram.png", "channel_distributions.png", "slim.keras", "retrain.json", "eval.json",
                  "export.json", "report.md", "export/saved_model/saved_model.pb", "export/slim_float32.tflite",
                  "export/slim_int8.tflite", "export/full_float32.tflite"):
         assert (run_dir / name).exists(), name
-    for png in ("flops_histogram.png", "channel_distributions.png"):
+    for png in ("flops_histogram.png", "channel_distributions.png", "search_trajectory.png"):
         assert (run_dir / png).read_bytes()[:4] == b"\x89PNG"
     assert any(os.scandir(run_dir / "logs" / "search")), "TensorBoard logs"
 
     search = json.loads((run_dir / "search.json").read_text())
     for key in ("loss_full", "loss_smallest", "loss_random1", "loss_random2", "arch_loss", "budget_loss"):
         assert np.all(np.isfinite(search["history"][key])), key
+    # The default config starts the search at the budget's uniform width; the trajectory shows every step.
+    assert search["init"] == "budget" and search["start_flops"] == pytest.approx(search["target_flops"], rel=1e-3)
+    assert [p["step"] for p in search["trajectory"]] == list(range(0, search["steps"] + 1, 2))
     supernet = keras.models.load_model(run_dir / "supernet.keras", safe_mode=True, compile=False)
     graph = ChannelGraph(supernet)
     channels = json.loads((run_dir / "channels.json").read_text())
@@ -78,6 +83,11 @@ def test_whole_pipeline_writes_every_artefact(tmp_path, data_dir):
     assert exported["slim_int8"]["bytes"] < exported["slim_float32"]["bytes"]
     report = (run_dir / "report.md").read_text()
     assert "## Summary" in report and "DMCP slim" in report and "flops_histogram.png" in report
+    assert "search_trajectory.png" in report and trajectory.verdict(search["settling"]) in report
+    retrained = json.loads((run_dir / "retrain.json").read_text())
+    uniform = retrained["uniform"]
+    assert 0.0 <= uniform["accuracy"] <= 1.0 and abs(uniform["flops"] - evaluated["slim"]["flops"]) <= 0.03 * uniform["flops"]
+    assert f"{100 * (evaluated['slim']['accuracy'] - uniform['accuracy']):+.2f} points" in report
 
 
 def test_missing_data_dir_stops_before_anything_is_written(tmp_path):
@@ -147,3 +157,37 @@ def test_flops_mode_counts_supernet_and_paper_structures(tmp_path):
     code, out = main("--mode=flops", f"--channels={channels}")
     assert code == 0, out
     assert str(channels) in out
+
+
+@pytest.mark.parametrize("key, value, named", [
+    ("search.init", "middle", "authors, full, budget"),
+    ("retrain.weight_decay_type", "l2", "decoupled, coupled"),
+    ("search.min_learning_rate", "0.5", "search.learning_rate"),
+    ("search.initial_weights", "/no/such/model.keras", "not a .keras file"),
+    ("search.arch_learning_rate", "0", "must be positive"),
+])
+def test_bad_search_settings_are_named_before_training(tmp_path, data_dir, key, value, named):
+    code, out = main(f"--data_dir={data_dir}", f"--run_dir={tmp_path / 'run'}", f"--config.{key}={value}")
+    assert code == 2 and key in out and named in out and "Traceback" not in out
+    assert not (tmp_path / "run").exists()
+
+
+def test_search_from_a_trained_model_starts_from_its_sorted_weights(tmp_path, data_dir):
+    from dmcp_tf.models import fashion_resnet
+    from dmcp_tf.rebuild import rebuild
+
+    keras.utils.set_random_seed(3)
+    trained = rebuild(fashion_resnet(channels=(16, 32, 64)), copy_weights=False, name="trained")
+    trained.save(tmp_path / "trained.keras")
+    run_dir = tmp_path / "run"
+    code, out = main(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--mode=search", *TINY,
+                     f"--config.search.initial_weights={tmp_path / 'trained.keras'}",
+                     "--config.search.learning_rate=0")
+    assert code == 0, out
+    assert "search starts from the weights of" in out
+    supernet = keras.models.load_model(run_dir / "supernet.keras", safe_mode=True, compile=False)
+    # With learning rate 0 the kernels are the trained ones, every gate's channels sorted by L1 norm.
+    for name, order in baselines.l1_channel_order(ChannelGraph(supernet)).items():
+        assert list(order) == list(range(len(order))), name
+    source, searched = (m.get_layer("stem_conv").kernel.numpy() for m in (trained, supernet))
+    np.testing.assert_allclose(*(np.sort(np.abs(k).sum(axis=(0, 1, 2))) for k in (searched, source)), rtol=1e-6)

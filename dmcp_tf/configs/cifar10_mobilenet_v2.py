@@ -13,6 +13,7 @@ def get_config(budget="0.5x"):
     config.model.name = "mobilenet_v2"
     config.model.options = {"width_multiplier": 1.0, "stem_stride": 1}
     config.search.budget = budget
+    config.search.init = "budget"  # measured best start of a short search (docs/benchmarks.md, section 3)
     config.search.epochs = 60
     config.search.learning_rate = 0.1
     config.search.weight_decay = 4e-5

@@ -14,6 +14,7 @@ def get_config(budget="0.5x"):
     config.model.name = "resnet18"
     config.model.options = {"stem_kernel": 3, "stem_stride": 1, "stem_pool": False}
     config.search.budget = budget
+    config.search.init = "budget"  # measured best start of a short search (docs/benchmarks.md, section 3)
     config.search.epochs = 60
     config.search.learning_rate = 0.1
     config.search.weight_decay = 5e-4

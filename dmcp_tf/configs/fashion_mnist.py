@@ -19,5 +19,10 @@ def get_config():
     # architecture learning rate is raised so the gates reach the budget.
     config.search.arch_learning_rate = 2.0
     config.search.arch_final_learning_rate = 0.5
+    # The search starts at the uniform width of the budget: a short search then
+    # spends its steps choosing, not climbing from alpha = 0 (docs/benchmarks.md, section 3).
+    config.search.init = "budget"
     config.retrain.epochs = 2
+    # What DMCP bought: the uniform-width network of the same MACs, trained the same way.
+    config.retrain.compare_uniform = True
     return config

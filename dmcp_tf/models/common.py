@@ -32,12 +32,31 @@ def apply(x, layer):
     return x if layer is None else layer(x)
 
 
-def conv_bn(x, filters, kernel, *, stride=1, name, depthwise=False, sync_bn=False):
+KERNEL_INITIALIZERS = ("glorot_uniform", "kaiming_fan_out")
+
+
+def kernel_initializer(name):
+    """A conv kernel initializer by name.
+
+    `"glorot_uniform"` is Keras' default; `"kaiming_fan_out"` is the authors'
+    (PyTorch's `kaiming_normal_(mode="fan_out", nonlinearity="relu")`: a normal
+    distribution of variance 2 / fan_out).
+    """
+    if name == "kaiming_fan_out":
+        return keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
+    if name == "glorot_uniform":
+        return keras.initializers.GlorotUniform()
+    raise ValueError(f"Unknown kernel initializer {name!r}; choose one of {', '.join(KERNEL_INITIALIZERS)}.")
+
+
+def conv_bn(x, filters, kernel, *, stride=1, name, depthwise=False, sync_bn=False, initializer="glorot_uniform"):
     """Conv (or depthwise conv) without bias, then batch normalisation."""
     if depthwise:
-        x = keras.layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_dw")(x)
+        x = keras.layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_dw",
+                                         depthwise_initializer=kernel_initializer(initializer))(x)
     else:
-        x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
+        x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv",
+                                kernel_initializer=kernel_initializer(initializer))(x)
     return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=sync_bn, name=f"{name}_bn")(x)
 
 

@@ -36,6 +36,7 @@ def mobilenet_v2(
     width_offset=0.1,
     dropout=0.0,
     sync_bn=False,
+    kernel_initializer="glorot_uniform",
     name=None,
 ):
     """Builds MobileNetV2; with `gate_kind=None`, a plain network without gates.
@@ -54,7 +55,7 @@ def mobilenet_v2(
     gates = GateFactory((min_width, width_multiplier, width_offset), gate_kind)
     inputs = keras.Input(input_shape, name="image")
     channels = make_divisible(stem_channels * width_multiplier)
-    x = conv_bn(inputs, channels, 3, stride=stem_stride, name="stem", sync_bn=sync_bn)
+    x = conv_bn(inputs, channels, 3, stride=stem_stride, name="stem", sync_bn=sync_bn, initializer=kernel_initializer)
     x = keras.layers.ReLU(6.0, name="stem_relu")(x)
     x = apply(x, gates("stem"))
     in_gate = gates("stem")
@@ -65,20 +66,20 @@ def mobilenet_v2(
             block = f"block{s}_{i}"
             shortcut = x
             if t != 1:
-                x = conv_bn(x, channels * t, 1, name=f"{block}_expand", sync_bn=sync_bn)
+                x = conv_bn(x, channels * t, 1, name=f"{block}_expand", sync_bn=sync_bn, initializer=kernel_initializer)
                 x = keras.layers.ReLU(6.0, name=f"{block}_expand_relu")(x)
                 in_gate = gates(f"{block}_expand")
                 x = apply(x, in_gate)
-            x = conv_bn(x, None, 3, stride=stride, depthwise=True, name=f"{block}_depthwise", sync_bn=sync_bn)
+            x = conv_bn(x, None, 3, stride=stride, depthwise=True, name=f"{block}_depthwise", sync_bn=sync_bn, initializer=kernel_initializer)
             x = keras.layers.ReLU(6.0, name=f"{block}_depthwise_relu")(x)
             x = apply(x, in_gate)
-            x = conv_bn(x, out_channels, 1, name=f"{block}_project", sync_bn=sync_bn)
+            x = conv_bn(x, out_channels, 1, name=f"{block}_project", sync_bn=sync_bn, initializer=kernel_initializer)
             x = apply(x, gates(f"stage{s}"))
             if stride == 1 and channels == out_channels:
                 x = keras.layers.Add(name=f"{block}_add")([shortcut, x])
             channels = out_channels
     last = make_divisible(last_channels * max(1.0, width_multiplier))
-    x = conv_bn(x, last, 1, name="last", sync_bn=sync_bn)
+    x = conv_bn(x, last, 1, name="last", sync_bn=sync_bn, initializer=kernel_initializer)
     x = keras.layers.ReLU(6.0, name="last_relu")(x)
     x = apply(x, gates("last"))
     outputs = classifier(x, num_classes, dropout)
