@@ -209,6 +209,10 @@ class Benchmark:
         todo = [(m, b) for b in budgets for m in methods if (m, b) not in self.done]
         if not todo and (FULL, "1.0x") in self.done:
             return self.rows
+        # Baselines matched to every budget first: a budget they cannot meet fails before any training.
+        targets = {b: flops_lib.parse_budget(b, self.graph.flops()) for b in budgets}
+        uniforms = {b: baselines.uniform_config(self.graph, t, tolerance=self.args.tolerance)[0]
+                    for b, t in targets.items()}
         full = self.full_network()
         if not todo:
             return self.rows
@@ -227,10 +231,9 @@ class Benchmark:
             model = self.search_model("markov", self.args.pretrained_search_epochs)
             pretrained_search = (model, [v.numpy() for v in _search_state(model)])
         for budget in budgets:
-            target = flops_lib.parse_budget(budget, self.graph.flops())
+            target, uniform = targets[budget], uniforms[budget]
             pending = [m for m in methods if (m, budget) not in self.done]
             searched = self.searched_structures(budget, pending, models, initial, warm, full)
-            uniform, _, _ = baselines.uniform_config(self.graph, target, tolerance=self.args.tolerance)
             rng = np.random.default_rng([self.seed, budgets.index(budget)])
             for method in pending:
                 keras.utils.set_random_seed(self.seed)
@@ -256,13 +259,18 @@ class Benchmark:
         for search in sorted({SEARCHES[m] for m in methods if m in SEARCHES}):
             gate_kind, origin, init = search
             model = models[gate_kind]
-            if origin == "warmup":
+            cached = self._cached(f"search_{gate_kind}_{origin}_{init}_{budget}.json")
+            if cached is not None and cached.exists() and "dmcp_finetune" not in methods:
+                config, extra = json.loads(cached.read_text())  # the structure; its model is retrained anyway
+            elif origin == "warmup":
                 config, extra = self.search(model, budget, init, state=warm)
             else:  # the trained full network instead of a warm-up
                 for variable, value in zip(_search_state(model), initial[gate_kind], strict=True):
                     variable.assign(value)
                 pretrained.copy_weights_by_name(full, model.supernet)
                 config, extra = self.search(model, budget, init, start_step=model.warmup_steps)
+            if cached is not None:
+                atomic_write_json(cached, [config, extra])
             for method in (m for m in methods if SEARCHES.get(m) == search):
                 keras.utils.set_random_seed(self.seed)  # every scratch model starts from the same seed
                 # Rebuilt now: the next search overwrites the supernet's weights.

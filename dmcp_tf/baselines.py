@@ -39,7 +39,8 @@ def config_at_flops(graph, target_macs, relative=None, *, tolerance=0.01, iterat
         tolerance: the largest accepted relative miss of the target.
 
     Returns:
-        `(config, scale, macs)`: gate `g` keeps `round(scale * relative[g] * channels)`.
+        `(config, scale, macs)`: gate `g` keeps `round(scale * relative[g] * channels)`, or one
+        channel more where that brings the MACs nearer the target.
 
     Raises:
         ValueError: no scale comes within `tolerance` of the target (channel
@@ -58,7 +59,8 @@ def config_at_flops(graph, target_macs, relative=None, *, tolerance=0.01, iterat
         else:
             hi = mid
     scale = min((lo, hi), key=lambda s: abs(graph.flops(config(s)) - target_macs))
-    chosen = config(scale)
+    chosen = _closest_rounding(graph, config(lo), {n: lo * r for n, r in relative.items()}, target_macs,
+                               config(scale))
     macs = graph.flops(chosen)
     if abs(macs - target_macs) > tolerance * target_macs:
         raise ValueError(
@@ -68,6 +70,26 @@ def config_at_flops(graph, target_macs, relative=None, *, tolerance=0.01, iterat
             "the target."
         )
     return chosen, scale, macs
+
+
+def _closest_rounding(graph, below, fractions, target_macs, best):
+    """`best`, or a configuration nearer `target_macs` that rounds some gates of `below` up by one channel.
+
+    All gates move together under one scale, so a network of equal widths
+    jumps in steps of one channel per gate. Adding one channel to one gate at a
+    time (largest rounding remainder first) fills those steps: every gate stays
+    within one channel of the scaled width.
+    """
+    remainders = sorted(graph.gates, key=lambda g: -(fractions[g.name] * g.channels - below[g.name]))
+    current = dict(below)
+    for gate in remainders:
+        if graph.flops(current) >= target_macs:
+            break
+        if current[gate.name] < gate.channels:
+            current[gate.name] += 1
+            if abs(graph.flops(current) - target_macs) < abs(graph.flops(best) - target_macs):
+                best = dict(current)
+    return best
 
 
 def uniform_config(graph, target_macs, *, tolerance=0.01):

@@ -67,7 +67,7 @@ def _flops(config):
           f"budget {config.search.budget} = {flops_lib.format_flops(flops_lib.parse_budget(config.search.budget, full))}")
     if FLAGS.channels:
         channels = sampling.load_config(FLAGS.channels)
-        graph.validate_config(channels)
+        graph.validate_config(channels, complete=True)
         print(f"{FLAGS.channels}: {flops_lib.format_flops(graph.flops(channels))} MACs ({graph.flops(channels)}), "
               f"{graph.params(channels)} parameters")
 
@@ -81,6 +81,10 @@ def run(argv):
         config.data.data_dir = FLAGS.data_dir
     if FLAGS.mode == "flops":
         return _flops(config)
+    ignored = [f"--{name}" for name in ("channels", "structure") if getattr(FLAGS, name)]
+    if ignored:
+        raise ValueError(f"{' and '.join(ignored)} only apply to --mode=flops (counting a structure); "
+                         f"--mode={FLAGS.mode} would ignore them. Drop them, or add --mode=flops.")
     strategy = _strategy(FLAGS.strategy)  # first: multi-worker set-up must precede other TensorFlow work
     from dmcp_tf import pipeline, report  # noqa: PLC0415
 

@@ -107,6 +107,10 @@ def validate(config):
         flops_lib.parse_budget(config.search.budget, 1.0)
     except ValueError as error:
         fail("search.budget", str(error))
+    if config.seed < 0:
+        fail("seed", f"must be a non-negative integer, got {config.seed}.")
+    if not 0 < config.sample.tolerance < 1:
+        fail("sample.tolerance", f"must be a fraction of the budget in (0, 1), e.g. 0.01; got {config.sample.tolerance}.")
     for key in ("data.batch_size", "search.epochs", "retrain.epochs"):
         section, name = key.split(".")
         if config[section][name] < 1:

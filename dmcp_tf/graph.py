@@ -341,15 +341,23 @@ class ChannelGraph:
     def smallest_config(self):
         return {g.name: g.prefix for g in self.gates}
 
-    def validate_config(self, config):
-        """Raises a clear error if `config` does not fit this graph's gates."""
+    def validate_config(self, config, *, complete=False):
+        """Raises a clear error if `config` does not fit this graph's gates.
+
+        With `complete`, every gate must be named (a file a user wrote: a gate
+        left out would silently keep every channel).
+        """
         names = {g.name for g in self.gates}
         unknown = sorted(set(config) - names)
         if unknown:
             raise GraphError(f"Channel configuration names unknown gates {unknown}; the gates are {sorted(names)}.")
+        missing = sorted(names - set(config))
+        if complete and missing:
+            raise GraphError(f"Channel configuration leaves out gates {missing}; name every gate "
+                             f"({sorted(names)}) with the channels it keeps.")
         for gate in self.gates:
             c = config.get(gate.name, gate.channels)
-            if not isinstance(c, (int, np.integer)) or not 1 <= c <= gate.channels:
+            if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 1 <= c <= gate.channels:
                 raise GraphError(
                     f"Gate {gate.name!r} has {gate.channels} channels; a configuration must keep an "
                     f"integer between 1 and {gate.channels}, got {c!r}."

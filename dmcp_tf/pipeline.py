@@ -341,7 +341,8 @@ class Pipeline:
                                    extra={"trajectory": tracker.records})
         if start < model.total_steps:
             self._train(model, epochs=s.epochs, steps_per_epoch=steps, initial_step=start,
-                        callbacks=self._tensorboard("search") + [tracker, saver])
+                        callbacks=self._tensorboard("search") + [
+                            training.NonFiniteGuard("search", "search.learning_rate"), tracker, saver])
         _save_model(model.supernet, self.out("supernet.keras"))
         self._supernet = model.supernet
         expected = float(model.graph.expected_flops())
@@ -398,6 +399,7 @@ class Pipeline:
     def _retrain(self):
         r = self.config.retrain
         channels = sampling.load_config(self.path("channels.json"))
+        ChannelGraph(self.supernet).validate_config(channels, complete=True)
         keras.utils.set_random_seed(self.config.seed)
         steps = self._steps_per_epoch(r.steps_per_epoch)
         resuming = bool(list_checkpoints(self.path("checkpoints", "retrain")))
@@ -430,10 +432,11 @@ class Pipeline:
         if start < steps * r.epochs:
             # Several workers: no per-epoch validation (the eval step measures the result).
             self._train(slim, epochs=r.epochs, steps_per_epoch=steps, initial_step=start,
-                        callbacks=self._tensorboard("retrain") + [saver],
+                        callbacks=self._tensorboard("retrain") + [
+                            training.NonFiniteGuard("retrain", "retrain.learning_rate"), saver],
                         validation_data=None if self.multi_worker else self.data.test)
         uniform = self._train_uniform(ChannelGraph(self.supernet).flops(channels), steps) if r.compare_uniform else None
-        _save_model(slim, self.out("slim.keras"))
+        _save_model(training.portable_copy(slim), self.out("slim.keras"))  # loads with plain Keras
         self._slim = None if self.multi_worker else slim
         return {
             "from_scratch": r.from_scratch, "inherited": inherited, "resumed_from_step": start or None,

@@ -89,7 +89,15 @@ def save_config(path, config):
 def load_config(path):
     """Reads a configuration written by `save_config`."""
     with open(path) as f:
-        config = json.load(f)
-    if not isinstance(config, dict) or not all(isinstance(v, int) for v in config.values()):
-        raise ValueError(f"{path} is not a channel configuration (a JSON object of gate name -> channels).")
+        try:
+            config = json.load(f)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON ({error}); a channel configuration is a JSON object "
+                             'of gate name -> channels, e.g. {"stem": 16}.') from None
+    bad = {k: v for k, v in config.items() if isinstance(v, bool) or not isinstance(v, int)} \
+        if isinstance(config, dict) else None
+    if not isinstance(config, dict) or bad or not config:
+        detail = f" (not channel counts: {bad})" if bad else " (it is empty)" if config == {} else ""
+        raise ValueError(f"{path} is not a channel configuration{detail}: it must be a JSON object of gate "
+                         'name -> whole number of channels, e.g. {"stem": 16}.')
     return config

@@ -100,7 +100,7 @@ class DMCPModel(keras.Model):
                 f"Model {supernet.name!r} has no channel gates. Build a supernet with gates "
                 "(dmcp_tf.models) or place MarkovGate layers after the batch norms to prune."
             )
-        self.outputs_probabilities = _ends_in_softmax(supernet)
+        self.outputs_probabilities = ends_in_softmax(supernet)
         sliced = SlicedForward(self.graph)
         self.sliced = sliced if slice_subnetworks and sliced.supported else None
         self.slicing_note = "sliced" if self.sliced else sliced.reason or "masking requested"
@@ -289,7 +289,7 @@ class DMCPModel(keras.Model):
         return searching
 
 
-def _ends_in_softmax(model):
+def ends_in_softmax(model):
     """Whether the model's output is a softmax (as in keras.applications) rather than logits."""
     layer = model.outputs[0]._keras_history.operation
     activation = getattr(layer, "activation", None)

@@ -4,10 +4,12 @@ Both read their hyperparameters from a config section (`config.search`,
 `config.retrain`), so a benchmark trains exactly as `main.py` does.
 """
 
+import math
+
 import keras
 
 from dmcp_tf import losses as losses_lib
-from dmcp_tf.supernet import DMCPModel, default_arch_optimizer, default_weight_optimizer
+from dmcp_tf.supernet import DMCPModel, default_arch_optimizer, default_weight_optimizer, ends_in_softmax
 
 
 def build_search_model(supernet, search, steps_per_epoch, seed=0):
@@ -84,9 +86,54 @@ def compile_classifier(model, retrain, total_steps):
                   metrics=["accuracy"])
 
 
+def portable_copy(model):
+    """A copy of a trained classifier that loads with plain Keras, without importing dmcp_tf.
+
+    The same layers and weights, compiled with Keras' own sparse cross-entropy
+    and accuracy (the training's loss and optimizer are dmcp_tf functions; their
+    state lives in the checkpoints, not in the deliverable).
+    """
+    copy = keras.Model.from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    copy.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=not ends_in_softmax(model)),
+                 metrics=["accuracy"])
+    return copy
+
+
 def evaluate(model, dataset):
     """Top-1 accuracy and cross-entropy of a classifier on `dataset`: `{"accuracy", "loss"}`."""
     if not model.compiled:
         model.compile(loss=losses_lib.smoothed_sparse_cross_entropy(0.0), metrics=["accuracy"])
     result = model.evaluate(dataset, verbose=0, return_dict=True)
     return {"accuracy": float(result["accuracy"]), "loss": float(result["loss"])}
+
+
+class TrainingDivergedError(RuntimeError):
+    """A loss became NaN or infinite: the training cannot give a usable model."""
+
+
+class NonFiniteGuard(keras.callbacks.Callback):
+    """Stops training at the first non-finite loss (or expected MACs) with `TrainingDivergedError`.
+
+    Put it before the checkpoint callback: the step that diverged is then not
+    saved, and the earlier checkpoints stay.
+
+    Args:
+        stage: `"search"` or `"retrain"`, named in the message.
+        learning_rate_key: the config key to lower, named in the message.
+    """
+
+    WATCHED = ("loss", "arch_loss", "expected_mflops")
+
+    def __init__(self, stage, learning_rate_key):
+        super().__init__()
+        self.stage, self.learning_rate_key = stage, learning_rate_key
+
+    def on_train_batch_end(self, batch, logs=None):
+        for key in self.WATCHED:
+            if key in (logs or {}) and not math.isfinite(float(logs[key])):
+                step = int(self.model.optimizer.iterations.numpy())
+                raise TrainingDivergedError(
+                    f"The {self.stage} diverged at step {step}: {key} is {float(logs[key])}. Nothing of this "
+                    f"step was saved (earlier checkpoints are kept). Lower the learning rate "
+                    f"(--config.{self.learning_rate_key}) and redo this step with --mode={self.stage} --overwrite.")

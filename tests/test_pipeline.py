@@ -71,6 +71,11 @@ def test_whole_pipeline_writes_every_artefact(tmp_path, data_dir):
     assert all(g.name in structure for g in graph.gates)
 
     slim = keras.models.load_model(run_dir / "slim.keras", safe_mode=True, compile=False)
+    # The deliverable loads in plain Keras, compiled, without dmcp_tf.
+    plain = subprocess.run([sys.executable, "-c", "import sys, keras; m = keras.saving.load_model(sys.argv[1]); "
+                            "assert 'dmcp_tf' not in sys.modules and m.compiled; print(m.count_params())",
+                            str(run_dir / "slim.keras")], capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 0 and int(plain.stdout.split()[-1]) == slim.count_params(), plain.stderr
     evaluated = json.loads((run_dir / "eval.json").read_text())
     assert evaluated["slim"]["flops"] == ChannelGraph(slim).flops() == graph.flops(channels)
     assert evaluated["full"]["flops"] == graph.flops()
@@ -145,6 +150,13 @@ def test_a_step_without_its_inputs_says_which_step_to_run_first(tmp_path):
     assert "supernet.keras" in out and "--mode=all" in out
 
 
+def fashion_mnist_supernet():
+    from dmcp_tf.models import build_supernet
+
+    config = fashion_mnist.get_config()
+    return build_supernet(config.model.name, **config.model.options.to_dict())
+
+
 def test_flops_mode_counts_supernet_and_paper_structures(tmp_path):
     code, out = main("--mode=flops", "--config=" + os.path.join(ROOT, "configs", "mobilenet_v2_imagenet.py") + ":210M")
     assert code == 0, out
@@ -153,7 +165,8 @@ def test_flops_mode_counts_supernet_and_paper_structures(tmp_path):
     assert code == 0, out
     assert "2.8G MACs (2832777865)" in out
     channels = tmp_path / "channels.json"
-    channels.write_text(json.dumps({"stem": 16}))
+    gates = ChannelGraph(fashion_mnist_supernet()).gates
+    channels.write_text(json.dumps({g.name: g.channels // 2 for g in gates}))
     code, out = main("--mode=flops", f"--channels={channels}")
     assert code == 0, out
     assert str(channels) in out
@@ -191,3 +204,45 @@ def test_search_from_a_trained_model_starts_from_its_sorted_weights(tmp_path, da
         assert list(order) == list(range(len(order))), name
     source, searched = (m.get_layer("stem_conv").kernel.numpy() for m in (trained, supernet))
     np.testing.assert_allclose(*(np.sort(np.abs(k).sum(axis=(0, 1, 2))) for k in (searched, source)), rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_diverging_search_or_retraining_stops_at_once_and_writes_no_result(tmp_path, data_dir):
+    run_dir = tmp_path / "run"
+    code, out = main(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--mode=search", *TINY,
+                     "--config.search.learning_rate=1e6", "--config.search.checkpoint_every_steps=1")
+    assert code == 2 and "Traceback" not in out, out
+    assert "The search diverged at step" in out and "--config.search.learning_rate" in out
+    assert not (run_dir / "supernet.keras").exists() and not (run_dir / "search.json").exists()
+    code, out = main(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--overwrite", *TINY,
+                     "--config.retrain.learning_rate=1e6")
+    assert code == 2 and "The retrain diverged at step" in out and "--config.retrain.learning_rate" in out, out
+    assert (run_dir / "search.json").exists() and not (run_dir / "slim.keras").exists()
+
+
+@pytest.mark.parametrize("content, named", [
+    ("{not json", "is not valid JSON"),
+    ('{"stem": true}', "not channel counts"),
+    ("{}", "it is empty"),
+    ('{"stem": 16}', "leaves out gates"),
+])
+def test_bad_channel_files_are_named(tmp_path, content, named):
+    path = tmp_path / "channels.json"
+    path.write_text(content)
+    code, out = main("--mode=flops", f"--channels={path}")
+    assert code == 2 and named in out and "Traceback" not in out, out
+    if "valid JSON" in named:
+        assert str(path) in out
+
+
+def test_channels_flag_outside_flops_mode_is_refused(tmp_path):
+    code, out = main("--mode=search", "--channels=x.json", f"--run_dir={tmp_path / 'run'}")
+    assert code == 2 and "only apply to --mode=flops" in out
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("key, value", [("seed", "-1"), ("sample.tolerance", "-1")])
+def test_bad_seed_or_tolerance_is_named_before_anything_is_written(tmp_path, data_dir, key, value):
+    code, out = main(f"--data_dir={data_dir}", f"--run_dir={tmp_path / 'run'}", f"--config.{key}={value}")
+    assert code == 2 and f"`{key}`" in out, out
+    assert not (tmp_path / "run").exists()
