@@ -47,6 +47,7 @@ def mobilenet_v2(
         stages: `(t, c, n, s)` per stage.
         last_channels: channels of the final 1x1 conv at multiplier 1 (scaled up
             for multipliers above 1, as in the paper's 1.5x supernet: 1920).
+        kernel_initializer: `"glorot_uniform"` (Keras) or `"kaiming_fan_out"` (the authors').
 
     Example:
         supernet = mobilenet_v2(1.5)                # 672.8M MACs at 224x224
