@@ -399,7 +399,8 @@ class Pipeline:
     def _retrain(self):
         r = self.config.retrain
         channels = sampling.load_config(self.path("channels.json"))
-        ChannelGraph(self.supernet).validate_config(channels, complete=True)
+        graph = ChannelGraph(self.supernet)
+        graph.validate_config(channels, complete=True)
         keras.utils.set_random_seed(self.config.seed)
         steps = self._steps_per_epoch(r.steps_per_epoch)
         resuming = bool(list_checkpoints(self.path("checkpoints", "retrain")))
@@ -435,7 +436,7 @@ class Pipeline:
                         callbacks=self._tensorboard("retrain") + [
                             training.NonFiniteGuard("retrain", "retrain.learning_rate"), saver],
                         validation_data=None if self.multi_worker else self.data.test)
-        uniform = self._train_uniform(ChannelGraph(self.supernet).flops(channels), steps) if r.compare_uniform else None
+        uniform = self._train_uniform(graph, graph.flops(channels), steps) if r.compare_uniform else None
         _save_model(training.portable_copy(slim), self.out("slim.keras"))  # loads with plain Keras
         self._slim = None if self.multi_worker else slim
         return {
@@ -443,14 +444,15 @@ class Pipeline:
             "history": saver.history, "uniform": uniform,
         }
 
-    def _train_uniform(self, target, steps):
+    def _train_uniform(self, graph, target, steps):
         """Trains the uniform-width network of `target` MACs from scratch as the slim model was; its test results.
+
+        `graph` is the supernet's `ChannelGraph`.
 
         What DMCP's structure is worth: the same training, the same MACs, widths
         chosen by one factor instead of the search.
         """
         r = self.config.retrain
-        graph = ChannelGraph(self.supernet)
         try:
             config, fraction, macs = baselines.uniform_config(graph, target, tolerance=0.03)
         except ValueError as error:
