@@ -12,17 +12,17 @@ last), trained with the default config's hyperparameters:
   random           random relative widths scaled to the budget, from scratch
   l1               Li et al. (2017): the uniform widths, keeping each layer's filters
                    of largest L1 norm in the trained unpruned network, fine-tuned
-  dmcp_pretrained  DMCP from the trained unpruned network (channels sorted by L1
-                   norm, warm-up and search), its slim model fine-tuned from the
-                   inherited channels after batch-norm calibration; search and
-                   fine-tuning together take as many epochs as `l1`'s fine-tuning
+  dmcp_pretrained  DMCP from the trained unpruned network: channels sorted by L1
+                   norm, the gates searched on its frozen weights (architecture
+                   stage only, `search.train_weights=False`), the slim model
+                   fine-tuned from the inherited channels after batch-norm
+                   calibration for as many epochs as `l1`
   dmcp_finetune    `dmcp_budget`'s structure, the searched supernet's weights fine-tuned
   bernoulli        DMCP with Bernoulli gates (the paper's ablation), from scratch
   from_full        DMCP whose warm-up is replaced by the trained unpruned network
                    (the paper's other ablation), from scratch
 
-Every model trains for `--retrain_epochs` (or, for `dmcp_pretrained`, what is left
-of them) on the same batches. The unpruned network, trained as long from scratch,
+Every model trains for `--retrain_epochs` on the same batches. The unpruned network, trained as long from scratch,
 is the reference and the source of `l1`, `dmcp_pretrained` and `from_full`. The
 warm-up does not depend on the budget, the start or the gate kind, so it runs
 once per seed and every search continues from a copy of its state.
@@ -126,11 +126,11 @@ class Benchmark:
                       shuffle=False, verbose=0)
         return training.evaluate(model, self.data.test)["accuracy"]
 
-    def record(self, method, budget, model, epochs=None, **extra):
+    def record(self, method, budget, model, **extra):
         """Trains and evaluates `model`, keeping (and saving) a row with its MACs, top-1 and training time."""
         macs = ChannelGraph(model).flops()
         start = time.time()
-        accuracy = self.train(model, self.args.retrain_epochs if epochs is None else epochs)
+        accuracy = self.train(model, self.args.retrain_epochs)
         row = dict(seed=self.seed, method=method, budget=budget, macs=macs, accuracy=accuracy,
                    seconds=round(time.time() - start, 1), **extra)
         self.rows.append(row)
@@ -155,12 +155,12 @@ class Benchmark:
         return full
 
     # --- searches ---------------------------------------------------------------
-    def search_model(self, gate_kind, epochs=None):
+    def search_model(self, gate_kind, epochs=None, train_weights=True):
         """A compiled search model; its budget is set per search (`DMCPModel.set_budget`)."""
         keras.utils.set_random_seed(self.seed)
-        search = self.config.search
+        search = self.config.search.copy_and_resolve_references()
+        search.train_weights = train_weights
         if epochs is not None:
-            search = search.copy_and_resolve_references()
             search.epochs = epochs
         return training.build_search_model(self.supernet(gate_kind), search, self.steps, seed=self.seed)
 
@@ -228,7 +228,7 @@ class Benchmark:
         l1_order = baselines.l1_channel_order(ChannelGraph(l1_supernet))
         pretrained_search = None
         if any(m == "dmcp_pretrained" for m, _ in todo):
-            model = self.search_model("markov", self.args.pretrained_search_epochs)
+            model = self.search_model("markov", self.args.pretrained_search_epochs, train_weights=False)
             pretrained_search = (model, [v.numpy() for v in _search_state(model)])
         for budget in budgets:
             target, uniform = targets[budget], uniforms[budget]
@@ -237,7 +237,7 @@ class Benchmark:
             rng = np.random.default_rng([self.seed, budgets.index(budget)])
             for method in pending:
                 keras.utils.set_random_seed(self.seed)
-                epochs, extra = None, {}
+                extra = {}
                 if method in searched:
                     slim, config, extra = searched[method]
                 elif method == "uniform":
@@ -246,11 +246,10 @@ class Benchmark:
                     config, slim = uniform, rebuild(l1_supernet, uniform, channel_order=l1_order)
                 elif method == "dmcp_pretrained":
                     slim, config, extra = self.pretrained_structure(*pretrained_search, budget, full)
-                    epochs = self.args.retrain_epochs - self.args.pretrained_search_epochs
                 else:  # random
                     config, _ = baselines.random_config(self.graph, target, rng, tolerance=self.args.tolerance)
                     slim = rebuild(self.template, config, copy_weights=False)
-                self.record(method, budget, slim, epochs, target_macs=target, config=config, **extra)
+                self.record(method, budget, slim, target_macs=target, config=config, **extra)
         return self.rows
 
     def searched_structures(self, budget, methods, models, initial, warm, full):
@@ -279,7 +278,7 @@ class Benchmark:
         return out
 
     def pretrained_structure(self, model, initial, budget, full):
-        """DMCP from the trained network: sorted channels, warm-up, search; the slim model inherits and is calibrated.
+        """DMCP from the trained network: sorted channels, gates searched on its frozen weights; the slim model inherits.
 
         `initial` is `model`'s search state as built (optimiser slots and counters at zero).
         """
@@ -381,7 +380,7 @@ def parse_args(argv=None):
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--search_epochs", type=int, default=2, help="search epochs (half of them warm-up)")
     parser.add_argument("--pretrained_search_epochs", type=int, default=1,
-                        help="dmcp_pretrained's search epochs (half warm-up), counted in its --retrain_epochs")
+                        help="dmcp_pretrained's search epochs on frozen weights (architecture steps only)")
     parser.add_argument("--retrain_epochs", type=int, default=3, help="training epochs of every model")
     parser.add_argument("--init", default="budget", choices=search_init.INITS,
                         help="the gates' start for dmcp_pretrained")
@@ -405,8 +404,8 @@ def parse_args(argv=None):
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
     args.methods = [m for m in METHODS if m in _csv(args.methods)]
-    if "dmcp_pretrained" in args.methods and not 0 < args.pretrained_search_epochs <= args.retrain_epochs:
-        parser.error("--pretrained_search_epochs must be between 1 and --retrain_epochs")
+    if "dmcp_pretrained" in args.methods and args.pretrained_search_epochs < 1:
+        parser.error("--pretrained_search_epochs must be at least 1")
     for budget in args.budgets:
         try:
             flops_lib.parse_budget(budget, 1.0)

@@ -46,6 +46,8 @@ def base_config():
     c.search.init = "authors"     # where the gates start: "authors" (alpha=0), "full", "budget" (search_init.py)
     c.search.initial_weights = "" # a trained model (.keras) whose weights the search starts from
     c.search.sort_initial_channels = True  # with initial_weights: order each layer's channels by L1 norm first
+    c.search.train_weights = True  # False (with initial_weights): the gates learn on frozen trained weights,
+                                   # no warm-up; then retrain.from_scratch=False fine-tunes those weights
     c.search.learning_rate = 0.1
     c.search.warmup_epochs = 0.0  # linear learning-rate warm-up ...
     c.search.warmup_start_learning_rate = 0.0  # ... from this rate to `learning_rate`
@@ -141,6 +143,10 @@ def validate(config):
     if config.search.trajectory_every_steps < 1:
         fail("search.trajectory_every_steps", f"must be at least 1, got {config.search.trajectory_every_steps}.")
     weights = config.search.initial_weights
+    if not config.search.train_weights and not weights:
+        fail("search.train_weights", "False keeps the supernet's weights as they are, and freshly initialised "
+             "weights tell the gates nothing: give a trained model with --config.search.initial_weights=PATH.keras, "
+             "or leave search.train_weights True.")
     if weights and not (os.path.isfile(weights) and weights.endswith(".keras")):
         fail("search.initial_weights", f"{weights!r} is not a .keras file; give a trained model saved with "
              "model.save('x.keras') whose layer names match the supernet's (or leave it empty).")

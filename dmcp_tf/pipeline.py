@@ -329,7 +329,8 @@ class Pipeline:
                  f"{len(model.gates)} gates, budget {flops_lib.format_flops(model.target_flops)}")
         if s.initial_weights:
             pretrained.load_initial_weights(model.supernet, s.initial_weights, sort_channels=s.sort_initial_channels)
-            self.log(f"search starts from the weights of {s.initial_weights}")
+            self.log(f"search starts from the weights of {s.initial_weights}"
+                     + ("" if s.train_weights else "; they stay frozen, only the gates learn"))
         start_flops = model.initialize_gates(s.init)
         self.log(f"search start {s.init!r}: expected MACs {start_flops / model.target_flops:.3f} of the budget")
         manager = self._checkpoint_manager("search", model.search_state(), self._checkpoint_identity("search", steps))

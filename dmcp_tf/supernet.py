@@ -1,7 +1,8 @@
 """`DMCPModel`: a gated supernet whose `fit` runs the DMCP search.
 
 Every training step runs the weight stage (variant sandwich rule with in-place
-distillation) and, after warm-up, the architecture stage (spec, section 5).
+distillation) and, after warm-up, the architecture stage (spec, section 5). With
+`train_weights=False` only the architecture stage runs, on frozen weights.
 """
 
 import keras
@@ -64,6 +65,10 @@ class DMCPModel(keras.Model):
             uniform with probability `s`, multiplied by `uniform_decay` every
             `uniform_decay_every` steps, and Markov-sampled otherwise.
         seed: seed of the sub-network sampling.
+        train_weights: False learns the gates only, on every step, and leaves the
+            weights as they are (no weight stage, no warm-up): widths for a trained
+            network whose weights should not move. Batch-norm statistics still
+            follow the batches; calibrate them before evaluating a sub-network.
         slice_subnetworks: run the weight stage's sub-networks at their real width
             (sliced kernels) where the graph allows it; otherwise, or when False,
             they run at full width with pruned channels zeroed (masking).
@@ -88,6 +93,7 @@ class DMCPModel(keras.Model):
         uniform_decay=0.9999,
         uniform_decay_every=10,
         seed=0,
+        train_weights=True,
         slice_subnetworks=True,
         name="dmcp",
         **kwargs,
@@ -114,7 +120,8 @@ class DMCPModel(keras.Model):
         if total_steps < 1:
             raise ValueError(f"total_steps must be positive, got {total_steps}.")
         self.total_steps = int(total_steps)
-        self.warmup_steps = int(round(warmup_fraction * total_steps))
+        self.train_weights = bool(train_weights)
+        self.warmup_steps = int(round(warmup_fraction * total_steps)) if train_weights else 0
         self.budget_weight = float(budget_weight)
         self.label_smoothing = float(label_smoothing)
         self.arch_label_smoothing = float(arch_label_smoothing)
@@ -192,13 +199,21 @@ class DMCPModel(keras.Model):
     def train_step(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         step = self.optimizer.iterations
-        self._weight_stage(x, y, step)
+        if self.train_weights:
+            self._weight_stage(x, y, step)
+        else:
+            step.assign_add(1)  # the step counter every callback and checkpoint reads
         # Gate parameters change only in the architecture stage, which computes the
         # expected FLOPs (before its update) anyway.
         expected = self._arch_stage(x, y) if self.searching else self.graph.expected_flops()
         self.trackers["expected_mflops"].update_state(expected / 1e6)
-        return {name: tracker.result() for name, tracker in self.trackers.items()
-                if self.searching or name not in ("arch_loss", "budget_loss")}
+        return {name: self.trackers[name].result() for name in self._logged()}
+
+    def _logged(self):
+        """The metrics this phase computes."""
+        if not self.train_weights:
+            return ("arch_loss", "budget_loss", "expected_mflops", "accuracy")
+        return [name for name in self.trackers if self.searching or name not in ("arch_loss", "budget_loss")]
 
     def _forward(self, x, selection, training=True):
         """Logits of the supernet under a gate selection (log-probabilities if it ends in a softmax)."""
@@ -242,6 +257,8 @@ class DMCPModel(keras.Model):
             scaled = loss / replicas
         grads = tape.gradient(scaled, self.arch_variables)
         self.arch_optimizer.apply(grads, self.arch_variables)
+        if not self.train_weights:  # the only forward pass of the step
+            self.trackers["accuracy"].update_state(y, logits)
         self.trackers["arch_loss"].update_state(loss)
         self.trackers["budget_loss"].update_state(budget)
         return expected

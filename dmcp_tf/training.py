@@ -27,7 +27,7 @@ def build_search_model(supernet, search, steps_per_epoch, seed=0):
         budget_weight=search.budget_weight, label_smoothing=search.label_smoothing,
         arch_label_smoothing=search.arch_label_smoothing,
         weight_decay=search.weight_decay, uniform_decay=search.uniform_decay,
-        uniform_decay_every=search.uniform_decay_every, seed=seed,
+        uniform_decay_every=search.uniform_decay_every, seed=seed, train_weights=search.train_weights,
     )
     model.compile(
         weight_optimizer=default_weight_optimizer(total, search.learning_rate,

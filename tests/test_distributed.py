@@ -1,5 +1,7 @@
 """MirroredStrategy over two virtual CPU devices (set up in conftest.py)."""
 
+import functools
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -11,27 +13,33 @@ from tests.helpers import blob_data, tiny_supernet
 STEPS, WARMUP = 20, 10  # 10 search steps past warm-up
 
 
-def build(strategy):
+@functools.cache
+def mirrored_strategy():
+    """One strategy for the module: two of them in one process reuse collective instance keys."""
+    devices = tf.config.list_logical_devices("CPU")
+    assert len(devices) >= 2, "conftest.py should create two virtual CPU devices"
+    return tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+
+
+def build(strategy, train_weights=True):
     with strategy.scope():
         keras.utils.set_random_seed(0)
         model = DMCPModel(tiny_supernet(sync_bn=True), budget="0.5x", total_steps=STEPS,
-                          warmup_fraction=WARMUP / STEPS, seed=3)
-        model.compile(arch_optimizer=default_arch_optimizer(STEPS - WARMUP, 2.0, 0.5))
+                          warmup_fraction=WARMUP / STEPS, seed=3, train_weights=train_weights)
+        model.compile(arch_optimizer=default_arch_optimizer(STEPS - model.warmup_steps, 2.0, 0.5))
     return model
 
 
-def train(strategy, x, y):
-    model = build(strategy)
+def train(strategy, x, y, train_weights=True):
+    model = build(strategy, train_weights)
     history = model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
     return model, history
 
 
 def test_two_replicas_match_one_device(tmp_path):
-    devices = tf.config.list_logical_devices("CPU")
-    assert len(devices) >= 2, "conftest.py should create two virtual CPU devices"
     x, y = blob_data(np.random.default_rng(0), STEPS * 32)
     single, single_history = train(tf.distribute.OneDeviceStrategy("/cpu:0"), x, y)
-    mirrored, mirrored_history = train(tf.distribute.MirroredStrategy([d.name for d in devices[:2]]), x, y)
+    mirrored, mirrored_history = train(mirrored_strategy(), x, y)
     assert mirrored.distribute_strategy.num_replicas_in_sync == 2
     assert mirrored.searching and int(mirrored.arch_optimizer.iterations.numpy()) == STEPS - WARMUP
     # Same global batches, same sub-networks, synchronized batch norm: only the
@@ -57,3 +65,14 @@ def test_two_replicas_match_one_device(tmp_path):
     for a, b in zip(mirrored.variables + mirrored.optimizer.variables + mirrored.arch_optimizer.variables,
                     restored.variables + restored.optimizer.variables + restored.arch_optimizer.variables):
         np.testing.assert_array_equal(b.numpy(), a.numpy(), err_msg=a.path)
+
+
+def test_frozen_weights_search_on_two_replicas_matches_one_device():
+    x, y = blob_data(np.random.default_rng(1), STEPS * 32)
+    single, _ = train(tf.distribute.OneDeviceStrategy("/cpu:0"), x, y, train_weights=False)
+    mirrored, _ = train(mirrored_strategy(), x, y, train_weights=False)
+    for model in (single, mirrored):  # the step counter advances once per global step, not per replica
+        assert int(model.optimizer.iterations.numpy()) == int(model.arch_optimizer.iterations.numpy()) == STEPS
+    assert any(np.abs(v.numpy()).max() > 1e-3 for v in single.arch_variables)
+    for a, b in zip(single.arch_variables, mirrored.arch_variables):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-5)

@@ -178,6 +178,7 @@ def test_flops_mode_counts_supernet_and_paper_structures(tmp_path):
     ("search.min_learning_rate", "0.5", "search.learning_rate"),
     ("search.initial_weights", "/no/such/model.keras", "not a .keras file"),
     ("search.arch_learning_rate", "0", "must be positive"),
+    ("search.train_weights", "False", "--config.search.initial_weights"),
 ])
 def test_bad_search_settings_are_named_before_training(tmp_path, data_dir, key, value, named):
     code, out = main(f"--data_dir={data_dir}", f"--run_dir={tmp_path / 'run'}", f"--config.{key}={value}")
@@ -195,11 +196,11 @@ def test_search_from_a_trained_model_starts_from_its_sorted_weights(tmp_path, da
     run_dir = tmp_path / "run"
     code, out = main(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--mode=search", *TINY,
                      f"--config.search.initial_weights={tmp_path / 'trained.keras'}",
-                     "--config.search.learning_rate=0")
+                     "--config.search.train_weights=False")
     assert code == 0, out
-    assert "search starts from the weights of" in out
+    assert "search starts from the weights of" in out and "they stay frozen" in out
     supernet = keras.models.load_model(run_dir / "supernet.keras", safe_mode=True, compile=False)
-    # With learning rate 0 the kernels are the trained ones, every gate's channels sorted by L1 norm.
+    # Frozen weights: the kernels are the trained ones, every gate's channels sorted by L1 norm.
     for name, order in baselines.l1_channel_order(ChannelGraph(supernet)).items():
         assert list(order) == list(range(len(order))), name
     source, searched = (m.get_layer("stem_conv").kernel.numpy() for m in (trained, supernet))

@@ -91,6 +91,24 @@ def test_expected_mflops_are_those_the_step_started_from(warmup_fraction):
     assert (after == before) == (warmup_fraction > 0)  # only the architecture stage moves them
 
 
+def test_frozen_weights_search_moves_only_the_gates():
+    x, y = blob_data(np.random.default_rng(0), 128)
+    model = DMCPModel(tiny_supernet(), budget="0.5x", total_steps=8, warmup_fraction=0.5, train_weights=False)
+    model.compile(arch_optimizer=default_arch_optimizer(8, 2.0, 0.5))
+    assert model.warmup_steps == 0  # nothing for a warm-up to train
+    weights = [v.numpy().copy() for v in model.weight_variables]
+    start = float(model.graph.expected_flops())
+    history = model.fit(x, y, batch_size=32, epochs=2, verbose=0).history
+    assert model.searching and int(model.optimizer.iterations.numpy()) == 8  # every step counted
+    assert int(model.arch_optimizer.iterations.numpy()) == 8
+    assert set(history) == {"arch_loss", "budget_loss", "expected_mflops", "accuracy"}
+    assert all(np.isfinite(v).all() for v in history.values())
+    for before, var in zip(weights, model.weight_variables):
+        np.testing.assert_array_equal(var.numpy(), before, err_msg=var.path)
+    expected = float(model.graph.expected_flops())
+    assert abs(expected - model.target_flops) < abs(start - model.target_flops)  # towards the budget
+
+
 def test_random_subnetworks_are_on_the_grid():
     model = DMCPModel(tiny_supernet(), budget="0.5x", total_steps=10)
     model.compile()
