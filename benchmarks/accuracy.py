@@ -49,9 +49,8 @@ from benchmarks import common  # noqa: E402  (sets up the path and TF logging)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dmcp_tf import baselines, calibration, pretrained, report, search_init, training  # noqa: E402
+from dmcp_tf import baselines, calibration, costs, pretrained, report, search_init, training  # noqa: E402
 from dmcp_tf import data as data_lib  # noqa: E402
-from dmcp_tf import flops as flops_lib  # noqa: E402
 from dmcp_tf import trajectory as trajectory_lib  # noqa: E402
 from dmcp_tf.configs import fashion_mnist  # noqa: E402
 from dmcp_tf.graph import ChannelGraph  # noqa: E402
@@ -135,7 +134,7 @@ class Benchmark:
                    seconds=round(time.time() - start, 1), **extra)
         self.rows.append(row)
         self.save(row)
-        self.log(f"[accuracy] seed {self.seed} {budget:>5} {method:<15} {flops_lib.format_flops(macs):>8} MACs  "
+        self.log(f"[accuracy] seed {self.seed} {budget:>5} {method:<15} {report.format_count(macs):>8} MACs  "
                  f"top-1 {accuracy:.4f}  ({row['seconds']} s)")
         return row
 
@@ -210,7 +209,7 @@ class Benchmark:
         if not todo and (FULL, "1.0x") in self.done:
             return self.rows
         # Baselines matched to every budget first: a budget they cannot meet fails before any training.
-        targets = {b: flops_lib.parse_budget(b, self.graph.flops()) for b in budgets}
+        targets = {b: costs.Budget.parse(b).target(self.graph) for b in budgets}
         uniforms = {b: baselines.uniform_config(self.graph, t, tolerance=self.args.tolerance)[0]
                     for b, t in targets.items()}
         full = self.full_network()
@@ -337,8 +336,8 @@ def tables(summary, budgets, methods):
 
     full = cell.get((FULL, "1.0x"))
     accuracy = table(lambda s: f"{100 * s['accuracy_mean']:.2f} ± {100 * s['accuracy_std']:.2f} (n={s['seeds']})")
-    macs = table(lambda s: f"{flops_lib.format_flops(s['macs_mean'])} ({s['macs_over_budget']:.3f})")
-    reference = (f"Unpruned network ({flops_lib.format_flops(full['macs_mean'])} MACs), from scratch: "
+    macs = table(lambda s: f"{report.format_count(s['macs_mean'])} ({s['macs_over_budget']:.3f})")
+    reference = (f"Unpruned network ({report.format_count(full['macs_mean'])} MACs), from scratch: "
                  f"{100 * full['accuracy_mean']:.2f} ± {100 * full['accuracy_std']:.2f} "
                  f"({full['seeds']} seeds).") if full else ""
     return (f"Test top-1 (%), mean ± standard deviation over seeds:\n\n{accuracy}\n\n{reference}\n\n"
@@ -408,7 +407,8 @@ def parse_args(argv=None):
         parser.error("--pretrained_search_epochs must be at least 1")
     for budget in args.budgets:
         try:
-            flops_lib.parse_budget(budget, 1.0)
+            if costs.Budget.parse(budget).cost is not costs.MACS:
+                parser.error(f"--budgets are MACs budgets; {budget!r} is not")
         except ValueError as error:
             parser.error(str(error))
     return args

@@ -4,22 +4,22 @@ Main entry points:
 - `MarkovGate` (and `BernoulliGate`): channel gates to place in a Keras model;
 - `insert_gates` / `make_supernet` / `analyze`: the same for any functional model;
 - `DMCPModel`: a gated supernet whose `fit` runs the DMCP search;
-- `ChannelGraph`: real and expected FLOPs, parameters, channel groups;
+- `ChannelGraph`: channel groups; `costs`: real and expected MACs and parameters, `Budget`;
 - `sampling`: expected / direct sampling of a channel configuration;
 - `rebuild`: the slim standalone model of a configuration;
 - `export`: SavedModel and TFLite, with parity and latency checks.
 """
 
-from dmcp_tf import export, models, sampling
+from dmcp_tf import costs, export, models, sampling
 from dmcp_tf.autogate import analyze, insert_gates, make_supernet
 from dmcp_tf.calibration import calibrate_batch_norm
-from dmcp_tf.flops import count_flops, count_params
+from dmcp_tf.costs import Budget, count_flops, count_params
 from dmcp_tf.gates import BernoulliGate, MarkovGate
 from dmcp_tf.graph import ChannelGraph, GraphError
 from dmcp_tf.rebuild import rebuild
 from dmcp_tf.supernet import DMCPModel
 
 __all__ = [
-    "BernoulliGate", "ChannelGraph", "DMCPModel", "GraphError", "MarkovGate", "analyze", "calibrate_batch_norm",
-    "count_flops", "count_params", "export", "insert_gates", "make_supernet", "models", "rebuild", "sampling",
+    "BernoulliGate", "Budget", "ChannelGraph", "DMCPModel", "GraphError", "MarkovGate", "analyze", "calibrate_batch_norm",
+    "costs", "count_flops", "count_params", "export", "insert_gates", "make_supernet", "models", "rebuild", "sampling",
 ]

@@ -7,12 +7,13 @@
   ConvNets": filters ranked by the L1 norm of their weights; with
   `rebuild(..., channel_order=...)` a configuration keeps the largest ones.
 
-All of them meet a FLOPs target by scaling relative widths together
-(`config_at_flops`).
+All of them meet a cost target (`costs.Cost`: MACs by default, or parameters) by
+scaling relative widths together (`config_at_cost`).
 """
 
 import numpy as np
 
+from dmcp_tf import costs
 from dmcp_tf import layer_rules as rules
 
 
@@ -29,18 +30,19 @@ def scaled_config(graph, fractions):
     }
 
 
-def config_at_flops(graph, target_macs, relative=None, *, tolerance=0.01, iterations=60):
-    """Scales relative widths together until the configuration's MACs meet `target_macs`.
+def config_at_cost(graph, target, relative=None, *, cost=costs.MACS, tolerance=0.01, iterations=60):
+    """Scales relative widths together until the configuration's cost meets `target`.
 
     Args:
         graph: a `ChannelGraph`.
-        target_macs: the budget in multiply-accumulates.
+        target: the budget in `cost`'s unit.
         relative: gate name -> relative width in (0, 1]; all 1 (uniform) by default.
+        cost: the budget's kind (`costs.Cost`).
         tolerance: the largest accepted relative miss of the target.
 
     Returns:
-        `(config, scale, macs)`: gate `g` keeps `round(scale * relative[g] * channels)`, or one
-        channel more where that brings the MACs nearer the target.
+        `(config, scale, value)`: gate `g` keeps `round(scale * relative[g] * channels)`, or one
+        channel more where that brings the cost nearer the target; `value` is its cost.
 
     Raises:
         ValueError: no scale comes within `tolerance` of the target (channel
@@ -54,26 +56,26 @@ def config_at_flops(graph, target_macs, relative=None, *, tolerance=0.01, iterat
     lo, hi = 0.0, 1.0 / min(relative.values())  # at `hi` every gate keeps all its channels
     for _ in range(iterations):
         mid = 0.5 * (lo + hi)
-        if graph.flops(config(mid)) < target_macs:
+        if cost.of(graph, config(mid)) < target:
             lo = mid
         else:
             hi = mid
-    scale = min((lo, hi), key=lambda s: abs(graph.flops(config(s)) - target_macs))
-    chosen = _closest_rounding(graph, config(lo), {n: lo * r for n, r in relative.items()}, target_macs,
-                               config(scale))
-    macs = graph.flops(chosen)
-    if abs(macs - target_macs) > tolerance * target_macs:
+    scale = min((lo, hi), key=lambda s: abs(cost.of(graph, config(s)) - target))
+    chosen = _closest_rounding(graph, config(lo), {n: lo * r for n, r in relative.items()}, target,
+                               config(scale), cost)
+    value = cost.of(graph, chosen)
+    if abs(value - target) > tolerance * target:
         raise ValueError(
-            f"Scaling these widths reaches {macs} MACs at best, not {target_macs:.0f} within {tolerance:.0%}. "
-            "Channel counts are integers, so the MACs move in steps (coarse in a narrow network), and no "
+            f"Scaling these widths reaches {value} {cost.unit} at best, not {target:.0f} within {tolerance:.0%}. "
+            f"Channel counts are integers, so the {cost.unit} move in steps (coarse in a narrow network), and no "
             "target outside the network's smallest and full sizes can be met: raise the tolerance or change "
             "the target."
         )
-    return chosen, scale, macs
+    return chosen, scale, value
 
 
-def _closest_rounding(graph, below, fractions, target_macs, best):
-    """`best`, or a configuration nearer `target_macs` that rounds some gates of `below` up by one channel.
+def _closest_rounding(graph, below, fractions, target, best, cost):
+    """`best`, or a configuration nearer `target` that rounds some gates of `below` up by one channel.
 
     All gates move together under one scale, so a network of equal widths
     jumps in steps of one channel per gate. Adding one channel to one gate at a
@@ -83,37 +85,37 @@ def _closest_rounding(graph, below, fractions, target_macs, best):
     remainders = sorted(graph.gates, key=lambda g: -(fractions[g.name] * g.channels - below[g.name]))
     current = dict(below)
     for gate in remainders:
-        if graph.flops(current) >= target_macs:
+        if cost.of(graph, current) >= target:
             break
         if current[gate.name] < gate.channels:
             current[gate.name] += 1
-            if abs(graph.flops(current) - target_macs) < abs(graph.flops(best) - target_macs):
+            if abs(cost.of(graph, current) - target) < abs(cost.of(graph, best) - target):
                 best = dict(current)
     return best
 
 
-def uniform_config(graph, target_macs, *, tolerance=0.01):
-    """Uniform width scaling to `target_macs`: returns `(config, fraction, macs)`."""
-    return config_at_flops(graph, target_macs, tolerance=tolerance)
+def uniform_config(graph, target, *, cost=costs.MACS, tolerance=0.01):
+    """Uniform width scaling to `target` (in `cost`'s unit): returns `(config, fraction, value)`."""
+    return config_at_cost(graph, target, cost=cost, tolerance=tolerance)
 
 
-def random_config(graph, target_macs, rng, *, tolerance=0.01, tries=100):
-    """A random configuration of `target_macs` MACs.
+def random_config(graph, target, rng, *, cost=costs.MACS, tolerance=0.01, tries=100):
+    """A random configuration whose cost (`costs.Cost`, MACs by default) meets `target`.
 
     Relative widths are drawn as the sandwich rule draws random sub-networks
     (uniformly on each gate's width grid), then scaled together to the target.
 
     Returns:
-        `(config, macs)`.
+        `(config, value)`.
     """
     for _ in range(tries):
         relative = {g.name: float(rng.choice(g.widths_grid())) / g.channels for g in graph.gates}
         try:
-            config, _, macs = config_at_flops(graph, target_macs, relative, tolerance=tolerance)
+            config, _, value = config_at_cost(graph, target, relative, cost=cost, tolerance=tolerance)
         except ValueError:
             continue
-        return config, macs
-    raise ValueError(f"No random configuration met {target_macs} MACs within {tolerance:.0%} in {tries} draws.")
+        return config, value
+    raise ValueError(f"No random configuration met {cost.format(target)} within {tolerance:.0%} in {tries} draws.")
 
 
 def l1_channel_order(graph):

@@ -43,17 +43,18 @@ def _strategy(name):
 
 
 def _flops(config):
-    """Prints the supernet's FLOPs, and those of a channel configuration or paper structure."""
-    from dmcp_tf import flops as flops_lib  # noqa: PLC0415
-    from dmcp_tf import models, sampling  # noqa: PLC0415
+    """Prints the MACs and parameters of the supernet and its budget, or of a channel configuration or paper structure."""
+    from dmcp_tf import costs, models, sampling  # noqa: PLC0415 (after flag parsing: --help stays fast)
     from dmcp_tf.graph import ChannelGraph  # noqa: PLC0415
+
+    def describe(graph, config=None):
+        return ", ".join(f"{kind.format(kind.of(graph, config))} ({kind.of(graph, config)})"
+                         for kind in costs.COSTS.values())
 
     if FLAGS.structure:
         if FLAGS.structure not in models.PAPER_MODELS:
             raise ValueError(f"Unknown structure {FLAGS.structure!r}; choose one of {sorted(models.PAPER_MODELS)}.")
-        graph = ChannelGraph(models.PAPER_MODELS[FLAGS.structure]())
-        print(f"{FLAGS.structure}: {flops_lib.format_flops(graph.flops())} MACs ({graph.flops()}), "
-              f"{graph.params()} parameters")
+        print(f"{FLAGS.structure}: {describe(ChannelGraph(models.PAPER_MODELS[FLAGS.structure]()))}")
         return
     from dmcp_tf.data import DATASET_SHAPES  # noqa: PLC0415
 
@@ -61,15 +62,14 @@ def _flops(config):
     supernet = models.build_supernet(config.model.name, input_shape=shape, num_classes=classes,
                                      gate_kind=config.model.gate_kind, **config.model.options.to_dict())
     graph = ChannelGraph(supernet)
-    full, smallest = graph.flops(), graph.flops(graph.smallest_config())
-    print(f"{supernet.name}: {flops_lib.format_flops(full)} MACs ({full}), {graph.params()} parameters, "
-          f"{len(graph.gates)} gates; smallest sub-network {flops_lib.format_flops(smallest)} MACs; "
-          f"budget {config.search.budget} = {flops_lib.format_flops(flops_lib.parse_budget(config.search.budget, full))}")
+    budget = costs.Budget.parse(config.search.budget)
+    print(f"{supernet.name}: {describe(graph)}, {len(graph.gates)} gates; smallest sub-network "
+          f"{describe(graph, graph.smallest_config())}; budget {config.search.budget} = "
+          f"{budget.cost.format(budget.target(graph))}")
     if FLAGS.channels:
         channels = sampling.load_config(FLAGS.channels)
         graph.validate_config(channels, complete=True)
-        print(f"{FLAGS.channels}: {flops_lib.format_flops(graph.flops(channels))} MACs ({graph.flops(channels)}), "
-              f"{graph.params(channels)} parameters")
+        print(f"{FLAGS.channels}: {describe(graph, channels)}")
 
 
 def run(argv):

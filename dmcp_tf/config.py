@@ -10,7 +10,7 @@ import os
 import ml_collections
 
 from dmcp_tf import data as data_lib
-from dmcp_tf import flops as flops_lib
+from dmcp_tf import costs
 from dmcp_tf.export import QUANTIZATIONS
 from dmcp_tf import search_init
 from dmcp_tf.gates import GATE_TYPES
@@ -39,7 +39,7 @@ def base_config():
     c.model.options = ml_collections.ConfigDict()  # keyword arguments of the model builder
 
     c.search = ml_collections.ConfigDict()
-    c.search.budget = "0.5x"      # "210M", "2.8G", or a fraction of the full model: "0.5x"
+    c.search.budget = "0.5x"      # MACs "210M", "2.8G", a fraction "0.5x"; "params:1.5M", "params:0.4x"
     c.search.epochs = 2
     c.search.steps_per_epoch = 0  # 0: one pass over the training data
     c.search.warmup_fraction = 0.5
@@ -106,7 +106,7 @@ def validate(config):
     if config.model.gate_kind not in GATE_TYPES:
         fail("model.gate_kind", f"unknown gate kind {config.model.gate_kind!r}; choose one of {sorted(GATE_TYPES)}.")
     try:
-        flops_lib.parse_budget(config.search.budget, 1.0)
+        costs.Budget.parse(config.search.budget)
     except ValueError as error:
         fail("search.budget", str(error))
     if config.seed < 0:

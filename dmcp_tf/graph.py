@@ -8,8 +8,8 @@ layer (Conv2D, Dense) opens a new space, layers that treat channels one by one
 merges (Add, Multiply) join the spaces of their inputs. A gate placed on a space
 governs it: the space keeps the gate's number of channels, always the first ones.
 
-Everything else reads this graph: real and expected FLOPs, parameters, sampling
-and the slim rebuild.
+Everything else reads this graph: costs (`costs.py`: MACs, parameters, real and
+expected), sampling and the slim rebuild.
 """
 
 import dataclasses
@@ -18,6 +18,7 @@ import re
 import keras
 import numpy as np
 
+from dmcp_tf import costs
 from dmcp_tf import layer_rules as rules
 from dmcp_tf import walk as walk_lib
 from dmcp_tf.gates import ChannelGate
@@ -363,42 +364,26 @@ class ChannelGraph:
                     f"integer between 1 and {gate.channels}, got {c!r}."
                 )
 
-    # --- costs -------------------------------------------------------------
+    # --- costs (counted in costs.py) ----------------------------------------
     def flops(self, config=None):
-        """Multiply-accumulates of conv and dense layers with `config` kept channels.
+        """Multiply-accumulates of conv and dense layers with `config` kept channels (`costs.MACS`).
 
         `config` values may be NumPy arrays of channel counts (one entry per
         configuration); the result is then an array of MACs.
         """
-        total = 0
-        for r in self.records:
-            cin, cout = self.count(r.in_layout, config), self.count(r.out_layout, config)
-            total = total + r.rule.macs(r.layer, r.in_shape, r.out_shape, cin, cout)
-        if isinstance(total, np.ndarray):
-            return np.round(total).astype(np.int64)
-        return int(round(total))
+        return costs.MACS.of(self, config)
 
     def expected_flops(self):
         """Expected MACs `E[F]` (a scalar tensor), differentiable in every gate's alpha."""
-        total = 0.0
-        for r in self.records:
-            cin, cout = self.expected_count(r.in_layout), self.expected_count(r.out_layout)
-            total = total + r.rule.macs(r.layer, r.in_shape, r.out_shape, cin, cout)
-        return total
+        return costs.MACS.expected(self)
 
     def params(self, config=None):
-        """Number of weights (trainable and not) with `config` kept channels; gates excluded."""
-        records = self.first_records()
-        total = 0
-        for layer in self._layers.values():
-            if isinstance(layer, ChannelGate):
-                continue
-            if id(layer) in records:
-                for weight, axes in self.weight_axes(records[id(layer)]):
-                    total += int(np.prod([len(i) for i in self.kept_weight_indices(weight, axes, config)]))
-            else:
-                total += sum(int(np.prod(w.shape)) for w in layer.weights)
-        return total
+        """Number of weights (trainable and not) with `config` kept channels; gates excluded (`costs.PARAMS`)."""
+        return costs.PARAMS.of(self, config)
+
+    def weighted_layers(self):
+        """Every layer of the model but the gates (their parameters are the search's, not the network's)."""
+        return [layer for layer in self._layers.values() if not isinstance(layer, ChannelGate)]
 
     def weight_axes(self, record):
         """`(weight, [(axis, layout), ...])` for every weight of a recorded layer."""

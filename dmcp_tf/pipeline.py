@@ -26,11 +26,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dmcp_tf import baselines, calibration, distributed, export, pretrained, report, sampling, training
+from dmcp_tf import baselines, calibration, costs, distributed, export, pretrained, report, sampling, training
 from dmcp_tf import trajectory as trajectory_lib
 from dmcp_tf import config as config_lib
 from dmcp_tf import data as data_lib
-from dmcp_tf import flops as flops_lib
 from dmcp_tf.checkpoints import CheckpointCallback, CheckpointManager, list_checkpoints, seed_generator_states
 from dmcp_tf.graph import ChannelGraph
 from dmcp_tf.io_utils import atomic_write_json, atomic_write_text, file_sha256
@@ -39,9 +38,10 @@ from dmcp_tf.rebuild import rebuild
 from dmcp_tf.supernet import DMCPModel, SearchPhaseSwitch
 
 STEPS = ("search", "sample", "retrain", "eval", "export")
+UNIFORM_ROW = "uniform width"  # the summary row of the uniform baseline: "uniform width, same <unit>"
 OUTPUTS = {
     "search": ("supernet.keras", "search.json", "search_trajectory.png"),
-    "sample": ("channels.json", "samples.json", "structure.md", "flops_histogram.png", "channel_distributions.png"),
+    "sample": ("channels.json", "samples.json", "structure.md", "cost_histogram.png", "channel_distributions.png"),
     "retrain": ("slim.keras", "retrain.json"),
     "eval": ("eval.json",),
     "export": ("export", "export.json"),
@@ -115,6 +115,7 @@ class Pipeline:
     def preflight(self, steps):
         """Raises `PipelineError`/`ValueError` for anything that would fail later."""
         config_lib.validate(self.config)
+        self.budget = costs.Budget.parse(self.config.search.budget)  # read from here on
         if self.multi_worker and self.strategy.num_replicas_in_sync > self.config.data.batch_size:
             raise PipelineError(f"data.batch_size {self.config.data.batch_size} is smaller than the number of "
                                 f"replicas ({self.strategy.num_replicas_in_sync}).")
@@ -208,8 +209,9 @@ class Pipeline:
                 self._slim = keras.models.load_model(self.path("slim.keras"), safe_mode=True, compile=False)
         return self._slim
 
-    def target_flops(self, graph):
-        return flops_lib.parse_budget(self.config.search.budget, graph.flops())
+    def target(self, graph):
+        """The budget's target in its unit, for the supernet of `graph`."""
+        return self.budget.target(graph)
 
     # --- steps --------------------------------------------------------------
     def run(self, steps):
@@ -318,21 +320,21 @@ class Pipeline:
     def _build_search_model(self, steps_per_epoch):
         with self.strategy.scope():
             return training.build_search_model(self._new_supernet(), self.config.search, steps_per_epoch,
-                                               seed=self.config.seed)
+                                               seed=self.config.seed, budget=self.budget)
 
     def _search(self):
         s = self.config.search
         keras.utils.set_random_seed(self.config.seed)
         steps = self._steps_per_epoch(s.steps_per_epoch)
         model = self._build_search_model(steps)
-        self.log(f"supernet {model.supernet.name}: {flops_lib.format_flops(model.full_flops)} MACs, "
-                 f"{len(model.gates)} gates, budget {flops_lib.format_flops(model.target_flops)}")
+        self.log(f"supernet {model.supernet.name}: {costs.MACS.format(model.full_flops)}, "
+                 f"{len(model.gates)} gates, budget {model.cost.format(model.target)}")
         if s.initial_weights:
             pretrained.load_initial_weights(model.supernet, s.initial_weights, sort_channels=s.sort_initial_channels)
             self.log(f"search starts from the weights of {s.initial_weights}"
                      + ("" if s.train_weights else "; they stay frozen, only the gates learn"))
-        start_flops = model.initialize_gates(s.init)
-        self.log(f"search start {s.init!r}: expected MACs {start_flops / model.target_flops:.3f} of the budget")
+        start_cost = model.initialize_gates(s.init)
+        self.log(f"search start {s.init!r}: expected {model.cost.unit} {start_cost / model.target:.3f} of the budget")
         manager = self._checkpoint_manager("search", model.search_state(), self._checkpoint_identity("search", steps))
         start, extra = self._restore(manager, model.total_steps)
         tracker = trajectory_lib.SearchTrajectory(
@@ -346,21 +348,23 @@ class Pipeline:
                             training.NonFiniteGuard("search", "search.learning_rate"), tracker, saver])
         _save_model(model.supernet, self.out("supernet.keras"))
         self._supernet = model.supernet
-        expected = float(model.graph.expected_flops())
+        expected = float(model.cost.expected(model.graph))
         settling = trajectory_lib.settling(tracker.records, model.warmup_steps, model.total_steps)
         if self.chief:
             report.plot_search_trajectory(tracker.records, model.warmup_steps, self.path("search_trajectory.png"),
-                                          title=f"Search of {model.supernet.name} at {s.budget} (start {s.init!r})")
+                                          title=f"Search of {model.supernet.name} at {s.budget} (start {s.init!r})",
+                                          unit=model.cost.unit)
         return {
-            "full_flops": model.full_flops, "target_flops": model.target_flops, "expected_flops": expected,
+            "cost": model.cost.name, "unit": model.cost.unit, "full_cost": model.cost.of(model.graph),
+            "target": model.target, "expected_cost": expected, "full_flops": model.full_flops,
             "steps": model.total_steps, "warmup_steps": model.warmup_steps, "resumed_from_step": start or None,
-            "replicas": self.strategy.num_replicas_in_sync, "init": s.init, "start_flops": start_flops,
+            "replicas": self.strategy.num_replicas_in_sync, "init": s.init, "start_cost": start_cost,
             "settling": settling, "history": saver.history, "trajectory": tracker.records,
         }
 
     def _sample(self):
         graph = ChannelGraph(self.supernet)
-        target = self.target_flops(graph)
+        cost, target = self.budget.cost, self.target(graph)
         cfg = self.config.sample
         rng = np.random.default_rng(self.config.seed)
         chosen = sampling.round_config(graph, sampling.expected_config(graph), cfg.round_to)
@@ -368,14 +372,15 @@ class Pipeline:
         direct, note = [], None
         try:
             for _ in range(cfg.direct_samples):
-                sample = sampling.sample_within_budget(graph, target, rng, tolerance=cfg.tolerance)
-                direct.append({"channels": sample, "flops": graph.flops(sample)})
+                sample = sampling.sample_within_budget(graph, target, rng, cost=cost, tolerance=cfg.tolerance)
+                direct.append({"channels": sample, "cost": cost.of(graph, sample), "flops": graph.flops(sample)})
         except RuntimeError as error:
             note = str(error)
-        stats = sampling.flops_statistics(graph, rng, cfg.statistics_samples)
-        dists = sampling.channel_distributions(graph, rng, target, count=cfg.statistics_samples, tolerance=cfg.tolerance)
-        report.plot_flops_histogram(stats["flops"], target, self.path("flops_histogram.png"), tolerance=cfg.tolerance,
-                                    title=f"FLOPs of {cfg.statistics_samples} direct samples")
+        stats = sampling.cost_statistics(graph, rng, cfg.statistics_samples, cost)
+        dists = sampling.channel_distributions(graph, rng, target, cost=cost, count=cfg.statistics_samples,
+                                               tolerance=cfg.tolerance)
+        report.plot_cost_histogram(stats["values"], target, self.path("cost_histogram.png"), tolerance=cfg.tolerance,
+                                   title=f"{cost.unit} of {cfg.statistics_samples} direct samples", unit=cost.unit)
         report.plot_channel_distributions(dists, {g.name: g.channels for g in graph.gates},
                                           self.path("channel_distributions.png"), expected=chosen)
         structure = report.structure_markdown(graph.gate_rows(chosen), graph.layer_rows(chosen),
@@ -383,13 +388,12 @@ class Pipeline:
                                               + (f", rounded to multiples of {cfg.round_to})" if cfg.round_to > 1 else ")"))
         atomic_write_text(self.path("structure.md"), structure)
         atomic_write_json(self.path("samples.json"), {"direct": direct, "note": note})
-        self.log(f"expected sampling: {flops_lib.format_flops(graph.flops(chosen))} MACs "
-                 f"(budget {flops_lib.format_flops(target)}); direct samples: mean "
-                 f"{flops_lib.format_flops(stats['mean'])}")
+        self.log(f"expected sampling: {cost.format(cost.of(graph, chosen))} (budget {cost.format(target)}); "
+                 f"direct samples: mean {cost.format(stats['mean'])}")
         return {
-            "target_flops": target, "expected_flops": float(graph.expected_flops()),
-            "es_flops": graph.flops(chosen), "es_params": graph.params(chosen), "round_to": cfg.round_to,
-            "direct_mean_flops": stats["mean"], "direct_std_flops": stats["std"],
+            "cost": cost.name, "unit": cost.unit, "target": target, "expected_cost": float(cost.expected(graph)),
+            "es_cost": cost.of(graph, chosen), "es_flops": graph.flops(chosen), "es_params": graph.params(chosen),
+            "round_to": cfg.round_to, "direct_mean_cost": stats["mean"], "direct_std_cost": stats["std"],
             "direct_samples": len(direct), "within_budget_samples": int(len(next(iter(dists.values())))),
         }
 
@@ -437,7 +441,7 @@ class Pipeline:
                         callbacks=self._tensorboard("retrain") + [
                             training.NonFiniteGuard("retrain", "retrain.learning_rate"), saver],
                         validation_data=None if self.multi_worker else self.data.test)
-        uniform = self._train_uniform(graph, graph.flops(channels), steps) if r.compare_uniform else None
+        uniform = self._train_uniform(graph, self.budget.cost.of(graph, channels), steps) if r.compare_uniform else None
         _save_model(training.portable_copy(slim), self.out("slim.keras"))  # loads with plain Keras
         self._slim = None if self.multi_worker else slim
         return {
@@ -446,16 +450,16 @@ class Pipeline:
         }
 
     def _train_uniform(self, graph, target, steps):
-        """Trains the uniform-width network of `target` MACs from scratch as the slim model was; its test results.
+        """Trains the uniform-width network of the slim model's cost (`target`) from scratch as the slim model was.
 
-        `graph` is the supernet's `ChannelGraph`.
+        `graph` is the supernet's `ChannelGraph`; returns the uniform network's test results.
 
-        What DMCP's structure is worth: the same training, the same MACs, widths
-        chosen by one factor instead of the search.
+        What DMCP's structure is worth: the same training, the same cost (of the
+        budget's kind), widths chosen by one factor instead of the search.
         """
         r = self.config.retrain
         try:
-            config, fraction, macs = baselines.uniform_config(graph, target, tolerance=0.03)
+            config, fraction, _ = baselines.uniform_config(graph, target, cost=self.budget.cost, tolerance=0.03)
         except ValueError as error:
             self.log(f"no uniform-width baseline: {error}")
             return {"note": str(error)}
@@ -463,12 +467,13 @@ class Pipeline:
         with self.strategy.scope():
             model = rebuild(self.supernet, config, copy_weights=False, name=f"{self.supernet.name}_uniform")
             training.compile_classifier(model, r, steps * r.epochs)
-        self.log(f"uniform width {fraction:.3f} ({flops_lib.format_flops(macs)} MACs): training {r.epochs} epochs")
+        macs = graph.flops(config)
+        self.log(f"uniform width {fraction:.3f} ({costs.MACS.format(macs)}): training {r.epochs} epochs")
         self._train(model, epochs=r.epochs, steps_per_epoch=steps, initial_step=0, callbacks=[])
+        measured = {"fraction": fraction, "flops": macs, "params": graph.params(config), "unit": self.budget.cost.unit}
         if self.multi_worker:
-            return {"fraction": fraction, "flops": macs, "params": graph.params(config), "note": "not evaluated"}
-        return dict(training.evaluate(model, self.data.test), fraction=fraction, flops=macs,
-                    params=graph.params(config), channels=config)
+            return dict(measured, note="not evaluated")
+        return dict(training.evaluate(model, self.data.test), channels=config, **measured)
 
     def full_model(self):
         """The unpruned supernet as a plain model, batch norm calibrated for the full width."""
@@ -483,7 +488,7 @@ class Pipeline:
         for label, model in (("full", self.full_model()), ("slim", self.slim)):
             graph = ChannelGraph(model)
             results[label] = dict(training.evaluate(model, self.data.test), flops=graph.flops(), params=graph.params())
-            self.log(f"{label}: top-1 {results[label]['accuracy']:.4f}, {flops_lib.format_flops(graph.flops())} MACs")
+            self.log(f"{label}: top-1 {results[label]['accuracy']:.4f}, {costs.MACS.format(graph.flops())}")
         return results
 
     def _export(self):
@@ -520,7 +525,7 @@ class Pipeline:
         uniform = (self._load_json("retrain.json") or {}).get("uniform") or {}
         rows = []
         for label, title in (("full", "unpruned supernet (searched, not retrained)"), ("slim", "DMCP slim"),
-                             ("uniform", "uniform width, same MACs")):
+                             ("uniform", f"{UNIFORM_ROW}, same {uniform.get('unit', 'MACs')}")):
             ev = uniform if label == "uniform" else evaluated.get(label, {})
             if label == "uniform" and "accuracy" not in ev:
                 continue
@@ -536,11 +541,13 @@ class Pipeline:
     def _comparison_section(self, rows):
         """The line that says what DMCP's structure bought over uniform width (if both were trained)."""
         top1 = {row["model"]: row["top1"] for row in rows}
-        slim, uniform = top1.get("DMCP slim"), top1.get("uniform width, same MACs")
+        uniform_row = next((row["model"] for row in rows if row["model"].startswith(UNIFORM_ROW)), None)
+        slim, uniform = top1.get("DMCP slim"), top1.get(uniform_row)
         if slim is None or uniform is None:
             return []
+        unit = uniform_row.rsplit(" ", 1)[-1]
         return [("DMCP against uniform width", (
-            f"DMCP slim {slim:.4f} against uniform width {uniform:.4f} at the same MACs, trained the same way: "
+            f"DMCP slim {slim:.4f} against uniform width {uniform:.4f} at the same {unit}, trained the same way: "
             f"{100 * (slim - uniform):+.2f} points top-1 (one seed; `docs/benchmarks.md` section 3 has the "
             "comparison over seeds)."))]
 
@@ -556,19 +563,19 @@ class Pipeline:
         sections += self._comparison_section(rows)
         if search:
             sections.append(("Search", (
-                f"Budget `{self.config.search.budget}` = {_fmt(search['target_flops'])} MACs of "
-                f"{_fmt(search['full_flops'])}; expected FLOPs after search {_fmt(search['expected_flops'])} "
-                f"({search['expected_flops'] / search['target_flops']:.3f} of the budget), "
+                f"Budget `{self.config.search.budget}` = {_fmt(search['target'])} {search['unit']} of "
+                f"{_fmt(search['full_cost'])}; expected {search['unit']} after search {_fmt(search['expected_cost'])} "
+                f"({search['expected_cost'] / search['target']:.3f} of the budget), "
                 f"{search['steps']} steps ({search['warmup_steps']} warm-up), {search['seconds']} s. "
                 f"Start `{search.get('init', 'authors')}`.\n\n"
                 f"{trajectory_lib.verdict(search.get('settling'))}\n\n"
                 "![search trajectory](search_trajectory.png)")))
         if sample:
             sections.append(("Sampling", (
-                f"Expected sampling: {_fmt(sample['es_flops'])} MACs "
-                f"({sample['es_flops'] / sample['target_flops']:.3f} of the budget). "
-                f"Direct samples: mean {_fmt(sample['direct_mean_flops'])} MACs.\n\n"
-                "![FLOPs histogram](flops_histogram.png)\n\n![channels](channel_distributions.png)")))
+                f"Expected sampling: {_fmt(sample['es_cost'])} {sample['unit']} "
+                f"({sample['es_cost'] / sample['target']:.3f} of the budget). "
+                f"Direct samples: mean {_fmt(sample['direct_mean_cost'])} {sample['unit']}.\n\n"
+                f"![{sample['unit']} histogram](cost_histogram.png)\n\n![channels](channel_distributions.png)")))
         exported = self._load_json("export.json")
         if exported:
             parity_rows = [dict(name=k, **{m: v[m] for m in ("bytes", "latency_ms", "top1_agreement", "max_abs_diff")})
@@ -614,7 +621,7 @@ def _test_images(dataset, count):
 
 
 def _fmt(value):
-    return None if value is None else flops_lib.format_flops(value)
+    return None if value is None else report.format_count(value)
 
 
 def _kb(value):

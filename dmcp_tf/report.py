@@ -151,21 +151,21 @@ def write_report(path, sections):
     return os.fspath(path)
 
 
-def histogram_summary(flops, budget, tolerance):
-    """Statistics of sampled MACs against a budget.
+def histogram_summary(values, budget, tolerance):
+    """Statistics of sampled costs against a budget.
 
     Args:
-        flops: 1-D array of MACs of sampled structures.
-        budget: target MACs.
+        values: 1-D array of the costs of sampled structures.
+        budget: the target cost.
         tolerance: relative half-width of the accepted band around `budget`.
 
     Returns:
         dict with `mean`, `std` and `within_budget_fraction` (share of samples
         in `budget * (1 ± tolerance)`).
     """
-    flops = np.asarray(flops, dtype=np.float64)
-    within = np.abs(flops - budget) <= tolerance * budget
-    return {"mean": float(flops.mean()), "std": float(flops.std()), "within_budget_fraction": float(within.mean())}
+    values = np.asarray(values, dtype=np.float64)
+    within = np.abs(values - budget) <= tolerance * budget
+    return {"mean": float(values.mean()), "std": float(values.std()), "within_budget_fraction": float(within.mean())}
 
 
 def _new_figure(width, height):
@@ -181,23 +181,24 @@ def _save_png(figure, path, dpi=120):
     return os.fspath(path)
 
 
-def plot_flops_histogram(flops, budget, path, *, tolerance=0.01, title=None):
-    """Histogram of the MACs of sampled structures (DMCP paper, Fig. 6).
+def plot_cost_histogram(values, budget, path, *, tolerance=0.01, title=None, unit="MACs"):
+    """Histogram of the costs of sampled structures (DMCP paper, Fig. 6, in MACs).
 
     Args:
-        flops: 1-D array of MACs of sampled structures.
-        budget: target MACs, drawn with its band `budget * (1 ± tolerance)`.
+        values: 1-D array of the costs of sampled structures.
+        budget: the target, drawn with its band `budget * (1 ± tolerance)`.
         path: destination PNG file.
         tolerance: relative half-width of the band.
         title: plot title; a default names the sample count.
+        unit: the cost's unit (`Cost.unit`).
 
     Returns:
         `path`.
     """
-    stats = histogram_summary(flops, budget, tolerance)
+    stats = histogram_summary(values, budget, tolerance)
     figure = _new_figure(8, 4.5)
     axes = figure.add_subplot()
-    axes.hist(np.asarray(flops) / 1e6, bins=40, color="tab:blue", alpha=0.75, label="sampled structures")
+    axes.hist(np.asarray(values) / 1e6, bins=40, color="tab:blue", alpha=0.75, label="sampled structures")
     axes.axvspan(
         budget * (1 - tolerance) / 1e6,
         budget * (1 + tolerance) / 1e6,
@@ -213,20 +214,21 @@ def plot_flops_histogram(flops, budget, path, *, tolerance=0.01, title=None):
         linewidth=2,
         label=f"mean {format_count(stats['mean'])} (std {format_count(stats['std'])})",
     )
-    axes.set_xlabel("MFLOPs")
+    axes.set_xlabel(f"millions of {unit}")
     axes.set_ylabel("number of structures")
-    axes.set_title(title or f"FLOPs of {len(flops)} sampled structures")
+    axes.set_title(title or f"{unit} of {len(values)} sampled structures")
     axes.legend()
     return _save_png(figure, path)
 
 
-def plot_search_trajectory(records, warmup_steps, path, *, title=None):
-    """Expected MACs over the budget and every gate's expected width fraction against steps.
+def plot_search_trajectory(records, warmup_steps, path, *, title=None, unit="MACs"):
+    """Expected cost over the budget and every gate's expected width fraction against steps.
 
     Args:
         records: trajectory points (`trajectory.SearchTrajectory.records`).
         warmup_steps: the warm-up's length, shaded.
         path: destination PNG file.
+        unit: the budget's unit (`Cost.unit`), named on the axis.
 
     Returns:
         `path`.
@@ -238,9 +240,9 @@ def plot_search_trajectory(records, warmup_steps, path, *, title=None):
         if warmup_steps:
             axes.axvspan(0, warmup_steps, color="0.9", label="warm-up")
         axes.set_xlabel("training step")
-    cost.plot(steps, [r["expected_over_budget"] for r in records], color="tab:blue", label="E[MACs] / budget")
+    cost.plot(steps, [r["expected_over_budget"] for r in records], color="tab:blue", label=f"E[{unit}] / budget")
     cost.axhline(1.0, color="tab:green", linewidth=1.5, label="budget")
-    cost.set_ylabel("expected MACs / budget")
+    cost.set_ylabel(f"expected {unit} / budget")
     cost.legend()
     names = list(records[0]["fractions"]) if records else []
     colours = _colours(len(names))

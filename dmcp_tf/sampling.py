@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 
+from dmcp_tf import costs
 from dmcp_tf.io_utils import atomic_write_json
 
 
@@ -43,8 +44,8 @@ def split_configs(arrays):
     return [dict(zip(names, (int(v) for v in row))) for row in zip(*(arrays[n] for n in names))]
 
 
-def sample_within_budget(graph, target_flops, rng, *, tolerance=0.01, max_tries=20000, batch=500):
-    """Direct sampling, redrawn until the real FLOPs are within `tolerance` of the target.
+def sample_within_budget(graph, target, rng, *, cost=costs.MACS, tolerance=0.01, max_tries=20000, batch=500):
+    """Direct sampling, redrawn until the real cost (`costs.Cost`, MACs by default) is within `tolerance` of `target`.
 
     Raises:
         RuntimeError: no sample met the budget within `max_tries` draws.
@@ -53,31 +54,30 @@ def sample_within_budget(graph, target_flops, rng, *, tolerance=0.01, max_tries=
     while tries < max_tries:
         n = min(batch, max_tries - tries)
         arrays = direct_configs(graph, rng, n)
-        flops = graph.flops(arrays)
-        hits = np.flatnonzero(np.abs(flops - target_flops) <= tolerance * target_flops)
+        hits = np.flatnonzero(np.abs(cost.of(graph, arrays) - target) <= tolerance * target)
         if hits.size:
             return {name: int(values[hits[0]]) for name, values in arrays.items()}
         tries += n
     raise RuntimeError(
-        f"No direct sample within {tolerance:.0%} of the budget ({target_flops / 1e6:.2f}M MACs) in "
+        f"No direct sample within {tolerance:.0%} of the budget ({cost.format(target)}) in "
         f"{max_tries} tries: the gates' distribution is far from the budget. Search longer, or use "
         "expected sampling."
     )
 
 
-def flops_statistics(graph, rng, count=3000):
-    """FLOPs of `count` direct samples: `{"flops": array, "mean": float, "std": float}`."""
-    flops = graph.flops(direct_configs(graph, rng, count)).astype(np.float64)
-    return {"flops": flops, "mean": float(flops.mean()), "std": float(flops.std())}
+def cost_statistics(graph, rng, count=3000, cost=costs.MACS):
+    """Costs of `count` direct samples: `{"values": array, "mean": float, "std": float}`."""
+    values = cost.of(graph, direct_configs(graph, rng, count)).astype(np.float64)
+    return {"values": values, "mean": float(values.mean()), "std": float(values.std())}
 
 
-def channel_distributions(graph, rng, target_flops, *, count=3000, tolerance=0.01):
-    """Per gate, the channel counts of direct samples whose FLOPs are within the budget.
+def channel_distributions(graph, rng, target, *, cost=costs.MACS, count=3000, tolerance=0.01):
+    """Per gate, the channel counts of direct samples whose cost is within the budget.
 
     Returns `{gate name: array of channel counts}` (the paper's Fig. 7).
     """
     arrays = direct_configs(graph, rng, count)
-    keep = np.abs(graph.flops(arrays) - target_flops) <= tolerance * target_flops
+    keep = np.abs(cost.of(graph, arrays) - target) <= tolerance * target
     return {name: values[keep] for name, values in arrays.items()}
 
 

@@ -6,7 +6,7 @@
 - `"full"`: every transition probability `FULL_TRANSITION` (every chain near full
   width), as MMRazor's DMCP starts; the budget loss pulls the chains down.
 - `"budget"`: every gate's expected width equals the one uniform fraction whose
-  expected MACs meet the budget: the search starts at the uniform-width baseline
+  expected cost meets the budget: the search starts at the uniform-width baseline
   and only the gradients of accuracy and cost move it away.
 
 The warm-up does not read `alpha` (it trains on uniformly drawn sub-networks),
@@ -15,6 +15,7 @@ so the start may be set any time before the search phase.
 
 import numpy as np
 
+from dmcp_tf import costs
 from dmcp_tf import gates as gates_lib
 
 INITS = ("authors", "full", "budget")
@@ -54,13 +55,14 @@ def set_uniform_fraction(graph, fraction):
         gate.alpha.assign(np.full(gate.num_groups, alpha_for_fraction(gate, fraction), np.float32))
 
 
-def initialize(graph, init, target_flops=None, iterations=40):
-    """Sets the gates of `graph` to the start `init` (one of `INITS`); returns the expected MACs there.
+def initialize(graph, init, target=None, *, cost=costs.MACS, iterations=40):
+    """Sets the gates of `graph` to the start `init` (one of `INITS`); returns the expected cost there.
 
     Args:
         graph: the supernet's `ChannelGraph`.
         init: `"authors"`, `"full"` or `"budget"`.
-        target_flops: the budget in MACs (needed for `"budget"`).
+        target: the budget in `cost`'s unit (needed for `"budget"`).
+        cost: the budget's kind (`costs.COSTS`), MACs by default.
     """
     if init not in INITS:
         raise ValueError(f"Unknown search start {init!r}; choose one of {', '.join(INITS)}.")
@@ -71,12 +73,12 @@ def initialize(graph, init, target_flops=None, iterations=40):
         for gate in graph.gates:
             gate.alpha.assign(np.full(gate.num_groups, _logit(FULL_TRANSITION), np.float32))
     else:
-        if target_flops is None:
-            raise ValueError('The search start "budget" needs the budget (target_flops).')
-        lo, hi = 0.0, 1.0  # expected MACs increase with the fraction
+        if target is None:
+            raise ValueError('The search start "budget" needs the budget\'s target.')
+        lo, hi = 0.0, 1.0  # every cost increases with the fraction
         for _ in range(iterations):
             mid = 0.5 * (lo + hi)
             set_uniform_fraction(graph, mid)
-            lo, hi = (mid, hi) if float(graph.expected_flops()) < target_flops else (lo, mid)
+            lo, hi = (mid, hi) if float(cost.expected(graph)) < target else (lo, mid)
         set_uniform_fraction(graph, 0.5 * (lo + hi))
-    return float(graph.expected_flops())
+    return float(cost.expected(graph))

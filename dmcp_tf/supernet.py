@@ -9,7 +9,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from dmcp_tf import flops as flops_lib
+from dmcp_tf import costs
 from dmcp_tf import gates as gates_lib
 from dmcp_tf import losses as losses_lib
 from dmcp_tf import search_init
@@ -53,7 +53,8 @@ class DMCPModel(keras.Model):
 
     Args:
         supernet: a functional model with gates (hand-written or inserted).
-        budget: the FLOPs target: `"210M"`, `"2.8G"`, `"0.5x"` (of the full model) or MACs.
+        budget: the cost target (`costs.Budget` or its text): MACs as `"210M"`, `"2.8G"`,
+            `"0.5x"` (of the full model) or a number; parameters as `"params:1.5M"`, `"params:0.4x"`.
         total_steps: training steps of the whole search (warm-up included).
         warmup_fraction: share of the steps that trains weights only.
         budget_weight: `lambda`, the weight of the budget loss.
@@ -111,9 +112,8 @@ class DMCPModel(keras.Model):
         self.sliced = sliced if slice_subnetworks and sliced.supported else None
         self.slicing_note = "sliced" if self.sliced else sliced.reason or "masking requested"
         self.full_flops = self.graph.flops()
-        self.min_flops = self.graph.flops(self.graph.smallest_config())
-        # A variable, so that `set_budget` changes the budget without retracing the step.
-        self._target = self.add_weight(name="target_flops", shape=(), trainable=False, dtype="float32")
+        # A variable, so that `set_budget` changes the target without retracing the step.
+        self._target = self.add_weight(name="target_cost", shape=(), trainable=False, dtype="float32")
         self.set_budget(budget)
         if not 0.0 <= warmup_fraction < 1.0:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}.")
@@ -135,28 +135,32 @@ class DMCPModel(keras.Model):
         self.weight_variables = [v for v in supernet.trainable_variables if id(v) not in arch_ids]
         self._decayed = [v for v in self.weight_variables if v.name in ("kernel", "depthwise_kernel", "pointwise_kernel")]
         names = ("loss", "accuracy", "loss_full", "loss_smallest", "loss_random1", "loss_random2",
-                 "arch_loss", "budget_loss", "expected_mflops")
+                 "arch_loss", "budget_loss", "expected_cost")
         self.trackers = {n: keras.metrics.Mean(name=n) for n in names}
         self.trackers["accuracy"] = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-        self.trackers["expected_mflops"] = LatestValue(name="expected_mflops")
+        self.trackers["expected_cost"] = LatestValue(name="expected_cost")
 
     def set_budget(self, budget):
-        """Sets the FLOPs target (`"210M"`, `"0.5x"`, MACs) of the architecture stage.
+        """Sets the architecture stage's target (a `costs.Budget` or its text, as `budget` above).
 
         The warm-up does not depend on the budget, so searches for several budgets
-        can continue one warm-up: restore its state, `set_budget`, `fit` on.
+        can continue one warm-up: restore its state, `set_budget`, `fit` on. The
+        cost kind is fixed when the step is traced: change the target, not the kind.
 
         Raises:
-            ValueError: the budget is not between the smallest and the full sub-network.
+            ValueError: the budget is unreadable, or not between the smallest and the full sub-network.
         """
-        target = flops_lib.parse_budget(budget, self.full_flops)
-        flops_lib.check_budget(target, self.full_flops, self.min_flops)
-        self.target_flops = target
-        self._target.assign(float(target))
+        budget = costs.Budget.parse(budget)
+        if getattr(self, "budget", None) is not None and budget.cost is not self.cost:
+            raise ValueError(f"This model searches a {self.cost.name} budget; build another DMCPModel "
+                             f"for a {budget.cost.name} budget.")
+        self.target = budget.checked_target(self.graph)
+        self.budget, self.cost = budget, budget.cost
+        self._target.assign(float(self.target))
 
     def initialize_gates(self, init):
         """Sets where the search starts (`"authors"`, `"full"`, `"budget"`: `search_init`); returns E[MACs] there."""
-        return search_init.initialize(self.graph, init, self.target_flops)
+        return search_init.initialize(self.graph, init, self.target, cost=self.cost)
 
     def search_state(self):
         """Everything the rest of a search depends on, by name (what a checkpoint saves).
@@ -204,15 +208,15 @@ class DMCPModel(keras.Model):
         else:
             step.assign_add(1)  # the step counter every callback and checkpoint reads
         # Gate parameters change only in the architecture stage, which computes the
-        # expected FLOPs (before its update) anyway.
-        expected = self._arch_stage(x, y) if self.searching else self.graph.expected_flops()
-        self.trackers["expected_mflops"].update_state(expected / 1e6)
+        # expected cost (before its update) anyway.
+        expected = self._arch_stage(x, y) if self.searching else self.cost.expected(self.graph)
+        self.trackers["expected_cost"].update_state(expected)
         return {name: self.trackers[name].result() for name in self._logged()}
 
     def _logged(self):
         """The metrics this phase computes."""
         if not self.train_weights:
-            return ("arch_loss", "budget_loss", "expected_mflops", "accuracy")
+            return ("arch_loss", "budget_loss", "expected_cost", "accuracy")
         return [name for name in self.trackers if self.searching or name not in ("arch_loss", "budget_loss")]
 
     def _forward(self, x, selection, training=True):
@@ -246,13 +250,13 @@ class DMCPModel(keras.Model):
             self.trackers[name].update_state(value)
 
     def _arch_stage(self, x, y):
-        """One update of the gate parameters; returns the expected FLOPs before it."""
+        """One update of the gate parameters; returns the expected cost before it."""
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
             logits = self._forward(x, gates_lib.Selection(gates_lib.SCALE))
             task = losses_lib.cross_entropy(y, logits, self.arch_label_smoothing)
-            expected = self.graph.expected_flops()
-            budget = flops_lib.budget_loss(expected, self._target)
+            expected = self.cost.expected(self.graph)
+            budget = costs.budget_loss(expected, self._target)
             loss = task + self.budget_weight * budget
             scaled = loss / replicas
         grads = tape.gradient(scaled, self.arch_variables)

@@ -12,7 +12,7 @@ from dmcp_tf import losses as losses_lib
 from dmcp_tf.supernet import DMCPModel, default_arch_optimizer, default_weight_optimizer, ends_in_softmax
 
 
-def build_search_model(supernet, search, steps_per_epoch, seed=0):
+def build_search_model(supernet, search, steps_per_epoch, seed=0, budget=None):
     """A compiled `DMCPModel` for `supernet`, set up by the config section `search`.
 
     Args:
@@ -20,10 +20,11 @@ def build_search_model(supernet, search, steps_per_epoch, seed=0):
         search: the `config.search` section (budget, epochs, learning rates...).
         steps_per_epoch: training steps per search epoch.
         seed: seed of the sub-network sampling.
+        budget: the `costs.Budget` already read from `search.budget` (read here if None).
     """
     total = search.epochs * steps_per_epoch
     model = DMCPModel(
-        supernet, budget=search.budget, total_steps=total, warmup_fraction=search.warmup_fraction,
+        supernet, budget=budget or search.budget, total_steps=total, warmup_fraction=search.warmup_fraction,
         budget_weight=search.budget_weight, label_smoothing=search.label_smoothing,
         arch_label_smoothing=search.arch_label_smoothing,
         weight_decay=search.weight_decay, uniform_decay=search.uniform_decay,
@@ -123,7 +124,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
         learning_rate_key: the config key to lower, named in the message.
     """
 
-    WATCHED = ("loss", "arch_loss", "expected_mflops")
+    WATCHED = ("loss", "arch_loss", "expected_cost")
 
     def __init__(self, stage, learning_rate_key):
         super().__init__()

@@ -1,4 +1,4 @@
-"""The search's trajectory: expected MACs over the budget and every gate's expected width.
+"""The search's trajectory: expected cost over the budget and every gate's expected width.
 
 `SearchTrajectory` records them every few steps of a `DMCPModel.fit` (and writes
 them as TensorBoard scalars); `settling` says how much the gates still moved at
@@ -19,10 +19,10 @@ SETTLING_WINDOW = 0.1
 
 
 def snapshot(model, step):
-    """One trajectory point of a `DMCPModel`: step, E[MACs] / budget, gate -> expected width fraction."""
+    """One trajectory point of a `DMCPModel`: step, E[cost] / budget, gate -> expected width fraction."""
     fractions = {g.name: float(g.expected_channels()) / g.channels for g in model.gates}
-    expected = float(model.graph.expected_flops())
-    return {"step": int(step), "expected_flops": expected, "expected_over_budget": expected / model.target_flops,
+    expected = float(model.cost.expected(model.graph))
+    return {"step": int(step), "expected_cost": expected, "expected_over_budget": expected / model.target,
             "fractions": fractions}
 
 
@@ -32,7 +32,7 @@ class SearchTrajectory(keras.callbacks.Callback):
     Args:
         every_steps: recording interval in training steps.
         log_dir: if given, the points are also written there as TensorBoard scalars
-            (`search/expected_flops_over_budget`, `search/width/<gate>`).
+            (`search/expected_cost_over_budget`, `search/width/<gate>`).
         records: the points recorded before a resume (the list is extended in place).
     """
 
@@ -53,7 +53,7 @@ class SearchTrajectory(keras.callbacks.Callback):
         self.records.append(point)
         if self._writer is not None:
             with self._writer.as_default(step=step):
-                tf.summary.scalar("search/expected_flops_over_budget", point["expected_over_budget"])
+                tf.summary.scalar("search/expected_cost_over_budget", point["expected_over_budget"])
                 for name, fraction in point["fractions"].items():
                     tf.summary.scalar(f"search/width/{name}", fraction)
             self._writer.flush()

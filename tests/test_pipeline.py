@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from dmcp_tf import baselines, trajectory
+from dmcp_tf import baselines, report, trajectory
 from dmcp_tf.configs import fashion_mnist
 from dmcp_tf.graph import ChannelGraph
 from tests.helpers import learnable_fashion_mnist
@@ -47,11 +47,11 @@ def test_whole_pipeline_writes_every_artefact(tmp_path, data_dir):
     assert "DMCP slim" in out and "unpruned supernet" in out  # the console summary table
     assert "uniform width, same MACs" in out
     for name in ("config.json", "supernet.keras", "search.json", "search_trajectory.png", "channels.json", "samples.json", "structure.md",
-                 "flops_histogram.png", "channel_distributions.png", "slim.keras", "retrain.json", "eval.json",
+                 "cost_histogram.png", "channel_distributions.png", "slim.keras", "retrain.json", "eval.json",
                  "export.json", "report.md", "export/saved_model/saved_model.pb", "export/slim_float32.tflite",
                  "export/slim_int8.tflite", "export/full_float32.tflite"):
         assert (run_dir / name).exists(), name
-    for png in ("flops_histogram.png", "channel_distributions.png", "search_trajectory.png"):
+    for png in ("cost_histogram.png", "channel_distributions.png", "search_trajectory.png"):
         assert (run_dir / png).read_bytes()[:4] == b"\x89PNG"
     assert any(os.scandir(run_dir / "logs" / "search")), "TensorBoard logs"
 
@@ -59,7 +59,7 @@ def test_whole_pipeline_writes_every_artefact(tmp_path, data_dir):
     for key in ("loss_full", "loss_smallest", "loss_random1", "loss_random2", "arch_loss", "budget_loss"):
         assert np.all(np.isfinite(search["history"][key])), key
     # The default config starts the search at the budget's uniform width; the trajectory shows every step.
-    assert search["init"] == "budget" and search["start_flops"] == pytest.approx(search["target_flops"], rel=1e-3)
+    assert search["init"] == "budget" and search["start_cost"] == pytest.approx(search["target"], rel=1e-3)
     assert [p["step"] for p in search["trajectory"]] == list(range(0, search["steps"] + 1, 2))
     supernet = keras.models.load_model(run_dir / "supernet.keras", safe_mode=True, compile=False)
     graph = ChannelGraph(supernet)
@@ -87,7 +87,7 @@ def test_whole_pipeline_writes_every_artefact(tmp_path, data_dir):
         assert exported[name]["latency_ms"] > 0
     assert exported["slim_int8"]["bytes"] < exported["slim_float32"]["bytes"]
     report = (run_dir / "report.md").read_text()
-    assert "## Summary" in report and "DMCP slim" in report and "flops_histogram.png" in report
+    assert "## Summary" in report and "DMCP slim" in report and "cost_histogram.png" in report
     assert "search_trajectory.png" in report and trajectory.verdict(search["settling"]) in report
     retrained = json.loads((run_dir / "retrain.json").read_text())
     uniform = retrained["uniform"]
@@ -160,16 +160,18 @@ def fashion_mnist_supernet():
 def test_flops_mode_counts_supernet_and_paper_structures(tmp_path):
     code, out = main("--mode=flops", "--config=" + os.path.join(ROOT, "configs", "mobilenet_v2_imagenet.py") + ":210M")
     assert code == 0, out
-    assert "672.8M MACs" in out and "budget 210M = 210.0M" in out
+    assert "672.8M MACs" in out and "params" in out and "budget 210M = 210.0M MACs" in out
     code, out = main("--mode=flops", "--structure=resnet50_2.8G")
     assert code == 0, out
     assert "2.8G MACs (2832777865)" in out
     channels = tmp_path / "channels.json"
-    gates = ChannelGraph(fashion_mnist_supernet()).gates
-    channels.write_text(json.dumps({g.name: g.channels // 2 for g in gates}))
-    code, out = main("--mode=flops", f"--channels={channels}")
+    graph = ChannelGraph(fashion_mnist_supernet())
+    half = {g.name: g.channels // 2 for g in graph.gates}
+    channels.write_text(json.dumps(half))
+    code, out = main("--mode=flops", f"--channels={channels}", "--config.search.budget=params:0.5x")
     assert code == 0, out
-    assert str(channels) in out
+    assert f"{channels}: " in out and f"({graph.flops(half)})" in out and f"({graph.params(half)})" in out
+    assert f"budget params:0.5x = {report.format_count(0.5 * graph.params())} params" in out
 
 
 @pytest.mark.parametrize("key, value, named", [
@@ -184,6 +186,27 @@ def test_bad_search_settings_are_named_before_training(tmp_path, data_dir, key, 
     code, out = main(f"--data_dir={data_dir}", f"--run_dir={tmp_path / 'run'}", f"--config.{key}={value}")
     assert code == 2 and key in out and named in out and "Traceback" not in out
     assert not (tmp_path / "run").exists()
+
+
+def test_a_params_budget_is_searched_sampled_and_reported_in_params(tmp_path, data_dir):
+    run_dir = tmp_path / "run"
+    code, out = main(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--mode=search", *TINY,
+                     "--config.search.budget=params:0.5x")
+    assert code == 0, out
+    code, out = main(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--mode=sample", *TINY,
+                     "--config.search.budget=params:0.5x")
+    assert code == 0, out
+    supernet = keras.models.load_model(run_dir / "supernet.keras", safe_mode=True, compile=False)
+    graph = ChannelGraph(supernet)
+    search = json.loads((run_dir / "search.json").read_text())
+    assert (search["cost"], search["unit"]) == ("params", "params")
+    assert search["target"] == pytest.approx(0.5 * graph.params()) and search["full_cost"] == graph.params()
+    assert search["start_cost"] == pytest.approx(search["target"], rel=1e-3)  # "budget" start, in params
+    sample = json.loads((run_dir / "sample.json").read_text())
+    channels = json.loads((run_dir / "channels.json").read_text())
+    assert sample["es_cost"] == graph.params(channels) and sample["es_params"] == sample["es_cost"]
+    report = (run_dir / "report.md").read_text()
+    assert "params of" in report and "params histogram" in report
 
 
 def test_search_from_a_trained_model_starts_from_its_sorted_weights(tmp_path, data_dir):

@@ -64,10 +64,10 @@ def _assert_png(path, folder):
     return width
 
 
-def test_plot_flops_histogram(tmp_path):
+def test_plot_cost_histogram(tmp_path):
     flops = np.random.default_rng(0).normal(305e6, 10e6, 3000)
     path = tmp_path / "hist.png"
-    assert R.plot_flops_histogram(flops, 300e6, path, title="budget 300M") == str(path)
+    assert R.plot_cost_histogram(flops, 300e6, path, title="budget 300M") == str(path)
     _assert_png(path, tmp_path)
 
 

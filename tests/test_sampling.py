@@ -37,10 +37,10 @@ def chain_graph():
     return graph
 
 
-def test_flops_statistics_mean_is_expected_flops():
+def test_cost_statistics_mean_is_the_expected_cost():
     graph = chain_graph()
-    stats = sampling.flops_statistics(graph, np.random.default_rng(1), count=3000)
-    assert stats["flops"].shape == (3000,)
+    stats = sampling.cost_statistics(graph, np.random.default_rng(1), count=3000)
+    assert stats["values"].shape == (3000,)
     # Independent gates and bilinear MACs: the sample mean estimates E[F]. The
     # relative std of one sample is below 0.5, so 2% is more than 5 standard errors.
     assert stats["mean"] == pytest.approx(float(graph.expected_flops()), rel=0.02)
@@ -49,7 +49,7 @@ def test_flops_statistics_mean_is_expected_flops():
 def test_expected_flops_is_the_specs_approximation_where_a_gate_meets_itself(graph):
     # In the residual block, conv c3 reads and writes channels of the same gate:
     # E[c^2] > E[c]^2, so sampled FLOPs exceed the spec's E[F] there.
-    stats = sampling.flops_statistics(graph, np.random.default_rng(1), count=3000)
+    stats = sampling.cost_statistics(graph, np.random.default_rng(1), count=3000)
     assert stats["mean"] > float(graph.expected_flops())
     graph = chain_graph()
     single = sampling.split_configs(sampling.direct_configs(graph, np.random.default_rng(2), 5))

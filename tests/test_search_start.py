@@ -47,7 +47,7 @@ def test_trajectory_records_the_search_and_tells_if_it_settled(tmp_path):
     x, y = blob_data(np.random.default_rng(0), 256)
     model = DMCPModel(tiny_supernet(channels=(32, 64)), budget="0.5x", total_steps=40, warmup_fraction=0.25)
     model.compile(arch_optimizer=default_arch_optimizer(30, 2.0, 0.5))
-    assert model.initialize_gates("budget") == pytest.approx(model.target_flops, rel=1e-3)
+    assert model.initialize_gates("budget") == pytest.approx(model.target, rel=1e-3)
     tracker = trajectory_lib.SearchTrajectory(every_steps=5, log_dir=str(tmp_path / "tb"))
     model.fit(x, y, batch_size=32, epochs=5, verbose=0, callbacks=[tracker])
     steps = [r["step"] for r in tracker.records]

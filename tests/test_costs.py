@@ -3,9 +3,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dmcp_tf import flops as F
+from dmcp_tf import costs
+from dmcp_tf import costs as F
+from dmcp_tf.costs import Budget
 from dmcp_tf.graph import ChannelGraph
 from dmcp_tf.models import mobilenet_v2, mobilenet_v2_dmcp, resnet50, resnet50_dmcp
+from dmcp_tf.rebuild import rebuild
 from tests.helpers import tiny_supernet
 
 
@@ -80,25 +83,58 @@ def test_expected_flops_equals_flops_of_expected_channels_for_one_layer():
     assert float(graph.expected_flops()) == pytest.approx(9 * 16 * e * 64 + e * 5 * 64, rel=1e-6)
 
 
-@pytest.mark.parametrize(
-    "budget, full, expected",
-    [("210M", 0, 210e6), ("2.8G", 0, 2.8e9), ("0.5x", 1000.0, 500.0), (123.0, 0, 123.0), ("1.5e3K", 0, 1.5e6)],
-)
-def test_parse_budget(budget, full, expected):
-    assert F.parse_budget(budget, full) == pytest.approx(expected)
+@pytest.mark.parametrize("text, kind, value, relative", [
+    ("210M", "macs", 210e6, False), ("2.8G", "macs", 2.8e9, False), ("0.5x", "macs", 0.5, True),
+    (123.0, "macs", 123.0, False), ("1.5e3K", "macs", 1.5e6, False), ("macs:210M", "macs", 210e6, False),
+    ("params:1.5M", "params", 1.5e6, False), ("params:0.4x", "params", 0.4, True), (" Params : 2k ", "params", 2e3, False),
+])
+def test_budget_texts(text, kind, value, relative):
+    budget = Budget.parse(text)
+    assert (budget.cost.name, budget.value, budget.relative) == (kind, pytest.approx(value), relative)
+    assert Budget.parse(budget) is budget and Budget.parse(str(budget)).cost is budget.cost
 
 
-def test_parse_budget_rejects_nonsense():
-    with pytest.raises(ValueError, match="Cannot read the FLOPs budget"):
-        F.parse_budget("fast", 100)
+@pytest.mark.parametrize("text", ["fast", "latency:3ms", "params:", "0x", "-1M", "params:1.5Q", True])
+def test_unreadable_budgets_list_the_forms(text):
+    with pytest.raises(ValueError, match="Cannot read the budget.*params:1.5M.*kinds: macs, params"):
+        Budget.parse(text)
 
 
-def test_check_budget():
-    F.check_budget(50, 100, 10)
-    with pytest.raises(ValueError, match="outside what the supernet can reach"):
-        F.check_budget(150, 100, 10)
-    with pytest.raises(ValueError, match="outside what the supernet can reach"):
-        F.check_budget(5, 100, 10)
+def test_budget_targets_and_reachability():
+    graph = ChannelGraph(tiny_supernet())
+    full, smallest = graph.params(), graph.params(graph.smallest_config())
+    assert Budget.parse("params:0.5x").checked_target(graph) == pytest.approx(0.5 * full)
+    assert Budget.parse("0.5x").checked_target(graph) == pytest.approx(0.5 * graph.flops())
+    for text in ("params:2x", f"params:{smallest / 2:.0f}"):
+        with pytest.raises(ValueError, match=r"outside what the supernet can reach.*params"):
+            Budget.parse(text).checked_target(graph)
+
+
+def test_params_of_configurations_equal_the_rebuilt_models():
+    model = tiny_supernet()
+    graph = ChannelGraph(model)
+    rng = np.random.default_rng(0)
+    configs = [{g.name: int(rng.choice(g.widths_grid())) for g in graph.gates} for _ in range(4)]
+    for config in configs:
+        assert costs.PARAMS.of(graph, config) == rebuild(model, config).count_params()
+    arrays = {name: np.array([c[name] for c in configs]) for name in configs[0]}
+    np.testing.assert_array_equal(costs.PARAMS.of(graph, arrays), [costs.PARAMS.of(graph, c) for c in configs])
+    for kind in (costs.PARAMS, costs.MACS):  # every weighted layer is costed: the breakdown adds up
+        assert sum(cost for _, cost in kind.per_layer(graph, configs[0])) == kind.of(graph, configs[0])
+
+
+def test_expected_params_span_the_smallest_and_full_networks_and_are_differentiable():
+    graph = ChannelGraph(tiny_supernet())
+    for alpha, config in ((30.0, None), (-30.0, graph.smallest_config())):
+        for g in graph.gates:
+            g.alpha.assign(np.full(g.num_groups, alpha, "float32"))
+        assert float(costs.PARAMS.expected(graph)) == pytest.approx(graph.params(config), rel=1e-5)
+    for g in graph.gates:
+        g.alpha.assign(np.zeros(g.num_groups, "float32"))
+    with tf.GradientTape() as tape:
+        value = costs.PARAMS.expected(graph)
+    grads = tape.gradient(value, [g.alpha for g in graph.gates])
+    assert all(np.all(np.asarray(gr) > 0) for gr in grads)
 
 
 @pytest.mark.parametrize(
