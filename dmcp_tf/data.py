@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import gzip
 import os
+import zlib
 from typing import Callable, Optional
 
 import numpy as np
@@ -50,7 +51,7 @@ def _read_idx(path, ndim):
     try:
         with gzip.open(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:  # a damaged stream raises zlib.error
         raise DataError(f"{path} is not a readable gzip file ({e}). {fix}") from e
     header = 4 * (ndim + 1)
     magic = int.from_bytes(data[:4], "big") if len(data) >= 4 else None

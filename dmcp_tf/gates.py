@@ -88,6 +88,19 @@ def thread_selection(sel):
     return _pushed(_thread_stack(), sel)
 
 
+def check_width_grid(width):
+    """`(min_width, max_width, width_offset)` as floats, or ValueError naming what is wrong with the grid."""
+    try:
+        min_width, max_width, offset = (float(v) for v in width)
+    except (TypeError, ValueError):
+        raise ValueError(f"Invalid width grid {width!r}: give three numbers (min_width, max_width, "
+                         "width_offset), e.g. (0.1, 1.0, 0.1).") from None
+    if not 0 <= min_width < max_width or offset <= 0 or offset > max_width - min_width:
+        raise ValueError(f"Invalid width grid {width}: need 0 <= min_width < max_width and 0 < width_offset <= "
+                         "max_width - min_width, e.g. (0.1, 1.0, 0.1).")
+    return min_width, max_width, offset
+
+
 def split_channels(channels, *, width=None, min_channels=None, group_size=None):
     """Splits `channels` into a kept prefix and equal groups.
 
@@ -102,11 +115,7 @@ def split_channels(channels, *, width=None, min_channels=None, group_size=None):
     if width is not None:
         if min_channels is not None or group_size is not None:
             raise ValueError("Give either `width` or `min_channels`/`group_size`, not both.")
-        min_width, max_width, offset = (float(v) for v in width)
-        if not 0 <= min_width < max_width or offset <= 0:
-            raise ValueError(
-                f"Invalid width grid {width}: need 0 <= min_width < max_width and width_offset > 0."
-            )
+        min_width, max_width, offset = check_width_grid(width)
         group_size = int(offset * channels / max_width)
         num_groups = int((max_width - min_width) / offset + 1e-4)
         if group_size < 1:
@@ -154,6 +163,8 @@ class ChannelGate(keras.layers.Layer):
         self.initial_alpha = float(initial_alpha)
         if width is None and (min_channels is None or group_size is None):
             raise ValueError("A gate needs `width=(min, max, offset)` or both `min_channels` and `group_size`.")
+        if width is not None:
+            check_width_grid(width)  # now, not when the layer is first called
         self.width = tuple(width) if width is not None else None
         self.min_channels = min_channels
         self.group_size = group_size

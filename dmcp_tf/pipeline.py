@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 import time
+import zipfile
 
 import keras
 import numpy as np
@@ -133,6 +134,10 @@ class Pipeline:
             )
         if any(s in steps for s in ("search", "retrain", "eval", "export")):
             self.data  # noqa: B018 (loads the data now, so a missing data set fails before training)
+        test_limit, wanted = self.config.data.test_limit, self.config.export.representative_images
+        if "export" in steps and test_limit and test_limit < wanted:
+            raise PipelineError(f"export.representative_images={wanted} needs that many test images, but "
+                                f"data.test_limit={test_limit}: lower the one or raise the other.")
         if "search" in steps:
             self._build_search_model(steps_per_epoch=1)  # checks the model and the budget
 
@@ -198,16 +203,25 @@ class Pipeline:
     @property
     def supernet(self):
         if self._supernet is None:
-            with self._local_scope():
-                self._supernet = keras.models.load_model(self.path("supernet.keras"), safe_mode=True, compile=False)
+            self._supernet = self._load_model("supernet.keras", "search")
         return self._supernet
 
     @property
     def slim(self):
         if self._slim is None:
-            with self._local_scope():
-                self._slim = keras.models.load_model(self.path("slim.keras"), safe_mode=True, compile=False)
+            self._slim = self._load_model("slim.keras", "retrain")
         return self._slim
+
+    def _load_model(self, name, step):
+        """Loads a model the run wrote; a damaged file is an error that names it and the step that rewrites it."""
+        path = self.path(name)
+        try:
+            with self._local_scope():
+                return keras.models.load_model(path, safe_mode=True, compile=False)
+        except (zipfile.BadZipFile, OSError, ValueError, KeyError) as error:
+            raise PipelineError(f"{path} cannot be read ({type(error).__name__}: {error}): the file is damaged "
+                                f"or incomplete. Write it again with --mode={step} --overwrite (the steps after "
+                                "it then need rerunning too).") from None
 
     def target(self, graph):
         """The budget's target in its unit, for the supernet of `graph`."""
