@@ -1,0 +1,134 @@
+"""Keras operations as graph nodes, squeeze-excitation through Reshape, trained weights kept."""
+
+import keras
+import numpy as np
+import pytest
+
+from dmcp_tf.autogate import analyze
+from dmcp_tf.gates import ChannelGate
+from dmcp_tf.rebuild import rebuild
+from tests.test_autogate import WIDTH, conv_bn, gate_of, gated_exactly, model_of
+
+L = keras.layers
+ops = keras.ops
+
+
+def head(x):
+    return L.Dense(3, name="head")(L.GlobalAveragePooling2D()(x))
+
+
+def analysis(model):
+    lines = []
+    analyze(model, width=WIDTH, print_fn=lines.append)
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("merge", [
+    lambda x, y: x * y, ops.multiply, lambda x, y: x + y, ops.add, lambda x, y: x - y, ops.maximum,
+], ids=["mul", "ops.multiply", "add", "ops.add", "sub", "ops.maximum"])
+def test_elementwise_ops_of_two_tensors_couple_them(merge):
+    inputs = keras.Input((8, 8, 3))
+    x = merge(conv_bn(inputs, 16, "a"), conv_bn(inputs, 16, "b"))
+    graph = gated_exactly(model_of(inputs, head(conv_bn(x, 8, "after"))))
+    assert gate_of(graph, "a") is not None and gate_of(graph, "a") is gate_of(graph, "b")
+    assert gate_of(graph, "after") is not gate_of(graph, "a")
+
+
+def test_ops_with_constants_and_activations_as_ops_pass_channels_on():
+    inputs = keras.Input((8, 8, 3))
+    x = ops.relu(conv_bn(inputs, 16, "c1") * 0.5)
+    x = ops.relu6(x + 3.0) / 6.0  # hard sigmoid written out, as MobileNetV3 does
+    x = ops.hard_silu(-x)
+    x = conv_bn(x, 16, "c2")
+    graph = gated_exactly(model_of(inputs, head(x)))
+    assert gate_of(graph, "c1") is not None and gate_of(graph, "c2") is not None
+    assert "operation" not in analysis(graph.model)  # every operation understood: no boundary
+
+
+def test_adding_a_constant_makes_pruned_channels_non_zero_so_the_reader_is_gated_after_it():
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(16, 3, padding="same", name="c1")(inputs) + 1.0
+    model = model_of(inputs, head(L.Conv2D(8, 1, name="c2")(x)))
+    graph = gated_exactly(model)
+    add = next(r for r in graph.records if r.layer.name.startswith("add"))
+    reader = graph.readers[id(add.out_info)][0]
+    assert isinstance(reader, ChannelGate)  # the gate sits after `+ 1`, not only after c1
+
+
+def test_add_of_a_one_channel_tensor_broadcasts_and_unmasks():
+    inputs = keras.Input((8, 8, 3))
+    x = conv_bn(inputs, 16, "c1")
+    x = L.Add()([x, L.Conv2D(1, 1, name="one")(x)])  # pruned channels become `one`, not zero
+    graph = gated_exactly(model_of(inputs, head(conv_bn(x, 8, "c2"))))
+    assert gate_of(graph, "c1") is not None and gate_of(graph, "one") is None
+
+
+def test_squeeze_excitation_written_with_ops_mean_reshape_and_hard_sigmoid():
+    inputs = keras.Input((8, 8, 3))
+    x = conv_bn(inputs, 16, "block")
+    s = ops.reshape(ops.mean(x, axis=(1, 2)), (-1, 1, 1, 16))
+    s = L.Conv2D(8, 1, activation="relu", name="se_reduce")(s)
+    s = ops.hard_sigmoid(L.Conv2D(16, 1, name="se_expand")(s))
+    graph = gated_exactly(model_of(inputs, head(x * s)))
+    assert gate_of(graph, "se_expand") is gate_of(graph, "block") is not None
+    assert gate_of(graph, "se_reduce") is not None
+
+
+def squeeze_excitation_block(x, filters, name):
+    """EfficientNet's: GlobalAveragePooling2D -> Reshape((1, 1, C)) -> Conv2D -> Conv2D -> Multiply."""
+    s = L.GlobalAveragePooling2D(name=f"{name}_squeeze")(x)
+    s = L.Reshape((1, 1, filters), name=f"{name}_reshape")(s)
+    s = L.Conv2D(max(filters // 4, 1), 1, activation="swish", name=f"{name}_reduce")(s)
+    s = L.Conv2D(filters, 1, activation="sigmoid", name=f"{name}_expand")(s)
+    return L.Multiply(name=f"{name}_excite")([x, s])
+
+
+def test_squeeze_excitation_through_reshape_prunes_with_the_block():
+    inputs = keras.Input((8, 8, 3))
+    x = conv_bn(inputs, 16, "expand")
+    x = L.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw")(x)
+    x = squeeze_excitation_block(L.ReLU()(L.BatchNormalization(name="dw_bn")(x)), 16, "se")
+    graph = gated_exactly(model_of(inputs, head(conv_bn(x, 8, "project"))))
+    block = gate_of(graph, "expand")
+    assert block is not None and gate_of(graph, "se_expand") is block
+    slim = rebuild(graph.model, {block.name: 6})
+    assert slim.get_layer("se_reduce").kernel.shape[2] == 6  # the excitation's channels are the block's
+    assert slim.get_layer("se_expand").kernel.shape[3] == 6
+    assert slim.get_layer("se_reshape").output.shape == (None, 1, 1, 6)
+
+
+@pytest.mark.parametrize("newshape", [(-1, 8, 16, 8), (-1, 16)], ids=["channels-split", "batch-merged"])
+def test_reshape_that_moves_channels_is_a_boundary(newshape):
+    inputs = keras.Input((8, 8, 3))
+    x = ops.reshape(conv_bn(inputs, 16, "before"), newshape)
+    x = ops.reshape(x, (-1, 8, 8, 16))
+    graph = gated_exactly(model_of(inputs, head(conv_bn(x, 16, "after"))))
+    assert gate_of(graph, "before") is None and gate_of(graph, "after") is not None
+    shown = f"({', '.join(str(d) for d in (None, *newshape[1:]))})"
+    assert f"reshape from (None, 8, 8, 16) to {shown} moves channels" in analysis(graph.model)
+
+
+def test_operation_keras_cannot_configure_is_kept_as_is():
+    inputs = keras.Input((8, 8, 3))
+    x = ops.clip(conv_bn(inputs, 16, "before"), np.zeros(16, "float32"), 6.0)  # array bounds: no config
+    graph = gated_exactly(model_of(inputs, head(conv_bn(x, 16, "after"))))
+    assert gate_of(graph, "before") is None and gate_of(graph, "after") is not None
+    assert "Clip is not a keras operation type" in analysis(graph.model)
+
+
+def test_unknown_operation_is_a_boundary_named_by_analyze():
+    inputs = keras.Input((8, 8, 3))
+    x = ops.flip(conv_bn(inputs, 16, "before"), axis=-1)  # mixes channels: must not be pruned around
+    model = model_of(inputs, head(conv_bn(x, 16, "after")))
+    graph = gated_exactly(model)
+    assert gate_of(graph, "before") is None and gate_of(graph, "after") is not None
+    text = analysis(model)
+    assert "Flip is not a keras operation type" in text and "keras operation 'flip" in text
+
+
+def test_per_channel_constant_is_a_boundary():
+    inputs = keras.Input((8, 8, 3))
+    x = conv_bn(inputs, 16, "before") * np.linspace(0.5, 1.5, 16).astype("float32")
+    graph = gated_exactly(model_of(inputs, head(conv_bn(x, 16, "after"))))
+    assert gate_of(graph, "before") is None
+    assert "a constant array of their own" in analysis(graph.model)
