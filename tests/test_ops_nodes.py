@@ -4,10 +4,11 @@ import keras
 import numpy as np
 import pytest
 
-from dmcp_tf.autogate import analyze
+from dmcp_tf.autogate import analyze, insert_gates
 from dmcp_tf.gates import ChannelGate
 from dmcp_tf.rebuild import rebuild
 from tests.test_autogate import WIDTH, conv_bn, gate_of, gated_exactly, model_of
+from tests.test_slicing import float64, masked_and_sliced  # noqa: F401 (float64 is a fixture)
 
 L = keras.layers
 ops = keras.ops
@@ -132,3 +133,17 @@ def test_per_channel_constant_is_a_boundary():
     graph = gated_exactly(model_of(inputs, head(conv_bn(x, 16, "after"))))
     assert gate_of(graph, "before") is None
     assert "a constant array of their own" in analysis(graph.model)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "inference"])
+def test_ops_and_squeeze_excitation_slice_like_masking(training, float64):  # noqa: F811
+    inputs = keras.Input((8, 8, 3))
+    x = conv_bn(inputs, 16, "expand")
+    x = squeeze_excitation_block(ops.hard_silu(x + conv_bn(inputs, 16, "side")), 16, "se")
+    x = x * ops.sigmoid(L.Conv2D(1, 1, name="spatial")(x))
+    gated = insert_gates(model_of(inputs, L.Dense(4)(L.GlobalAveragePooling2D()(conv_bn(x, 8, "out")))),
+                         width=WIDTH)
+    _, _, (masked, sliced), (masked_grads, sliced_grads), _ = masked_and_sliced(gated, training)
+    np.testing.assert_allclose(sliced.numpy(), masked.numpy(), rtol=1e-8, atol=1e-10)
+    for a, b in zip(masked_grads, sliced_grads):
+        np.testing.assert_allclose(np.asarray(b), np.zeros(b.shape) if a is None else np.asarray(a), atol=1e-8)
