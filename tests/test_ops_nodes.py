@@ -4,9 +4,11 @@ import keras
 import numpy as np
 import pytest
 
-from dmcp_tf.autogate import analyze, insert_gates
+from dmcp_tf.autogate import analyze, insert_gates, make_supernet
 from dmcp_tf.gates import ChannelGate
+from dmcp_tf.graph import ChannelGraph
 from dmcp_tf.rebuild import rebuild
+from tests.helpers import blob_data
 from tests.test_autogate import WIDTH, conv_bn, gate_of, gated_exactly, model_of
 from tests.test_slicing import float64, masked_and_sliced  # noqa: F401 (float64 is a fixture)
 
@@ -147,3 +149,30 @@ def test_ops_and_squeeze_excitation_slice_like_masking(training, float64):  # no
     np.testing.assert_allclose(sliced.numpy(), masked.numpy(), rtol=1e-8, atol=1e-10)
     for a, b in zip(masked_grads, sliced_grads):
         np.testing.assert_allclose(np.asarray(b), np.zeros(b.shape) if a is None else np.asarray(a), atol=1e-8)
+
+
+def trained_tiny_model():
+    """A small conv net with batch norm, trained three steps (weights and statistics no longer initial)."""
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((12, 12, 3))
+    x = conv_bn(inputs, 16, "c1")
+    x = conv_bn(x, 16, "c2") + x
+    model = model_of(inputs, L.Dense(4, name="head")(L.GlobalAveragePooling2D()(x)))
+    x, y = blob_data(np.random.default_rng(0), 96)
+    model.compile(keras.optimizers.SGD(0.5), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    return model, x
+
+
+def test_trained_weights_survive_insert_gates_and_make_supernet():
+    model, x = trained_tiny_model()
+    initial = keras.models.clone_model(model)
+    assert not np.allclose(model.get_layer("c1_bn").moving_mean.numpy(), initial.get_layer("c1_bn").moving_mean)
+    expected = np.asarray(model(x[:8], training=False))
+    for gated in (insert_gates(model, width=WIDTH),
+                  make_supernet(model, budget="0.5x", total_steps=10, width=WIDTH).supernet):
+        assert ChannelGraph(gated).gates
+        np.testing.assert_allclose(np.asarray(gated(x[:8], training=False)), expected, atol=1e-6)
+        for name in ("c1", "c1_bn", "c2", "head"):
+            for a, b in zip(gated.get_layer(name).weights, model.get_layer(name).weights):
+                np.testing.assert_array_equal(a.numpy(), b.numpy())
