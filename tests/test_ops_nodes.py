@@ -8,6 +8,7 @@ from dmcp_tf.autogate import analyze, insert_gates, make_supernet
 from dmcp_tf.gates import ChannelGate
 from dmcp_tf.graph import ChannelGraph
 from dmcp_tf.rebuild import rebuild
+from dmcp_tf.slicing import SlicedForward
 from tests.helpers import blob_data
 from tests.test_autogate import WIDTH, conv_bn, gate_of, gated_exactly, model_of
 from tests.test_slicing import float64, masked_and_sliced  # noqa: F401 (float64 is a fixture)
@@ -176,3 +177,46 @@ def test_trained_weights_survive_insert_gates_and_make_supernet():
         for name in ("c1", "c1_bn", "c2", "head"):
             for a, b in zip(gated.get_layer(name).weights, model.get_layer(name).weights):
                 np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+A = keras.applications
+LOGITS = dict(input_shape=(32, 32, 3), weights=None, classes=10, classifier_activation=None)
+APPLICATIONS = {
+    "MobileNetV3Small": lambda: A.MobileNetV3Small(**LOGITS),
+    "MobileNetV3Large": lambda: A.MobileNetV3Large(**LOGITS, include_preprocessing=False),
+    "EfficientNetB0": lambda: A.EfficientNetB0(**LOGITS),
+    "EfficientNetV2B0": lambda: A.EfficientNetV2B0(**LOGITS),
+    "ConvNeXtTiny": lambda: unit_layer_scales(A.ConvNeXtTiny(**LOGITS)),
+}
+BOUNDARIES = {  # a boundary analyze() must name in each
+    "MobileNetV3Small": "they are a model output",
+    "MobileNetV3Large": "they are a model output",
+    "EfficientNetB0": "Normalization is not a layer type",
+    "EfficientNetV2B0": "they are a model input",
+    "ConvNeXtTiny": "LayerNormalization is not a layer type",
+}
+
+
+def unit_layer_scales(model):
+    """ConvNeXt scales each block's branch by 1e-6 at initialisation; 1 lets pruning its expansions show."""
+    for layer in model.layers:
+        if layer.name.endswith("_layer_scale"):
+            layer.set_weights([np.ones_like(w) for w in layer.get_weights()])
+    return model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(APPLICATIONS))
+def test_keras_applications_with_operations_and_squeeze_excitation(name):
+    model = APPLICATIONS[name]()
+    graph = gated_exactly(model, trials=1)  # full width equals the original; a random sub-network rebuilds exactly
+    assert len(graph.gates) >= 10
+    assert SlicedForward(graph).supported, SlicedForward(graph).reason
+    text = analysis(model)
+    assert BOUNDARIES[name] in text
+    assert "not a keras operation type" not in text  # every keras operation in these models is understood
+    if name.startswith("EfficientNet"):  # the squeeze-excitation prunes with its block (V2 has it from block 4)
+        assert gate_of(graph, "block4a_se_expand") is gate_of(graph, "block4a_expand_conv") is not None
+    if name == "ConvNeXtTiny":  # the inner 4x expansions are prunable; LayerNormalization stays whole
+        assert gate_of(graph, "convnext_tiny_stage_0_block_0_pointwise_conv_1") is not None
+        assert gate_of(graph, "convnext_tiny_stage_0_block_0_pointwise_conv_2") is None
