@@ -10,10 +10,10 @@ channels non-zero before they are read). `make_supernet` wraps that in a
 import keras
 
 from dmcp_tf import layer_rules as rules
-from dmcp_tf.gates import ChannelGate, make_gate, split_channels
+from dmcp_tf.gates import make_gate, split_channels
 from dmcp_tf.graph import ChannelGraph, GraphError
 from dmcp_tf.supernet import DMCPModel
-from dmcp_tf.walk import as_functional, walk
+from dmcp_tf.walk import as_functional, copy_operation, walk
 
 MAX_PLACEMENT_ROUNDS = 8
 
@@ -120,12 +120,12 @@ def _clone_with_gates(model, gates_at):
         The gated model, and a map from its tensors' ids to the original tensors' ids.
     """
     functional = as_functional(model)
-    origin, copies = {}, {}
+    origin, copies = {}, {}  # copies: id(original) -> (original, copy)
 
     def visit(layer, args, kwargs, node):
         if id(layer) not in copies:
-            copies[id(layer)] = layer.__class__.from_config(layer.get_config())
-        outputs = copies[id(layer)](*args, **kwargs)
+            copies[id(layer)] = (layer, copy_operation(layer))
+        outputs = copies[id(layer)][1](*args, **kwargs)
         flat = keras.tree.flatten(outputs)
         for i, (old, new) in enumerate(zip(node.outputs, flat)):
             origin[id(new)] = id(old)
@@ -142,12 +142,7 @@ def _clone_with_gates(model, gates_at):
         keras.tree.pack_sequence_as(functional._outputs_struct, outputs),
         name=f"{model.name}_supernet",
     )
-    layers = {id(layer): layer for layer in _leaf_layers(functional)}
-    for layer_id, copy in copies.items():
-        copy.set_weights([w.numpy() for w in layers[layer_id].weights])
+    for original, copy in copies.values():
+        if isinstance(copy, keras.layers.Layer):  # keras operations that are not layers hold no weights
+            copy.set_weights([w.numpy() for w in original.weights])
     return gated, origin
-
-
-def _leaf_layers(model):
-    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)
-            if not isinstance(layer, (keras.Model, ChannelGate))]

@@ -72,6 +72,16 @@ class NodeRecord:
         return self.out_info.shape
 
 
+def _kind(operation):
+    """How messages call a node's operation: a layer, or a keras operation that is not one."""
+    return "layer" if isinstance(operation, keras.layers.Layer) else "keras operation"
+
+
+def _constants(operands):
+    """The operands of a call that are not tensors (`3.0` in `x + 3.0`)."""
+    return [o for o in operands if not isinstance(o, TensorInfo)]
+
+
 class ChannelGraph:
     """Channel spaces, gates and layer calls of a functional model.
 
@@ -171,7 +181,7 @@ class ChannelGraph:
     def _visit_node(self, layer, args, kwargs, node):
         self._layers[id(layer)] = layer
         inputs = [a for a in keras.tree.flatten((args, kwargs)) if isinstance(a, TensorInfo)]
-        outputs = self._visit(layer, inputs, node.outputs)
+        outputs = self._visit(layer, inputs, node.outputs, operands=keras.tree.flatten(args))
         self._tie_shared_layer(layer, inputs, outputs)
         self.tensor_of.update((id(i), t) for i, t in zip(outputs, node.outputs))
         for info in inputs:
@@ -180,7 +190,7 @@ class ChannelGraph:
 
     def _tie_shared_layer(self, layer, inputs, outputs):
         """A layer called several times has one set of weights: its calls keep the same channels."""
-        if not layer.weights or isinstance(layer, ChannelGate) or len(inputs) != 1:
+        if not walk_lib.weights_of(layer) or isinstance(layer, ChannelGate) or len(inputs) != 1:
             return
         first = self._layer_layouts.setdefault(id(layer), (inputs[0].layout, outputs[0].layout))
         for old, new in zip(first, (inputs[0].layout, outputs[0].layout)):
@@ -194,17 +204,19 @@ class ChannelGraph:
         space = self._new_space(shape[-1], frozen)
         return TensorInfo((space,), (False,), tuple(shape))
 
-    def _visit(self, layer, inputs, output_tensors):
+    def _visit(self, layer, inputs, output_tensors, operands):
         out_shape = tuple(output_tensors[0].shape)
         if isinstance(layer, ChannelGate):
             return [self._visit_gate(layer, inputs[0])]
         rule = rules.rule_for(layer)
-        reason = self._unprunable_reason(layer, rule, inputs)
+        reason = self._unprunable_reason(layer, rule, inputs, operands)
         if reason:
+            kind = _kind(layer)
             for info in inputs:
-                self._freeze(info.layout, f"they feed layer {layer.name!r} ({reason})")
+                self._freeze(info.layout, f"they feed {kind} {layer.name!r} ({reason})")
                 self._consumers.append((layer.name, info))
-            outputs = [self._fresh(t.shape, f"they come from layer {layer.name!r} ({reason})") for t in output_tensors]
+            outputs = [self._fresh(t.shape, f"they come from {kind} {layer.name!r} ({reason})")
+                       for t in output_tensors]
             if rule is not None and inputs:  # a known layer used unprunably still costs its MACs
                 self.records.append(NodeRecord(layer, rule, inputs[0], outputs[0]))
             return outputs
@@ -217,7 +229,7 @@ class ChannelGraph:
             keep_zero = rule.zero_preserving(layer)
             out = TensorInfo(first.layout, tuple(m and keep_zero for m in first.masked), out_shape)
         elif rule.role == rules.COUPLE:
-            out = self._visit_couple(layer, rule, inputs, out_shape)
+            out = self._visit_couple(layer, rule, operands, out_shape)
         elif rule.role == rules.CONCAT:
             out = TensorInfo(
                 sum((i.layout for i in inputs), ()), sum((i.masked for i in inputs), ()), out_shape
@@ -228,15 +240,15 @@ class ChannelGraph:
         self.records.append(NodeRecord(layer, rule, first, out))
         return [out]
 
-    def _unprunable_reason(self, layer, rule, inputs):
+    def _unprunable_reason(self, layer, rule, inputs, operands):
         if rule is None:
-            return f"{type(layer).__name__} is not a layer type whose channels dmcp_tf understands"
+            return f"{type(layer).__name__} is not a {_kind(layer)} type whose channels dmcp_tf understands"
         if len(inputs) != 1 and rule.role not in (rules.COUPLE, rules.CONCAT):
             return "it takes several inputs"
         if rule.role == rules.CONCAT and layer.axis not in (-1, len(inputs[0].shape) - 1):
             return "it concatenates along an axis other than channels"
-        if rule.role == rules.FLATTEN and len(inputs[0].shape) < 3:
-            return None
+        if rule.role == rules.COUPLE and any(np.shape(o)[-1:] not in ((), (1,)) for o in _constants(operands)):
+            return "it combines the channels with a constant array of their own"
         return rule.check(layer, inputs[0].shape)
 
     def _visit_gate(self, gate, info):
@@ -258,10 +270,10 @@ class ChannelGraph:
         self.records.append(NodeRecord(gate, rules.rule_for(gate), info, out))
         return out
 
-    def _visit_couple(self, layer, rule, inputs, out_shape):
-        # Inputs whose channel axis has size 1 broadcast over channels: not coupled.
+    def _visit_couple(self, layer, rule, operands, out_shape):
+        # Operands whose channel axis has size 1 (and constants) broadcast over channels: not coupled.
         channels = out_shape[-1]
-        coupled = [i for i in inputs if i.shape[-1] == channels]
+        coupled = [o for o in operands if isinstance(o, TensorInfo) and o.shape[-1] == channels]
         base = coupled[0]
         for other in coupled[1:]:
             sizes = [self.space(s).size for s in base.layout], [self.space(s).size for s in other.layout]
@@ -271,8 +283,11 @@ class ChannelGraph:
                 continue
             for a, b in zip(base.layout, other.layout):
                 self._union(a, b, f"Layer {layer.name!r}")
-        combine = any if rule.zero_if_any_zero else all
-        masked = tuple(combine(i.masked[k] for i in coupled) for k in range(len(base.layout)))
+        coupled_ids = {id(o) for o in coupled}
+        masked = tuple(
+            rule.output_masked([id(o) in coupled_ids and o.masked[k] for o in operands])
+            for k in range(len(base.layout))
+        )
         return TensorInfo(base.layout, masked, out_shape)
 
     def _excluded(self, layer):
@@ -382,13 +397,14 @@ class ChannelGraph:
         return costs.PARAMS.of(self, config)
 
     def weighted_layers(self):
-        """Every layer of the model but the gates (their parameters are the search's, not the network's)."""
-        return [layer for layer in self._layers.values() if not isinstance(layer, ChannelGate)]
+        """Every layer that holds weights but the gates (their parameters are the search's, not the network's)."""
+        return [layer for layer in self._layers.values()
+                if not isinstance(layer, ChannelGate) and walk_lib.weights_of(layer)]
 
     def weight_axes(self, record):
         """`(weight, [(axis, layout), ...])` for every weight of a recorded layer."""
         out = []
-        for weight in record.layer.weights:
+        for weight in walk_lib.weights_of(record.layer):
             axes = []
             in_axis, out_axis = record.rule.weight_axes.get(weight.name, (None, None))
             if in_axis is not None:

@@ -1,5 +1,9 @@
 """What each Keras layer type means for channels: one rule per type.
 
+Keras operations that are not layers (`x + y`, `x * 0.5`, `keras.ops.relu`,
+`keras.ops.reshape`, `keras.ops.mean`) have rules too, registered for their
+operation classes; an operation without a rule is a boundary like an unknown layer.
+
 A rule says how a layer treats the channel axis (its `role`), how many
 multiply-accumulates it costs for given input/output channel counts, which axes
 of its weights follow the input and output channels, and how its config changes
@@ -18,6 +22,8 @@ Roles:
 import math
 
 import keras
+from keras.src.ops import nn as nn_ops
+from keras.src.ops import numpy as numpy_ops
 
 from dmcp_tf.gates import ChannelGate
 
@@ -173,10 +179,27 @@ class ZeroPreservingRule(LayerRule):
 
 
 class CoupleRule(LayerRule):
+    """Element-wise merge of its operands (tensors, broadcast tensors or constants).
+
+    `zero_if_any_zero`: the result is zero where any operand is (Multiply);
+    otherwise only where every operand is (Add, Maximum).
+    """
+
     role = COUPLE
 
     def __init__(self, zero_if_any_zero=False):
         self.zero_if_any_zero = zero_if_any_zero
+
+    def output_masked(self, operands_masked):
+        """Whether pruned channels stay zero, given per operand (in call order) whether they are zero."""
+        return any(operands_masked) if self.zero_if_any_zero else all(operands_masked)
+
+
+class DivideRule(CoupleRule):
+    """`x / y`: zero where the numerator is."""
+
+    def output_masked(self, operands_masked):
+        return operands_masked[0]
 
 
 class ConcatRule(LayerRule):
@@ -188,15 +211,42 @@ class FlattenRule(LayerRule):
 
 
 class ReshapeRule(FlattenRule):
-    """`Reshape` to one feature axis behaves as `Flatten`; other reshapes are boundaries."""
+    """A reshape that flattens into one feature axis (as `Flatten`), or adds or drops axes
+    of size 1 around the channels (squeeze-excitation's `(C,) -> (1, 1, C)`); other
+    reshapes move channels and are boundaries.
+
+    Args:
+        shape_key: the config key of the target shape (`target_shape` of the
+            `Reshape` layer, without the batch axis; `newshape` of
+            `keras.ops.reshape`, with it).
+    """
+
+    def __init__(self, shape_key="target_shape"):
+        self.shape_key = shape_key
 
     def check(self, layer, in_shape):
-        if len(layer.target_shape) != 1:
-            return f"reshape to {layer.target_shape} moves channels"
-        return None
+        out_shape = tuple(layer.compute_output_spec(keras.KerasTensor(in_shape)).shape)
+        if _flattens(in_shape, out_shape) or _only_unit_axes(in_shape, out_shape):
+            return None
+        return f"reshape from {tuple(in_shape)} to {out_shape} moves channels"
 
     def slim_config(self, layer, cin, cout):
-        return dict(layer.get_config(), target_shape=(int(cout),))
+        config = layer.get_config()
+        shape = tuple(config[self.shape_key])
+        if shape[-1] != -1:  # -1 infers the channels itself
+            config[self.shape_key] = shape[:-1] + (int(cout),)
+        return config
+
+
+def _flattens(in_shape, out_shape):
+    """Whether `out_shape` folds every axis of `in_shape` but the batch into one."""
+    features = in_shape[1:]
+    return len(out_shape) == 2 and None not in features and out_shape[-1] == math.prod(features)
+
+
+def _only_unit_axes(in_shape, out_shape):
+    """Whether the reshape only adds or drops axes of size 1 between batch and channels."""
+    return out_shape[-1] == in_shape[-1] and all(d == 1 for d in (*in_shape[1:-1], *out_shape[1:-1]))
 
 
 class ScalarAffineRule(LayerRule):
@@ -209,6 +259,30 @@ class ScalarAffineRule(LayerRule):
 
     def zero_preserving(self, layer):
         return not layer.offset
+
+
+class ElementwiseOpRule(LayerRule):
+    """A keras operation applied to each value (`keras.ops.relu`, `hard_sigmoid`, `-x`).
+
+    Args:
+        keeps_zero: whether `f(0) == 0`, so pruned channels stay zero.
+    """
+
+    def __init__(self, keeps_zero):
+        self.keeps_zero = keeps_zero
+
+    def zero_preserving(self, layer):
+        return self.keeps_zero
+
+
+class ReduceOpRule(LayerRule):
+    """`keras.ops.mean` over spatial axes: channels pass through; over channels a boundary."""
+
+    def check(self, layer, in_shape):
+        rank = len(in_shape)
+        if layer.axis is None or rank - 1 in [a % rank for a in layer.axis]:
+            return f"it reduces over the channel axis (axis={layer.axis})"
+        return None
 
 
 _RULES = {}
@@ -249,4 +323,19 @@ register_rule(L.Concatenate, ConcatRule())
 register_rule(L.Flatten, FlattenRule())
 register_rule(L.Reshape, ReshapeRule())
 register_rule(L.Rescaling, ScalarAffineRule())
+for _cls in (numpy_ops.Add, numpy_ops.Subtract, numpy_ops.Maximum, numpy_ops.Minimum):
+    register_rule(_cls, CoupleRule())
+register_rule(numpy_ops.Multiply, CoupleRule(zero_if_any_zero=True))
+for _cls in (numpy_ops.TrueDivide, numpy_ops.Divide):
+    register_rule(_cls, DivideRule())
+for _cls in (
+    nn_ops.Relu, nn_ops.Relu6, nn_ops.LeakyRelu, nn_ops.Elu, nn_ops.Selu, nn_ops.Celu, nn_ops.Silu,
+    nn_ops.HardSilu, nn_ops.Gelu, nn_ops.Softsign, nn_ops.HardTanh, numpy_ops.Tanh, numpy_ops.Negative,
+    numpy_ops.Absolute, numpy_ops.Square,
+):
+    register_rule(_cls, ElementwiseOpRule(keeps_zero=True))
+for _cls in (nn_ops.Sigmoid, nn_ops.HardSigmoid, nn_ops.Softplus, numpy_ops.Exp):
+    register_rule(_cls, ElementwiseOpRule(keeps_zero=False))
+register_rule(numpy_ops.Reshape, ReshapeRule(shape_key="newshape"))
+register_rule(numpy_ops.Mean, ReduceOpRule())
 register_rule(ChannelGate, LayerRule())  # gates pass channels through; the graph reads them

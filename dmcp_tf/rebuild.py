@@ -5,7 +5,7 @@ import numpy as np
 
 from dmcp_tf.gates import ChannelGate
 from dmcp_tf.graph import ChannelGraph
-from dmcp_tf.walk import as_functional, walk
+from dmcp_tf.walk import as_functional, copy_operation, walk
 
 
 def rebuild(model, config=None, *, copy_weights=True, graph=None, name=None, channel_order=None):
@@ -71,12 +71,14 @@ def _check_order(graph, order):
 
 def _slim_layer(graph, layer, record, config):
     if record is None:
-        return layer.__class__.from_config(layer.get_config())
+        return copy_operation(layer)
     cin, cout = graph.count(record.in_layout, config), graph.count(record.out_layout, config)
     return layer.__class__.from_config(record.rule.slim_config(layer, cin, cout))
 
 
 def _copy_weights(graph, layer, record, slim_layer, config, order):
+    if not isinstance(slim_layer, keras.layers.Layer):
+        return  # a keras operation that is not a layer holds no weights
     if record is None:
         source = [w.numpy() for w in layer.weights]
     else:

@@ -7,8 +7,9 @@ sub-network. Outputs and gradients equal the masked ones; batch norm moving
 statistics are updated for the kept channels only.
 
 Slicing covers Conv2D, DepthwiseConv2D (multiplier 1), Dense on channels, batch
-norm, gates and layers that act channel by channel or merge element-wise. Graphs
-with other layers on pruned channels (concatenations, flattening into a dense
+norm, gates, layers and keras operations that act channel by channel or merge
+element-wise, and reshapes that only add or drop axes of size 1 (squeeze-excitation).
+Graphs with other layers on pruned channels (concatenations, flattening into a dense
 layer, separable or transposed convs) fall back to masking: `SlicedForward.supported`
 is False and `reason` says why.
 """
@@ -51,7 +52,7 @@ class SlicedForward:
                 continue
             if len(r.in_layout) != 1 or len(r.out_layout) != 1:
                 return f"layer {r.layer.name!r} sees concatenated or flattened channels"
-            if isinstance(r.layer, _UNSLICEABLE) or r.rule.role in (rules.CONCAT, rules.FLATTEN):
+            if isinstance(r.layer, _UNSLICEABLE) or r.rule.role == rules.CONCAT:
                 return f"layer {r.layer.name!r} ({type(r.layer).__name__}) is not sliced"
             if r.rule.check(r.layer, r.in_shape):
                 return f"layer {r.layer.name!r}: {r.rule.check(r.layer, r.in_shape)}"
@@ -72,21 +73,29 @@ class SlicedForward:
             return by_gate.get(id(gate), full) if gate is not None else full
 
         def visit(layer, args, kwargs, node):
-            if rules.rule_for(layer) is None:  # an unknown layer: a boundary, its channels whole
+            if rules.rule_for(layer) is None:  # an unknown layer or operation: a boundary, its channels whole
                 return layer(*args, **kwargs)
             record = next(records)
             if record.layer is not layer:
                 raise ValueError(f"Layer {layer.name!r} does not follow the channel graph's order.")
             if isinstance(layer, ChannelGate):
                 return args[0]
-            if isinstance(layer, _SLICED):
+            if isinstance(layer, _SLICED) and self._pruned(record.in_layout + record.out_layout):
                 return _sliced_call(layer, args[0], width(record.in_layout), width(record.out_layout), training)
+            if record.rule.role == rules.FLATTEN:
+                return _unit_axes_reshape(args[0], len(record.out_shape))
             if getattr(layer, "_call_has_training_arg", False):
                 kwargs = dict(kwargs, training=training)
             return layer.call(*args, **kwargs)
 
         outputs = walk(self.graph.model, keras.tree.flatten(inputs), visit)
         return outputs[0] if len(outputs) == 1 else outputs
+
+
+def _unit_axes_reshape(x, rank):
+    """`x` (batch, 1.., channels) reshaped to `rank` axes, the ones between batch and channels of size 1."""
+    shape = tf.shape(x)
+    return tf.reshape(x, tf.concat([shape[:1], tf.ones([rank - 2], tf.int32), shape[-1:]], axis=0))
 
 
 def _sliced_call(layer, x, cin, cout, training):

@@ -2,7 +2,9 @@
 
 The channel graph, the slim rebuild and gate insertion all evaluate a model's
 graph on their own kind of values (channel layouts, or new symbolic tensors);
-this is the one traversal they share.
+this is the one traversal they share. A node's operation is a layer or a
+keras operation that is not a layer (`x + y`, `keras.ops.relu(x)`); both are
+visited alike.
 """
 
 import keras
@@ -30,8 +32,27 @@ def is_nested_model(layer):
     return isinstance(layer, (Functional, keras.Sequential))
 
 
+def weights_of(operation):
+    """The weights of a layer; a keras operation that is not a layer has none."""
+    return operation.weights if isinstance(operation, keras.layers.Layer) else []
+
+
+def copy_operation(operation):
+    """A fresh, unbuilt copy of a layer or keras operation (weights are copied separately).
+
+    A keras operation whose config keras cannot write (e.g. `keras.ops.clip` with
+    array bounds) is stateless, so the copy is the operation itself.
+    """
+    try:
+        return operation.__class__.from_config(operation.get_config())
+    except NotImplementedError:
+        if isinstance(operation, keras.layers.Layer):
+            raise
+        return operation
+
+
 def walk(model, inputs, visit):
-    """Evaluates the graph of `model` on `inputs` with `visit` for every layer call.
+    """Evaluates the graph of `model` on `inputs` with `visit` for every layer or operation call.
 
     Args:
         model: a functional model or Sequential; nested functional models and
