@@ -104,8 +104,35 @@ def _main(argv):
     try:
         run(argv)
     except (ValueError, OSError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(error))
+    except Exception as error:  # TensorFlow's own errors are not Python's: map those a user can fix
+        message = _tensorflow_error_message(error)
+        if message is None:
+            raise
+        _fail(message)
+
+
+def _fail(message):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _tensorflow_error_message(error):
+    """What to do about a TensorFlow error a user can fix (disk full, no permission, a damaged file), or None."""
+    tf = sys.modules.get("tensorflow")
+    if tf is None:
+        return None
+    detail = str(getattr(error, "message", error)).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    kept = "Finished steps and checkpoints are kept: rerun the same command afterwards and it resumes."
+    if isinstance(error, tf.errors.ResourceExhaustedError):
+        return (f"TensorFlow ran out of a resource ({detail}): a full disk while saving, or memory. Free disk "
+                f"space (or lower data.batch_size if memory ran out). {kept}")
+    if isinstance(error, tf.errors.PermissionDeniedError):
+        return f"No permission to write ({detail}): make the run directory writable or pass another --run_dir. {kept}"
+    if isinstance(error, tf.errors.DataLossError):
+        return (f"A file is damaged ({detail}): delete it (a damaged checkpoint: its step's checkpoints folder) and "
+                f"rerun the same command.")
+    return None
 
 
 def _parse_flags(argv):

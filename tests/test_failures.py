@@ -1,0 +1,74 @@
+"""A user's mistakes and a machine's failures end in a clear error that names what to fix."""
+
+import gzip
+import zlib
+
+import pytest
+import tensorflow as tf
+
+from dmcp_tf import cli, data
+from dmcp_tf.configs import fashion_mnist
+from dmcp_tf.gates import MarkovGate
+from dmcp_tf.pipeline import Pipeline, PipelineError
+from tests.helpers import FASHION_FILES, learnable_fashion_mnist
+
+
+def test_a_damaged_gzip_stream_is_named(tmp_path):
+    raw = bytearray(gzip.compress(bytes(4096)))  # a 10-byte header, then the deflate stream
+    raw[10:12] = b"\xff\xff"  # an invalid block: zlib.error, which is not an OSError
+    path = tmp_path / FASHION_FILES[0]
+    path.write_bytes(bytes(raw))
+    with pytest.raises(data.DataError, match=f"{path}.*not a readable gzip file.*intact copy") as raised:
+        data._read_idx(str(path), 3)
+    assert isinstance(raised.value.__cause__, zlib.error)
+
+
+@pytest.mark.parametrize("width", [(0.5, 0.4, 0.1), (0.1, 1.0, 0.0), (0.1, 1.0), "wide"])
+def test_a_bad_width_grid_fails_when_the_gate_is_made(width):
+    with pytest.raises(ValueError, match="Invalid width grid"):
+        MarkovGate(width=width)
+
+
+@pytest.mark.parametrize("name, step", [("supernet.keras", "search"), ("slim.keras", "retrain")])
+def test_a_damaged_model_file_names_itself_and_the_step_that_rewrites_it(tmp_path, name, step):
+    (tmp_path / name).write_bytes(b"PK\x03\x04 not really a zip")
+    runner = Pipeline(fashion_mnist.get_config(), str(tmp_path))
+    with pytest.raises(PipelineError, match=f"{tmp_path / name} cannot be read.*--mode={step} --overwrite"):
+        getattr(runner, name.split(".")[0])
+
+
+@pytest.mark.parametrize("error, named", [
+    (tf.errors.ResourceExhaustedError(None, None, "runs/x/ckpt; No space left on device [Op:SaveV2]"),
+     "Free disk space"),
+    (tf.errors.PermissionDeniedError(None, None, "runs/x/logs; Permission denied"), "make the run directory writable"),
+    (tf.errors.DataLossError(None, None, "truncated record at 1234"), "A file is damaged"),
+])
+def test_tensorflow_file_errors_end_with_exit_2_and_advice(monkeypatch, capsys, error, named):
+    def run(argv):
+        raise error
+
+    monkeypatch.setattr(cli, "run", run)
+    with pytest.raises(SystemExit) as stopped:
+        cli._main(["main.py"])
+    assert stopped.value.code == 2
+    message = capsys.readouterr().err
+    assert named in message and error.message.splitlines()[0] in message
+
+
+def test_other_errors_are_not_hidden(monkeypatch):
+    def run(argv):
+        raise tf.errors.InternalError(None, None, "a bug of ours")
+
+    monkeypatch.setattr(cli, "run", run)
+    with pytest.raises(tf.errors.InternalError):
+        cli._main(["main.py"])
+
+
+def test_too_few_test_images_for_the_export_fail_before_training(tmp_path):
+    config = fashion_mnist.get_config()
+    config.data.test_limit, config.export.representative_images = 50, 100
+    (tmp_path / "fashion").mkdir()
+    config.data.data_dir = str(learnable_fashion_mnist(tmp_path / "fashion"))
+    with pytest.raises(PipelineError, match="representative_images=100.*test_limit=50"):
+        Pipeline(config, str(tmp_path / "run")).preflight(["search", "sample", "retrain", "eval", "export"])
+    assert not (tmp_path / "run").exists()
