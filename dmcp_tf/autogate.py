@@ -10,7 +10,7 @@ channels non-zero before they are read). `make_supernet` wraps that in a
 import keras
 
 from dmcp_tf import layer_rules as rules
-from dmcp_tf.gates import make_gate, split_channels
+from dmcp_tf.gates import check_width_grid, make_gate, split_channels
 from dmcp_tf.graph import ChannelGraph, GraphError
 from dmcp_tf.supernet import DMCPModel
 from dmcp_tf.walk import as_functional, copy_operation, walk
@@ -54,6 +54,7 @@ def make_supernet(model, *, budget, total_steps, width=(0.1, 1.0, 0.1), gate_kin
 
 def insert_gates(model, *, width=(0.1, 1.0, 0.1), gate_kind="markov", exclude=(), initial_alpha=0.0):
     """A copy of `model` (same weights) with a gate on every prunable group of channels."""
+    check_width_grid(width)  # a bad grid is the user's mistake, not a model without prunable layers
     graph = ChannelGraph(model, exclude=exclude, strict=False)
     if graph.gates:
         raise GraphError(

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import gzip
 import os
+import warnings
 import zlib
 from typing import Callable, Optional
 
@@ -337,8 +338,18 @@ def _image_folder(data_dir, image_size):
     missing = [s for s in ("train", "test") if s not in builder.info.splits]
     if missing:
         raise DataError(f"{layout} {data_dir} has no {' or '.join(missing)} split (no images found).")
+    absent = sorted(set(_class_folders(data_dir, "train")) - set(_class_folders(data_dir, "test")))
+    if absent:
+        warnings.warn(f"The test split of {data_dir} has no images of the classes {absent}: their accuracy is "
+                      "not measured.", stacklevel=2)
     train, test = (builder.as_dataset(split=s, as_supervised=True) for s in ("train", "test"))
     return _imagenet_style(train, test, builder.info.features["label"].num_classes, image_size)
+
+
+def _class_folders(data_dir, split):
+    """The class folders of a split that hold at least one file."""
+    root = os.path.join(data_dir, split)
+    return [c for c in os.listdir(root) if os.path.isdir(os.path.join(root, c)) and os.listdir(os.path.join(root, c))]
 
 
 _SOURCES = {

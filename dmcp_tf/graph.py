@@ -109,6 +109,10 @@ class ChannelGraph:
         self.tensor_of = {}  # id(TensorInfo) -> the symbolic tensor it describes
         self.readers = {}  # id(TensorInfo) -> layers that read it
         self._walk()
+        unmatched = [p.pattern for p in self._exclude if not any(p.fullmatch(l.name) for l in self._layers.values())]
+        if unmatched:
+            raise GraphError(f"exclude={unmatched} matches no layer of {model.name!r}: give layer names, or regular "
+                             "expressions that match whole names (e.g. 'Conv_1' or 'block_1_.*').")
         self.gates = self._collect_gates()
         self.violations = self._unmasked_reads()
         if strict and self.violations:

@@ -324,6 +324,13 @@ def test_image_folder_errors(image_folder, tmp_path):
         data.load("image_folder", data_dir=str(image_folder), batch_size=2)
 
 
+def test_a_class_missing_from_the_test_split_is_warned_about(image_folder):
+    for path in (image_folder / "test" / "dog").iterdir():
+        path.unlink()
+    with pytest.warns(UserWarning, match=r"has no images of the classes \['dog'\]"):
+        data.load("image_folder", data_dir=str(image_folder), batch_size=2, image_size=16)
+
+
 @pytest.mark.skipif(
     not os.path.isdir(data.DEBIAN_FASHION_MNIST_DIR),
     reason=f"{data.DEBIAN_FASHION_MNIST_DIR} missing (apt-get install dataset-fashion-mnist)",

@@ -6,11 +6,12 @@ import zlib
 import pytest
 import tensorflow as tf
 
+import dmcp_tf
 from dmcp_tf import cli, data
 from dmcp_tf.configs import fashion_mnist
 from dmcp_tf.gates import MarkovGate
 from dmcp_tf.pipeline import Pipeline, PipelineError
-from tests.helpers import FASHION_FILES, learnable_fashion_mnist
+from tests.helpers import FASHION_FILES, learnable_fashion_mnist, tiny_supernet
 
 
 def test_a_damaged_gzip_stream_is_named(tmp_path):
@@ -72,3 +73,22 @@ def test_too_few_test_images_for_the_export_fail_before_training(tmp_path):
     with pytest.raises(PipelineError, match="representative_images=100.*test_limit=50"):
         Pipeline(config, str(tmp_path / "run")).preflight(["search", "sample", "retrain", "eval", "export"])
     assert not (tmp_path / "run").exists()
+
+
+def plain_model():
+    import keras
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(16, 3, name="conv_a")(inputs)
+    return keras.Model(inputs, keras.layers.Conv2D(4, 1, name="conv_b")(x), name="plain")
+
+
+def test_an_exclude_pattern_that_matches_no_layer_is_named():
+    with pytest.raises(dmcp_tf.GraphError, match=r"exclude=\['nope'\] matches no layer of 'plain'"):
+        dmcp_tf.analyze(plain_model(), exclude=["conv_a", "nope"], print_fn=lambda *a: None)
+    dmcp_tf.analyze(plain_model(), exclude=["conv_.*"], print_fn=lambda *a: None)  # matches whole names: no error
+
+
+def test_make_supernet_names_a_bad_width_grid():
+    with pytest.raises(ValueError, match="Invalid width grid"):
+        dmcp_tf.make_supernet(plain_model(), budget="0.5x", total_steps=4, width=(0.5, 0.4, 0.1))
