@@ -411,12 +411,62 @@ class GateRule(LayerRule):
         return args[0]
 
 
+ROLES = (PRODUCE, THROUGH, COUPLE, CONCAT, FLATTEN)
 _RULES = {}
 
 
 def register_rule(layer_class, rule):
-    """Registers `rule` (a `LayerRule`) for `layer_class` and its subclasses."""
+    """Registers `rule` for `layer_class` and its subclasses (a more specific class's rule wins).
+
+    One rule covers everything dmcp_tf does with the layer: how it passes,
+    produces or couples channels (the channel graph and gate insertion), its
+    MACs and parameters, which weight axes follow the channels (the slim
+    rebuild) and its forward on the kept channels (the sliced weight stage).
+    A layer type without a rule is a boundary: its channels are kept whole,
+    and `dmcp_tf.analyze()` names it. Register before building the
+    `ChannelGraph` (before `insert_gates` / `make_supernet`).
+
+    Args:
+        layer_class: a `keras.layers.Layer` subclass (or a keras operation class).
+        rule: a `LayerRule` instance.
+
+    Raises:
+        TypeError: `layer_class` is not a layer or operation class, or `rule` is not a `LayerRule`.
+        ValueError: the rule's `role` is not one of `ROLES`.
+
+    Example:
+        class ChannelScaleRule(LayerRule):
+            weight_axes = {"scale": (0, None)}
+
+            def sliced_call(self, layer, args, kwargs, cin, cout, training):
+                return args[0] * layer.scale[:cin]
+
+        dmcp_tf.register_rule(ChannelScale, ChannelScaleRule())
+    """
+    if not (isinstance(layer_class, type) and issubclass(layer_class, keras.Operation)):
+        raise TypeError(f"register_rule takes a keras.layers.Layer subclass (or a keras operation class), "
+                        f"got {layer_class!r}.")
+    if not isinstance(rule, LayerRule):
+        raise TypeError(f"The rule for {layer_class.__name__} must be an instance of "
+                        f"dmcp_tf.layer_rules.LayerRule (or of a subclass), got {rule!r}.")
+    if rule.role not in ROLES:
+        raise ValueError(f"The rule for {layer_class.__name__} has role {rule.role!r}; a role is one of {ROLES}.")
     _RULES[layer_class] = rule
+
+
+def unregister_rule(layer_class):
+    """Removes the rule registered for `layer_class`: its layers become boundaries again
+    (or follow the rule of a registered base class).
+
+    Returns:
+        The removed rule.
+
+    Raises:
+        KeyError: no rule is registered for `layer_class` itself.
+    """
+    if layer_class not in _RULES:
+        raise KeyError(f"No rule is registered for {getattr(layer_class, '__name__', layer_class)!r}.")
+    return _RULES.pop(layer_class)
 
 
 def rule_for(layer):
