@@ -4,6 +4,7 @@ Main entry points:
 - `MarkovGate` (and `BernoulliGate`): channel gates to place in a Keras model;
 - `insert_gates` / `make_supernet` / `analyze`: the same for any functional model;
 - `DMCPModel`: a gated supernet whose `fit` runs the DMCP search;
+- `register_rule`: what a layer type of your own means for channels, costs and slicing;
 - `ChannelGraph`: channel groups; `costs`: real and expected MACs and parameters, `Budget`;
 - `sampling`: expected / direct sampling of a channel configuration;
 - `rebuild`: the slim standalone model of a configuration;
@@ -16,10 +17,12 @@ from dmcp_tf.calibration import calibrate_batch_norm
 from dmcp_tf.costs import Budget, count_flops, count_params
 from dmcp_tf.gates import BernoulliGate, MarkovGate
 from dmcp_tf.graph import ChannelGraph, GraphError
+from dmcp_tf.layer_rules import register_rule
 from dmcp_tf.rebuild import rebuild
 from dmcp_tf.supernet import DMCPModel
 
 __all__ = [
     "BernoulliGate", "Budget", "ChannelGraph", "DMCPModel", "GraphError", "MarkovGate", "analyze", "calibrate_batch_norm",
-    "costs", "count_flops", "count_params", "export", "insert_gates", "make_supernet", "models", "rebuild", "sampling",
+    "costs", "count_flops", "count_params", "export", "insert_gates", "make_supernet", "models", "rebuild", "register_rule",
+    "sampling",
 ]

@@ -6,9 +6,11 @@ operation classes; an operation without a rule is a boundary like an unknown lay
 
 A rule says how a layer treats the channel axis (its `role`), how many
 multiply-accumulates it costs for given input/output channel counts, which axes
-of its weights follow the input and output channels, and how its config changes
-when channels are removed. The channel graph, FLOPs counting and the slim rebuild
-read these rules; supporting a new layer type means registering one rule.
+of its weights follow the input and output channels, how its config changes
+when channels are removed, and how it runs on the first channels only (the
+sliced weight stage). The channel graph, costs, masks, the slim rebuild and the
+sliced forward read these rules; supporting a new layer type (a user's own
+layer too, with `register_rule`) means registering one rule.
 
 Roles:
 - `PRODUCE`: creates new output channels from all input channels (Conv2D, Dense).
@@ -22,6 +24,7 @@ Roles:
 import math
 
 import keras
+import tensorflow as tf
 from keras.src.ops import nn as nn_ops
 from keras.src.ops import numpy as numpy_ops
 
@@ -43,13 +46,24 @@ ZERO_PRESERVING_ACTIVATIONS = {
 class LayerRule:
     """Channel semantics of one layer type (see the module docstring).
 
+    Subclass it for a layer of your own and register it with `register_rule`.
+
     Attributes:
-        role: one of `PRODUCE`, `THROUGH`, `COUPLE`, `CONCAT`.
+        role: one of `PRODUCE`, `THROUGH`, `COUPLE`, `CONCAT`, `FLATTEN`.
         weight_axes: weight name -> `(input_axis, output_axis)`; either may be None.
             For `THROUGH` layers input and output channels are the same, and the
             input axis is used.
         width_key: the config key holding the output channel count (`filters`,
             `units`), for `PRODUCE` layers.
+
+    Example:
+        class ChannelScaleRule(LayerRule):  # y = x * scale, one scale per channel
+            weight_axes = {"scale": (0, None)}
+
+            def sliced_call(self, layer, args, kwargs, cin, cout, training):
+                return args[0] * layer.scale[:cin]
+
+        register_rule(ChannelScale, ChannelScaleRule())
     """
 
     role = THROUGH
@@ -74,6 +88,47 @@ class LayerRule:
         if self.width_key is not None:
             config[self.width_key] = int(cout)
         return config
+
+    def sliced_call(self, layer, args, kwargs, cin, cout, training):
+        """The layer's output when only the first `cin` input / `cout` output channels are kept.
+
+        The inputs in `args` already hold `cin` channels; the result must hold
+        `cout` and equal the full layer's first `cout` channels under masking.
+        By default the layer runs as it is, which is right for a layer that
+        treats channels one by one without weights of its own; a rule that
+        produces or concatenates channels, or has `weight_axes`, overrides it.
+
+        Args:
+            layer: the layer (or keras operation).
+            args, kwargs: the call's inputs, as in `layer.call`.
+            cin, cout: kept input / output channels (scalar int tensors or ints).
+            training: whether the call is a training one.
+
+        Returns:
+            The output tensor, `cout` channels wide.
+        """
+        return call_as_is(layer, args, kwargs, training)
+
+    def slice_reason(self, layer):
+        """Why the sliced weight stage cannot run this layer on its kept channels, or None."""
+        runs_as_is = type(self).sliced_call is LayerRule.sliced_call
+        if runs_as_is and (self.role in (PRODUCE, CONCAT) or self.weight_axes):
+            return f"the rule of {type(layer).__name__} does not implement `sliced_call`"
+        return None
+
+
+def call_as_is(layer, args, kwargs, training):
+    """`layer.call(*args, **kwargs)`, with `training` where the layer takes it."""
+    if getattr(layer, "_call_has_training_arg", False):
+        kwargs = dict(kwargs, training=training)
+    return layer.call(*args, **kwargs)
+
+
+def _bias_and_activation(layer, y, channels):
+    """The first `channels` of the layer's bias added to `y`, then its activation."""
+    if layer.use_bias:
+        y = y + layer.bias[:channels]
+    return layer.activation(y)
 
 
 def spatial_size(shape):
@@ -101,12 +156,16 @@ class ConvRule(LayerRule):
         kh, kw = layer.kernel_size
         return kh * kw * cin / layer.groups * cout * spatial_size(out_shape)
 
+    def sliced_call(self, layer, args, kwargs, cin, cout, training):
+        y = tf.nn.conv2d(args[0], layer.kernel[:, :, :cin, :cout], strides=layer.strides,
+                         padding=layer.padding.upper(), dilations=layer.dilation_rate)
+        return _bias_and_activation(layer, y, cout)
 
-class ConvTransposeRule(ConvRule):
+
+class ConvTransposeRule(LayerRule):
+    role = PRODUCE
     weight_axes = {"kernel": (3, 2), "bias": (None, 0)}
-
-    def check(self, layer, in_shape):
-        return None
+    width_key = "filters"
 
     def macs(self, layer, in_shape, out_shape, cin, cout):
         kh, kw = layer.kernel_size
@@ -127,6 +186,13 @@ class DepthwiseRule(LayerRule):
     def macs(self, layer, in_shape, out_shape, cin, cout):
         kh, kw = layer.kernel_size
         return kh * kw * cin * layer.depth_multiplier * spatial_size(out_shape)
+
+    def sliced_call(self, layer, args, kwargs, cin, cout, training):
+        y = tf.nn.depthwise_conv2d(
+            args[0], layer.kernel[:, :, :cin, :], strides=(1, *layer.strides, 1),
+            padding=layer.padding.upper(), dilations=layer.dilation_rate,
+        )
+        return _bias_and_activation(layer, y, cin)
 
 
 class SeparableConvRule(LayerRule):
@@ -149,6 +215,11 @@ class DenseRule(LayerRule):
     def macs(self, layer, in_shape, out_shape, cin, cout):
         return cin * cout * math.prod(d for d in out_shape[1:-1] if d is not None)
 
+    def sliced_call(self, layer, args, kwargs, cin, cout, training):
+        x = args[0]
+        y = tf.tensordot(x, layer.kernel[:cin, :cout], axes=[[x.shape.rank - 1], [0]])
+        return _bias_and_activation(layer, y, cout)
+
 
 class BatchNormRule(LayerRule):
     weight_axes = {name: (0, None) for name in ("gamma", "beta", "moving_mean", "moving_variance")}
@@ -160,6 +231,46 @@ class BatchNormRule(LayerRule):
 
     def zero_preserving(self, layer):
         return False
+
+    def sliced_call(self, layer, args, kwargs, cin, cout, training):
+        """Batch norm over the first `cin` channels; in training, their moving statistics are updated."""
+        x = args[0]
+        gamma = layer.gamma[:cin] if layer.scale else 1.0
+        beta = layer.beta[:cin] if layer.center else 0.0
+        if not training:
+            mean, variance = layer.moving_mean[:cin], layer.moving_variance[:cin]
+            return (x - mean) * tf.math.rsqrt(variance + layer.epsilon) * gamma + beta
+        y, mean, variance = _batch_normalize(layer, x, cin, gamma, beta)
+        for moving, batch in ((layer.moving_mean, mean), (layer.moving_variance, variance)):
+            updated = moving[:cin] * layer.momentum + batch * (1.0 - layer.momentum)
+            moving.assign(tf.concat([updated, moving[cin:]], axis=0))
+        return y
+
+
+def _batch_normalize(layer, x, channels, gamma, beta):
+    """`x` normalised by its batch statistics: `(y, mean, biased variance)` of its `channels` channels.
+
+    A float32 NHWC tensor takes one fused op (forward and gradient: the separate
+    moment and normalisation ops cost more than the narrow convolutions); float64,
+    other ranks and synchronized batch norm across replicas take separate ops.
+    """
+    context = tf.distribute.get_replica_context()
+    synchronized = layer.synchronized and context is not None and context.num_replicas_in_sync > 1
+    if x.dtype == tf.float32 and x.shape.rank == 4 and not synchronized:
+        ones = tf.ones(tf.reshape(channels, [1]), x.dtype)
+        y, mean, unbiased = tf.compat.v1.nn.fused_batch_norm(
+            x, gamma if layer.scale else ones, beta if layer.center else 0.0 * ones,
+            epsilon=layer.epsilon, is_training=True)
+        count = tf.cast(tf.size(x) // tf.shape(x)[-1], x.dtype)
+        return y, mean, unbiased * (count - 1.0) / count  # the moving variance follows Keras: the biased one
+    axes = list(range(x.shape.rank - 1))
+    if synchronized:
+        mean, mean_square = tf.reduce_mean(x, axes), tf.reduce_mean(tf.square(x), axes)
+        mean, mean_square = context.all_reduce(tf.distribute.ReduceOp.MEAN, [mean, mean_square])
+        variance = tf.maximum(mean_square - tf.square(mean), 0.0)
+    else:
+        mean, variance = tf.nn.moments(x, axes)
+    return (x - mean) * tf.math.rsqrt(variance + layer.epsilon) * gamma + beta, mean, variance
 
 
 class ActivationRule(LayerRule):
@@ -207,7 +318,15 @@ class ConcatRule(LayerRule):
 
 
 class FlattenRule(LayerRule):
+    """Folds spatial positions into channels; sliced only where there is one position
+    (`(batch, 1.., C)` to `(batch, C)`, or back), the slicing walk sees to that."""
+
     role = FLATTEN
+
+    def sliced_call(self, layer, args, kwargs, cin, cout, training):
+        x, rank = args[0], len(layer.output.shape)
+        shape = tf.shape(x)
+        return tf.reshape(x, tf.concat([shape[:1], tf.ones([rank - 2], tf.int32), shape[-1:]], axis=0))
 
 
 class ReshapeRule(FlattenRule):
@@ -285,12 +404,69 @@ class ReduceOpRule(LayerRule):
         return None
 
 
+class GateRule(LayerRule):
+    """A gate passes its channels through (the graph reads its width); sliced inputs already have that width."""
+
+    def sliced_call(self, layer, args, kwargs, cin, cout, training):
+        return args[0]
+
+
+ROLES = (PRODUCE, THROUGH, COUPLE, CONCAT, FLATTEN)
 _RULES = {}
 
 
 def register_rule(layer_class, rule):
-    """Registers `rule` (a `LayerRule`) for `layer_class` and its subclasses."""
+    """Registers `rule` for `layer_class` and its subclasses (a more specific class's rule wins).
+
+    One rule covers everything dmcp_tf does with the layer: how it passes,
+    produces or couples channels (the channel graph and gate insertion), its
+    MACs and parameters, which weight axes follow the channels (the slim
+    rebuild) and its forward on the kept channels (the sliced weight stage).
+    A layer type without a rule is a boundary: its channels are kept whole,
+    and `dmcp_tf.analyze()` names it. Register before building the
+    `ChannelGraph` (before `insert_gates` / `make_supernet`).
+
+    Args:
+        layer_class: a `keras.layers.Layer` subclass (or a keras operation class).
+        rule: a `LayerRule` instance.
+
+    Raises:
+        TypeError: `layer_class` is not a layer or operation class, or `rule` is not a `LayerRule`.
+        ValueError: the rule's `role` is not one of `ROLES`.
+
+    Example:
+        class ChannelScaleRule(LayerRule):
+            weight_axes = {"scale": (0, None)}
+
+            def sliced_call(self, layer, args, kwargs, cin, cout, training):
+                return args[0] * layer.scale[:cin]
+
+        dmcp_tf.register_rule(ChannelScale, ChannelScaleRule())
+    """
+    if not (isinstance(layer_class, type) and issubclass(layer_class, keras.Operation)):
+        raise TypeError(f"register_rule takes a keras.layers.Layer subclass (or a keras operation class), "
+                        f"got {layer_class!r}.")
+    if not isinstance(rule, LayerRule):
+        raise TypeError(f"The rule for {layer_class.__name__} must be an instance of "
+                        f"dmcp_tf.layer_rules.LayerRule (or of a subclass), got {rule!r}.")
+    if rule.role not in ROLES:
+        raise ValueError(f"The rule for {layer_class.__name__} has role {rule.role!r}; a role is one of {ROLES}.")
     _RULES[layer_class] = rule
+
+
+def unregister_rule(layer_class):
+    """Removes the rule registered for `layer_class`: its layers become boundaries again
+    (or follow the rule of a registered base class).
+
+    Returns:
+        The removed rule.
+
+    Raises:
+        KeyError: no rule is registered for `layer_class` itself.
+    """
+    if layer_class not in _RULES:
+        raise KeyError(f"No rule is registered for {getattr(layer_class, '__name__', layer_class)!r}.")
+    return _RULES.pop(layer_class)
 
 
 def rule_for(layer):
@@ -338,4 +514,4 @@ for _cls in (nn_ops.Sigmoid, nn_ops.HardSigmoid, nn_ops.Softplus, numpy_ops.Exp)
     register_rule(_cls, ElementwiseOpRule(keeps_zero=False))
 register_rule(numpy_ops.Reshape, ReshapeRule(shape_key="newshape"))
 register_rule(numpy_ops.Mean, ReduceOpRule())
-register_rule(ChannelGate, LayerRule())  # gates pass channels through; the graph reads them
+register_rule(ChannelGate, GateRule())
