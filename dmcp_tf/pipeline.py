@@ -153,8 +153,17 @@ class Pipeline:
                     f"Run directory {self.run_dir} belongs to another config (these settings differ: "
                     f"{', '.join(changed)}). Use another --run_dir, or --overwrite to replace that run."
                 )
-        existing = [f for step in steps for f in OUTPUTS[step] if os.path.exists(self.path(f))]
-        if existing and not self.overwrite:
+        if self.overwrite:
+            return
+        if not os.path.exists(saved) and os.path.exists(self.path("report.md")):
+            raise PipelineError(f"Run directory {self.run_dir} holds a report.md that no run of this config wrote "
+                                "(there is no config.json). Choose another --run_dir, or --overwrite to replace it.")
+        # A step that started in this run directory but did not finish (no <step>.json) left
+        # partial outputs: they are redone, not protected.
+        interrupted = {s for s in steps if os.path.exists(saved) and not os.path.exists(self.path(f"{s}.json"))}
+        existing = [f for step in steps if step not in interrupted for f in OUTPUTS[step]
+                    if os.path.exists(self.path(f))]
+        if existing:
             raise PipelineError(
                 f"Run directory {self.run_dir} already holds {', '.join(existing)}, which this run would "
                 "replace. Pass --overwrite to replace them, or choose another --run_dir."

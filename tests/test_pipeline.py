@@ -94,6 +94,28 @@ def test_whole_pipeline_writes_every_artefact(tmp_path, data_dir):
     assert 0.0 <= uniform["accuracy"] <= 1.0 and abs(uniform["flops"] - evaluated["slim"]["flops"]) <= 0.03 * uniform["flops"]
     assert f"{100 * (evaluated['slim']['accuracy'] - uniform['accuracy']):+.2f} points" in report
 
+    # Killed during export: half an export directory, a temporary one, no export.json.
+    # The same command finishes the run; the finished steps are kept.
+    (run_dir / "export.json").unlink()
+    (run_dir / "export" / "slim_int8.tflite").unlink()
+    (run_dir / "export" / ".tmp-saved_modelab12cd34").mkdir()
+    supernet_bytes = (run_dir / "supernet.keras").read_bytes()
+    code, out = main(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--config.sample.round_to=4", *TINY)
+    assert code == 0, out
+    assert all(f"== {step} == finished earlier" in out for step in ("search", "sample", "retrain", "eval"))
+    assert (run_dir / "export.json").exists() and (run_dir / "export" / "slim_int8.tflite").exists()
+    assert not any(p.name.startswith(".tmp-") for p in (run_dir / "export").iterdir())
+    assert (run_dir / "supernet.keras").read_bytes() == supernet_bytes
+
+
+def test_a_report_this_run_did_not_write_is_not_replaced(tmp_path, data_dir):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "report.md").write_text("my notes")
+    code, out = main(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--mode=search", *TINY)
+    assert code == 2 and "report.md that no run of this config wrote" in out and "Traceback" not in out
+    assert (run_dir / "report.md").read_text() == "my notes"
+
 
 def test_missing_data_dir_stops_before_anything_is_written(tmp_path):
     code, out = main("--data_dir=/no/such/folder", f"--run_dir={tmp_path / 'run'}")
