@@ -41,8 +41,13 @@ def copy_operation(operation):
     """A fresh, unbuilt copy of a layer or keras operation (weights are copied separately).
 
     A keras operation whose config keras cannot write (e.g. `keras.ops.clip` with
-    array bounds) is stateless, so the copy is the operation itself.
+    array bounds) is stateless, so the copy is the operation itself. A `Lambda`
+    layer is rebuilt around the same Python function: its config holds bytecode,
+    which Keras' safe mode rightly refuses to read back.
     """
+    if isinstance(operation, keras.layers.Lambda):
+        return keras.layers.Lambda(operation.function, output_shape=operation._output_shape, mask=operation.mask,
+                                   arguments=operation.arguments, name=operation.name)
     try:
         return operation.__class__.from_config(operation.get_config())
     except NotImplementedError:

@@ -92,3 +92,16 @@ def test_an_exclude_pattern_that_matches_no_layer_is_named():
 def test_make_supernet_names_a_bad_width_grid():
     with pytest.raises(ValueError, match="Invalid width grid"):
         dmcp_tf.make_supernet(plain_model(), budget="0.5x", total_steps=4, width=(0.5, 0.4, 0.1))
+
+
+def test_a_lambda_layer_is_copied_without_deserialising_its_bytecode():
+    import keras
+    import numpy as np
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.BatchNormalization(name="bn")(keras.layers.Conv2D(16, 3, name="conv_a")(inputs))
+    x = keras.layers.Lambda(lambda t: t * 2.0, name="double")(x)
+    model = keras.Model(inputs, keras.layers.Conv2D(4, 1, name="conv_b")(x))
+    gated = dmcp_tf.insert_gates(model, width=(0.25, 1.0, 0.25))  # raised a safe-mode error before
+    images = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(gated(images), model(images), atol=1e-5)
