@@ -26,7 +26,7 @@ def analyze(model, *, exclude=(), width=(0.1, 1.0, 0.1), print_fn=print):
     """
     graph = ChannelGraph(model, exclude=exclude, strict=False)
     print_fn(f"Channel groups of {model.name!r} ({graph.flops():,} MACs):")
-    print_fn(graph.describe(lambda space: _unprunable_reason(space, width)))
+    print_fn(graph.describe(lambda space: unprunable_reason(space, width)))
     return graph
 
 
@@ -61,7 +61,7 @@ def insert_gates(model, *, width=(0.1, 1.0, 0.1), gate_kind="markov", exclude=()
             f"Model {model.name!r} already has gates ({', '.join(g.name for g in graph.gates)}); "
             "pass it to DMCPModel directly."
         )
-    prunable = {root for root in _space_roots(graph) if _unprunable_reason(graph.space(root), width) is None}
+    prunable = {root for root in _space_roots(graph) if unprunable_reason(graph.space(root), width) is None}
     placements = _first_placements(graph, prunable)
     for _ in range(MAX_PLACEMENT_ROUNDS):
         gates = {root: make_gate(gate_kind, width=width, name=_gate_name(graph, root), initial_alpha=initial_alpha)
@@ -84,7 +84,8 @@ def _space_roots(graph):
     return {graph.find(s) for r in graph.records if r.rule.role == rules.PRODUCE for s in r.out_layout}
 
 
-def _unprunable_reason(space, width):
+def unprunable_reason(space, width):
+    """Why a channel space (`ChannelGraph.space`) cannot carry a gate of `width`'s grid, or None if it can."""
     if space.frozen:
         return space.frozen
     try:

@@ -24,6 +24,10 @@ from dmcp_tf import walk as walk_lib
 from dmcp_tf.gates import ChannelGate
 
 
+# Why a model's own input and output channels are never pruned.
+INPUT_REASON, OUTPUT_REASON = "they are a model input", "they are a model output"
+
+
 class GraphError(ValueError):
     """The model's channels cannot be pruned as its gates ask."""
 
@@ -175,11 +179,11 @@ class ChannelGraph:
     # --- the walk ----------------------------------------------------------
     def _walk(self):
         model = walk_lib.as_functional(self.model)
-        inputs = [self._fresh(t.shape, "they are a model input") for t in model.inputs]
+        inputs = [self._fresh(t.shape, INPUT_REASON) for t in model.inputs]
         self.tensor_of.update((id(i), t) for i, t in zip(inputs, model.inputs))
         outputs = walk_lib.walk(model, inputs, self._visit_node)
         for tensor, info in zip(model.outputs, outputs):
-            self._freeze(info.layout, "they are a model output")
+            self._freeze(info.layout, OUTPUT_REASON)
             self._consumers.append((f"model output {tensor.name!r}", info))
 
     def _visit_node(self, layer, args, kwargs, node):

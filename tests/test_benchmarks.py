@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks import accuracy, common, latency, step_time
+from benchmarks import accuracy, applications, common, latency, step_time
 from dmcp_tf.graph import ChannelGraph
 from dmcp_tf.models import fashion_resnet
 from tests.helpers import learnable_fashion_mnist
@@ -101,3 +101,14 @@ def test_accuracy_benchmark_every_method_tiny(tmp_path):
     assert (tmp_path / "traj" / "trajectory_dmcp_budget_0.5x.png").read_bytes()[:4] == b"\x89PNG"
     table = accuracy.tables(out["summary"], ["0.5x"], list(accuracy.METHODS))
     assert all(label in table for label in accuracy.METHODS.values()) and "Unpruned network" in table
+
+
+def test_applications_table_names_gates_shares_and_boundaries(tmp_path):
+    rows = applications.main(["--models=MobileNet", "--size=32", f"--out={tmp_path / 'apps.md'}"])
+    (row,) = rows
+    assert row["model"] == "MobileNet" and row["gates"] > 10
+    assert 0.9 <= row["prunable"] <= 1.0 and 0.0 < row["smallest"] < 0.1  # every conv shrinks, to a few percent
+    table = (tmp_path / "apps.md").read_text()
+    assert "| MobileNet | 32x32 |" in table and "largest group kept whole" in table
+    with pytest.raises(SystemExit):
+        applications.main(["--models=NoSuchNet"])
