@@ -37,18 +37,26 @@ def weights_of(operation):
     return operation.weights if isinstance(operation, keras.layers.Layer) else []
 
 
-def copy_operation(operation):
+def copy_operation(operation, dtype=None):
     """A fresh, unbuilt copy of a layer or keras operation (weights are copied separately).
 
     A keras operation whose config keras cannot write (e.g. `keras.ops.clip` with
-    array bounds) is stateless, so the copy is the operation itself.
+    array bounds) is stateless, so the copy is the operation itself. `dtype`: the
+    dtype policy of a copied layer (default: the layer's own).
     """
     try:
-        return operation.__class__.from_config(operation.get_config())
+        return operation.__class__.from_config(layer_config(operation, operation.get_config(), dtype))
     except NotImplementedError:
         if isinstance(operation, keras.layers.Layer):
             raise
         return operation
+
+
+def layer_config(operation, config, dtype=None):
+    """`config` of `operation` with the dtype policy `dtype` if it is a layer and `dtype` is given."""
+    if dtype is None or not isinstance(operation, keras.layers.Layer):
+        return config
+    return dict(config, dtype=dtype)
 
 
 def walk(model, inputs, visit):
