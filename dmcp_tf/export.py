@@ -36,7 +36,8 @@ def float32_copy(model):
     under the `float32` dtype policy, and the same weights, which a mixed policy
     keeps in float32 already.
     """
-    layers = [l for l in model._flatten_layers(include_self=False) if not isinstance(l, keras.layers.InputLayer)]
+    layers = [layer for layer in model._flatten_layers(include_self=False)
+              if not isinstance(layer, keras.layers.InputLayer)]
     if all(layer.compute_dtype == layer.variable_dtype for layer in layers):
         return model
     return rebuild(model, dtype="float32", name=model.name)
