@@ -17,12 +17,19 @@ from dmcp_tf.gates import GATE_TYPES
 from dmcp_tf.training import WEIGHT_DECAY_TYPES
 
 
+# Keras dtype policies a run may train under (`mixed_precision`): variables stay float32,
+# activations are half precision under the mixed ones.
+DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
 def base_config():
     """Defaults: the Fashion-MNIST run that `python main.py` performs."""
     c = ml_collections.ConfigDict()
     c.name = "fashion_mnist"
     c.seed = 0
     c.checkpoints_to_keep = 3     # newest checkpoints kept per training step (search, retrain)
+    c.mixed_precision = "float32" # Keras dtype policy of the run: "mixed_float16" (GPUs, loss scaling) or
+                                  # "mixed_bfloat16" (TPUs, recent GPUs and CPUs); exports are float32
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "fashion_mnist"
@@ -109,6 +116,9 @@ def validate(config):
         costs.Budget.parse(config.search.budget)
     except ValueError as error:
         fail("search.budget", str(error))
+    if config.mixed_precision not in DTYPE_POLICIES:
+        fail("mixed_precision", f"unknown dtype policy {config.mixed_precision!r}; choose one of "
+             f"{', '.join(DTYPE_POLICIES)}.")
     if config.seed < 0:
         fail("seed", f"must be a non-negative integer, got {config.seed}.")
     if not 0 < config.sample.tolerance < 1:

@@ -4,6 +4,11 @@ TFLite conversion goes Keras model -> SavedModel (Keras `model.export`) ->
 `tf.lite.TFLiteConverter.from_saved_model`, the route Keras 3 itself uses.
 TFLite models are run with the `ai_edge_litert` interpreter and are assumed to
 have one image input and one output, as slim classifiers do.
+
+A model trained under a mixed dtype policy (`mixed_bfloat16`, `mixed_float16`)
+is exported from a float32 copy (`float32_copy`): TFLite has no bfloat16
+kernels, and a float32 SavedModel serves anywhere. Half precision on a device
+is TFLite's own `float16` quantization.
 """
 
 import dataclasses
@@ -13,17 +18,33 @@ import tempfile
 import time
 import warnings
 
+import keras
 import numpy as np
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from dmcp_tf.io_utils import atomic_directory, atomic_write_bytes
+from dmcp_tf.rebuild import rebuild
 
 QUANTIZATIONS = ("float32", "float16", "int8")
 
 
+def float32_copy(model):
+    """`model` itself if every layer computes in its variables' dtype; else a copy in float32 with its weights.
+
+    The copy (`rebuild` of the functional model) has the same layers, every one
+    under the `float32` dtype policy, and the same weights, which a mixed policy
+    keeps in float32 already.
+    """
+    layers = [layer for layer in model._flatten_layers(include_self=False)
+              if not isinstance(layer, keras.layers.InputLayer)]
+    if all(layer.compute_dtype == layer.variable_dtype for layer in layers):
+        return model
+    return rebuild(model, dtype="float32", name=model.name)
+
+
 def export_saved_model(model, path):
-    """Exports `model` as a TF SavedModel with a `serving_default` signature.
+    """Exports `model` (in float32: `float32_copy`) as a TF SavedModel with a `serving_default` signature.
 
     Args:
         model: A built Keras model.
@@ -33,12 +54,12 @@ def export_saved_model(model, path):
         `path` as a string.
     """
     with atomic_directory(path) as tmp:
-        model.export(tmp, format="tf_saved_model", verbose=False)
+        float32_copy(model).export(tmp, format="tf_saved_model", verbose=False)
     return os.fspath(path)
 
 
 def export_tflite(model, path, *, quantization="float32", representative_images=None):
-    """Converts `model` to a TFLite flatbuffer.
+    """Converts `model` (in float32: `float32_copy`) to a TFLite flatbuffer.
 
     "int8" is full integer quantization with int8 input/output tensors,
     calibrated on `representative_images`. Ops without an int8 kernel are left

@@ -181,8 +181,10 @@ class ChannelGate(keras.layers.Layer):
             )
         except ValueError as error:
             raise ValueError(f"Gate {self.name!r}: {error}") from None
+        # float32 under a mixed dtype policy too (no autocast): probabilities and
+        # expected costs stay float32; `call` casts them to the activations' dtype.
         self.alpha = self.add_weight(
-            name="alpha", shape=(self.num_groups,), trainable=True,
+            name="alpha", shape=(self.num_groups,), trainable=True, dtype="float32", autocast=False,
             initializer=keras.initializers.Constant(self.initial_alpha),
         )
         self.alpha.is_architecture = True

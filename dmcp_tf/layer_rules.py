@@ -233,18 +233,23 @@ class BatchNormRule(LayerRule):
         return False
 
     def sliced_call(self, layer, args, kwargs, cin, cout, training):
-        """Batch norm over the first `cin` channels; in training, their moving statistics are updated."""
-        x = args[0]
+        """Batch norm over the first `cin` channels; in training, their moving statistics are updated.
+
+        Half-precision inputs (mixed precision) are normalised in float32 and the
+        result is cast to the layer's compute dtype, as Keras' batch norm does.
+        """
+        x = tf.cast(args[0], keras.backend.result_type(args[0].dtype, "float32"))
         gamma = layer.gamma[:cin] if layer.scale else 1.0
         beta = layer.beta[:cin] if layer.center else 0.0
-        if not training:
+        if training:
+            y, mean, variance = _batch_normalize(layer, x, cin, gamma, beta)
+            for moving, batch in ((layer.moving_mean, mean), (layer.moving_variance, variance)):
+                updated = moving[:cin] * layer.momentum + batch * (1.0 - layer.momentum)
+                moving.assign(tf.concat([updated, moving[cin:]], axis=0))
+        else:
             mean, variance = layer.moving_mean[:cin], layer.moving_variance[:cin]
-            return (x - mean) * tf.math.rsqrt(variance + layer.epsilon) * gamma + beta
-        y, mean, variance = _batch_normalize(layer, x, cin, gamma, beta)
-        for moving, batch in ((layer.moving_mean, mean), (layer.moving_variance, variance)):
-            updated = moving[:cin] * layer.momentum + batch * (1.0 - layer.momentum)
-            moving.assign(tf.concat([updated, moving[cin:]], axis=0))
-        return y
+            y = (x - mean) * tf.math.rsqrt(variance + layer.epsilon) * gamma + beta
+        return tf.cast(y, layer.compute_dtype)
 
 
 def _batch_normalize(layer, x, channels, gamma, beta):

@@ -50,10 +50,25 @@ OUTPUTS = {
 INPUTS = {"sample": ("supernet.keras",), "retrain": ("supernet.keras", "channels.json"),
           "eval": ("supernet.keras", "slim.keras"), "export": ("supernet.keras", "slim.keras")}
 # Config sections that define the supernet: a run directory belongs to one of them.
-IDENTITY = ("data.name", "data.image_size", "model", "search")
+IDENTITY = ("data.name", "data.image_size", "mixed_precision", "model", "search")
 # Keys inside those sections that do not change results (may differ on a resumed run).
 NOT_IDENTITY = ("search.checkpoint_every_steps", "retrain.checkpoint_every_steps")
 TRAINING_STEPS = ("search", "retrain")  # run on every worker; the others on the chief only
+
+
+@contextlib.contextmanager
+def dtype_policy(name):
+    """Sets Keras' global dtype policy (e.g. `"mixed_bfloat16"`) inside the block; restores the previous one after.
+
+    Models built inside keep their policy (it is saved with them), so the
+    supernet, the slim model and what is loaded from the run stay in it.
+    """
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def enable_determinism(seed):
@@ -241,7 +256,9 @@ class Pipeline:
         """Runs `steps` in order, then writes the report; returns the summary rows.
 
         Started again after an interruption, it skips the steps that finished and
-        resumes the interrupted one from its last checkpoint.
+        resumes the interrupted one from its last checkpoint. The steps run under
+        the Keras dtype policy `config.mixed_precision` (`dtype_policy`); the
+        global policy is restored afterwards.
         """
         if self.deterministic:
             enable_determinism(self.config.seed)
@@ -256,18 +273,23 @@ class Pipeline:
         if not os.path.exists(self.path("config.json")) or self.overwrite:
             atomic_write_json(self.out("config.json"), json.loads(self.config.to_json()))
         try:
-            for step in todo:
-                if self.multi_worker:
-                    if step not in TRAINING_STEPS:
-                        if self.chief:
-                            self._run_step(step)
-                        continue
-                    distributed.barrier(self.strategy)  # the chief's earlier outputs are written
-                self._run_step(step)
+            with dtype_policy(self.config.mixed_precision):
+                self._run_steps(todo)
             return self.write_report() if self.chief else []
         finally:
             if self._scratch:
                 shutil.rmtree(self._scratch, ignore_errors=True)
+
+    def _run_steps(self, steps):
+        """Runs `steps`: training steps on every worker, the others on the chief only."""
+        for step in steps:
+            if self.multi_worker:
+                if step not in TRAINING_STEPS:
+                    if self.chief:
+                        self._run_step(step)
+                    continue
+                distributed.barrier(self.strategy)  # the chief's earlier outputs are written
+            self._run_step(step)
 
     def _run_step(self, step):
         self.log(f"== {step} ==")
@@ -287,7 +309,8 @@ class Pipeline:
         d = config["data"]
         section = {k: v for k, v in config[step].items() if f"{step}.{k}" not in NOT_IDENTITY}
         return dict({
-            "step": step, "seed": config["seed"], "model": config["model"], step: section,
+            "step": step, "seed": config["seed"], "mixed_precision": config["mixed_precision"],
+            "model": config["model"], step: section,
             "data": {k: d[k] for k in ("name", "image_size", "batch_size", "train_limit", "augment")},
             "steps_per_epoch": steps_per_epoch,
         }, **more)

@@ -5,10 +5,10 @@ import numpy as np
 
 from dmcp_tf.gates import ChannelGate
 from dmcp_tf.graph import ChannelGraph
-from dmcp_tf.walk import as_functional, copy_operation, walk
+from dmcp_tf.walk import as_functional, copy_operation, layer_config, walk
 
 
-def rebuild(model, config=None, *, copy_weights=True, graph=None, name=None, channel_order=None):
+def rebuild(model, config=None, *, copy_weights=True, graph=None, name=None, channel_order=None, dtype=None):
     """Builds the sub-network `config` of `model` as a plain model without gates.
 
     Every layer keeps the channel counts the configuration gives its gates; with
@@ -27,6 +27,8 @@ def rebuild(model, config=None, *, copy_weights=True, graph=None, name=None, cha
             order instead of the first `c` channels (pruning by an importance
             criterion, e.g. `baselines.l1_channel_order`). Changes only which
             weights are copied.
+        dtype: the Keras dtype policy of every rebuilt layer (e.g. `"float32"` for a
+            copy of a mixed-precision model); by default each layer keeps its own.
 
     Returns:
         A `keras.Model` whose layers carry the original names.
@@ -42,7 +44,7 @@ def rebuild(model, config=None, *, copy_weights=True, graph=None, name=None, cha
         if isinstance(layer, ChannelGate):
             return args[0]
         if id(layer) not in slim_layers:
-            slim_layers[id(layer)] = (layer, _slim_layer(graph, layer, records.get(id(layer)), config))
+            slim_layers[id(layer)] = (layer, _slim_layer(graph, layer, records.get(id(layer)), config, dtype))
         return slim_layers[id(layer)][1](*args, **kwargs)
 
     functional = as_functional(model)
@@ -69,11 +71,11 @@ def _check_order(graph, order):
                              "(every channel index once, most important first).")
 
 
-def _slim_layer(graph, layer, record, config):
+def _slim_layer(graph, layer, record, config, dtype):
     if record is None:
-        return copy_operation(layer)
+        return copy_operation(layer, dtype)
     cin, cout = graph.count(record.in_layout, config), graph.count(record.out_layout, config)
-    return layer.__class__.from_config(record.rule.slim_config(layer, cin, cout))
+    return layer.__class__.from_config(layer_config(layer, record.rule.slim_config(layer, cin, cout), dtype))
 
 
 def _copy_weights(graph, layer, record, slim_layer, config, order):

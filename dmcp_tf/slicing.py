@@ -15,7 +15,10 @@ layer, separable or transposed convs) fall back to masking: `SlicedForward.suppo
 is False and `reason` says why.
 """
 
+import contextlib
+
 import keras
+from keras.src.backend import AutocastScope
 
 from dmcp_tf import layer_rules as rules
 from dmcp_tf.walk import walk
@@ -69,10 +72,29 @@ class SlicedForward:
             record = next(records)
             if record.layer is not layer:
                 raise ValueError(f"Layer {layer.name!r} does not follow the channel graph's order.")
-            if not self._pruned(record):
-                return rules.call_as_is(layer, args, kwargs, training)
-            cin, cout = self._width(record.in_layout, by_gate), self._width(record.out_layout, by_gate)
-            return record.rule.sliced_call(layer, args, kwargs, cin, cout, training)
+            args, kwargs = _in_compute_dtype(layer, args, kwargs)
+            with _autocast(layer):
+                if not self._pruned(record):
+                    return rules.call_as_is(layer, args, kwargs, training)
+                cin, cout = self._width(record.in_layout, by_gate), self._width(record.out_layout, by_gate)
+                return record.rule.sliced_call(layer, args, kwargs, cin, cout, training)
 
         outputs = walk(self.graph.model, keras.tree.flatten(inputs), visit)
         return outputs[0] if len(outputs) == 1 else outputs
+
+
+def _in_compute_dtype(layer, args, kwargs):
+    """The call's float inputs cast to the layer's compute dtype, as `Layer.__call__` casts them."""
+    if not isinstance(layer, keras.layers.Layer):
+        return args, kwargs  # a keras operation computes in its inputs' dtype
+
+    def convert(x):
+        return layer.dtype_policy.convert_input(x, layer.autocast, layer.input_dtype)
+
+    return keras.tree.map_structure(convert, (args, kwargs))
+
+
+def _autocast(layer):
+    """Reads the layer's variables in its compute dtype under a mixed policy, as `Layer.__call__` does."""
+    mixed = isinstance(layer, keras.layers.Layer) and layer.autocast and layer.compute_dtype != layer.variable_dtype
+    return AutocastScope(layer.compute_dtype) if mixed else contextlib.nullcontext()

@@ -191,11 +191,18 @@ class DMCPModel(keras.Model):
                 `default_weight_optimizer(total_steps)`.
             arch_optimizer: updates the gates' `alpha`; defaults to
                 `default_arch_optimizer(total_steps - warmup_steps)`.
+
+        Under the `mixed_float16` dtype policy both are wrapped in a
+        `keras.optimizers.LossScaleOptimizer` (dynamic loss scaling).
         """
         weight_optimizer = weight_optimizer or default_weight_optimizer(self.total_steps)
         self.arch_optimizer = arch_optimizer or default_arch_optimizer(self.total_steps - self.warmup_steps)
         kwargs.setdefault("jit_compile", False)
-        super().compile(optimizer=weight_optimizer, **kwargs)
+        super().compile(optimizer=weight_optimizer, **kwargs)  # wraps it in a LossScaleOptimizer under mixed_float16
+        if self.dtype_policy.name == "mixed_float16" and not isinstance(self.arch_optimizer,
+                                                                         keras.optimizers.LossScaleOptimizer):
+            # The gates' gradients also flow back through float16 activations.
+            self.arch_optimizer = keras.optimizers.LossScaleOptimizer(self.arch_optimizer, name="arch_loss_scale")
         self.optimizer.build(self.weight_variables)
         self.arch_optimizer.build(self.arch_variables)
 
@@ -226,10 +233,10 @@ class DMCPModel(keras.Model):
         else:
             with gates_lib.thread_selection(selection):
                 outputs = self.supernet(x, training=training)
+        outputs = losses_lib.at_least_float32(outputs)  # a mixed-precision model's outputs are half precision
         return ops.log(ops.maximum(outputs, 1e-12)) if self.outputs_probabilities else outputs
 
     def _weight_stage(self, x, y, step):
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
         subnets = [("loss_smallest", {g: g.prefix for g in self.gates})]
         subnets += [(f"loss_random{i}", self._random_widths(step)) for i in (1, 2)]
         with tf.GradientTape() as tape:
@@ -241,9 +248,8 @@ class DMCPModel(keras.Model):
                 student = self._forward(x, gates_lib.Selection(gates_lib.SUBNET, widths))
                 losses[name] = losses_lib.distillation(teacher, student)
             total = sum(losses.values()) + self._l2()
-            scaled = total / replicas  # gradients are summed over replicas
-        grads = tape.gradient(scaled, self.weight_variables)
-        self.optimizer.apply(grads, self.weight_variables)
+            scaled = self._scaled(self.optimizer, total)
+        self._apply(self.optimizer, tape.gradient(scaled, self.weight_variables), self.weight_variables)
         self.trackers["loss"].update_state(total)
         self.trackers["accuracy"].update_state(y, logits)
         for name, value in losses.items():
@@ -251,21 +257,39 @@ class DMCPModel(keras.Model):
 
     def _arch_stage(self, x, y):
         """One update of the gate parameters; returns the expected cost before it."""
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
             logits = self._forward(x, gates_lib.Selection(gates_lib.SCALE))
             task = losses_lib.cross_entropy(y, logits, self.arch_label_smoothing)
             expected = self.cost.expected(self.graph)
             budget = costs.budget_loss(expected, self._target)
             loss = task + self.budget_weight * budget
-            scaled = loss / replicas
-        grads = tape.gradient(scaled, self.arch_variables)
-        self.arch_optimizer.apply(grads, self.arch_variables)
+            scaled = self._scaled(self.arch_optimizer, loss)
+        self._apply(self.arch_optimizer, tape.gradient(scaled, self.arch_variables), self.arch_variables)
         if not self.train_weights:  # the only forward pass of the step
             self.trackers["accuracy"].update_state(y, logits)
         self.trackers["arch_loss"].update_state(loss)
         self.trackers["budget_loss"].update_state(budget)
         return expected
+
+    @staticmethod
+    def _scaled(optimizer, loss):
+        """The loss to differentiate: divided by the replicas (their gradients are summed), then
+        multiplied by the optimizer's loss scale (a `LossScaleOptimizer`'s; 1 for others)."""
+        return optimizer.scale_loss(loss / tf.distribute.get_strategy().num_replicas_in_sync)
+
+    @staticmethod
+    def _apply(optimizer, grads, variables):
+        """`optimizer.apply`; a step that loss scaling skips (non-finite gradients) still counts.
+
+        The step counter (`optimizer.iterations`) then stays the number of batches
+        trained on, which the phase switch, the schedules and the resumed data stream read.
+        """
+        if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            optimizer.apply(grads, variables)
+            return
+        skipped = ops.logical_not(optimizer.check_finite(grads))
+        optimizer.apply(grads, variables)
+        optimizer.iterations.assign_add(ops.cast(skipped, optimizer.iterations.dtype))
 
     def _random_widths(self, step):
         """Widths of one random sub-network: uniform on the grid, or Markov-sampled after warm-up."""

@@ -37,23 +37,32 @@ def weights_of(operation):
     return operation.weights if isinstance(operation, keras.layers.Layer) else []
 
 
-def copy_operation(operation):
+def copy_operation(operation, dtype=None):
     """A fresh, unbuilt copy of a layer or keras operation (weights are copied separately).
 
     A keras operation whose config keras cannot write (e.g. `keras.ops.clip` with
     array bounds) is stateless, so the copy is the operation itself. A `Lambda`
     layer is rebuilt around the same Python function: its config holds bytecode,
-    which Keras' safe mode rightly refuses to read back.
+    which Keras' safe mode rightly refuses to read back. `dtype`: the dtype policy
+    of a copied layer (default: the layer's own).
     """
     if isinstance(operation, keras.layers.Lambda):
         return keras.layers.Lambda(operation.function, output_shape=operation._output_shape, mask=operation.mask,
-                                   arguments=operation.arguments, name=operation.name)
+                                   arguments=operation.arguments, name=operation.name,
+                                   dtype=dtype or operation.dtype_policy)
     try:
-        return operation.__class__.from_config(operation.get_config())
+        return operation.__class__.from_config(layer_config(operation, operation.get_config(), dtype))
     except NotImplementedError:
         if isinstance(operation, keras.layers.Layer):
             raise
         return operation
+
+
+def layer_config(operation, config, dtype=None):
+    """`config` of `operation` with the dtype policy `dtype` if it is a layer and `dtype` is given."""
+    if dtype is None or not isinstance(operation, keras.layers.Layer):
+        return config
+    return dict(config, dtype=dtype)
 
 
 def walk(model, inputs, visit):

@@ -41,14 +41,14 @@ def masked_and_sliced(model, training, seed=0):
     with tf.GradientTape() as tape:
         with G.selection(G.Selection(G.SUBNET, widths)):
             masked = model(x, training=training)
-        masked_loss = tf.reduce_sum(masked * probe)
+        masked_loss = tf.reduce_sum(tf.cast(masked, dtype) * probe)  # outputs are half precision under a mixed policy
     masked_grads = tape.gradient(masked_loss, weights)
     after_masked = [v.numpy().copy() for v in moving]
     for v, s in zip(moving, start):
         v.assign(s)
     with tf.GradientTape() as tape:
         sliced = forward(x, widths, training=training)
-        sliced_loss = tf.reduce_sum(sliced * probe)
+        sliced_loss = tf.reduce_sum(tf.cast(sliced, dtype) * probe)
     sliced_grads = tape.gradient(sliced_loss, weights)
     return graph, config, (masked, sliced), (masked_grads, sliced_grads), (moving, start, after_masked)
 
