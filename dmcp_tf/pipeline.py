@@ -53,6 +53,8 @@ INPUTS = {"sample": ("supernet.keras",), "retrain": ("supernet.keras", "channels
 IDENTITY = ("data.name", "data.image_size", "mixed_precision", "model", "search")
 # Keys inside those sections that do not change results (may differ on a resumed run).
 NOT_IDENTITY = ("search.checkpoint_every_steps", "retrain.checkpoint_every_steps")
+# Identity keys added after runs were made: a config.json without them had these values.
+IDENTITY_DEFAULTS = {"mixed_precision": "float32"}
 TRAINING_STEPS = ("search", "retrain")  # run on every worker; the others on the chief only
 
 
@@ -645,6 +647,8 @@ def _lookup(tree, dotted):
 def _identity_value(tree, dotted):
     """`_lookup`, without the keys that do not change results (`NOT_IDENTITY`)."""
     value = _lookup(tree, dotted)
+    if value is None:
+        value = IDENTITY_DEFAULTS.get(dotted)
     if isinstance(value, dict):
         value = {k: v for k, v in value.items() if f"{dotted}.{k}" not in NOT_IDENTITY}
     return value

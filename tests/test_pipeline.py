@@ -155,6 +155,19 @@ def test_run_directory_of_another_config_is_refused(tmp_path, data_dir):
     assert json.loads((run_dir / "config.json").read_text()) == json.loads(other.to_json())
 
 
+def test_a_run_directory_from_before_mixed_precision_still_resumes(tmp_path):
+    from dmcp_tf.pipeline import Pipeline, PipelineError
+
+    config = fashion_mnist.get_config()
+    saved = json.loads(config.to_json())
+    del saved["mixed_precision"]  # config.json of a run made before the key existed
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    Pipeline(config, str(tmp_path))._check_run_dir(["search"])  # same config: accepted
+    config.mixed_precision = "mixed_bfloat16"
+    with pytest.raises(PipelineError, match="belongs to another config.*mixed_precision"):
+        Pipeline(config, str(tmp_path))._check_run_dir(["search"])
+
+
 def test_existing_outputs_are_not_overwritten(tmp_path, data_dir):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
