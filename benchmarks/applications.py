@@ -102,8 +102,22 @@ def main(argv=None):
     table = report.markdown_table(rows, COLUMNS)
     print(table)
     if args.out:
-        atomic_write_text(args.out, f"{table}\n")
+        atomic_write_text(args.out, PAGE.format(table=table, width=WIDTH))
     return rows
+
+
+PAGE = """# keras.applications families in dmcp-tf
+
+Written by `python benchmarks/applications.py --out=docs/applications.md` (random weights,
+10 classes, the input size shown; width grid {width}). "MACs in gated layers": the share of
+the MACs in layers that some gate shrinks; "smallest / full MACs": the smallest
+sub-network's MACs over the full network's (how far the gates can shrink it); the largest
+group kept whole is the ungated channel group inside the network (the image's channels
+and the logits never count) that the most MACs read or write, with the reason
+`dmcp_tf.analyze()` gives. "s": seconds to insert the gates and read the graph.
+
+{table}
+"""
 
 
 if __name__ == "__main__":
