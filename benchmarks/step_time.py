@@ -10,13 +10,20 @@ Both are `tf.function`s, traced and warmed up first, then timed in alternation
 `--target_ratio` (or with `--profile=always`) the DMCP step is split into its parts,
 each timed on its own.
 
+`--mixed_precision` runs every step under a Keras dtype policy (the run's
+`--config.mixed_precision`); `--input_pipeline=DATASET` also measures how many
+training images per second `dmcp_tf.data` delivers (what a GPU step must not wait on).
+`benchmarks/gpu.sh` runs the GPU set of these.
+
     python benchmarks/step_time.py                       # MobileNetV2 1.5x @224 b16, fashion_resnet b128
     python benchmarks/step_time.py --models=fashion_resnet --steps=10 --json_out=step_time.json
+    python benchmarks/step_time.py --models=mobilenet_v2 --mobilenet_batch=64 --mixed_precision=mixed_float16
 """
 
 import argparse
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -26,8 +33,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from dmcp_tf import data as data_lib  # noqa: E402
 from dmcp_tf import losses  # noqa: E402
+from dmcp_tf.config import DTYPE_POLICIES  # noqa: E402
 from dmcp_tf.models import fashion_resnet, mobilenet_v2  # noqa: E402
+from dmcp_tf.pipeline import dtype_policy  # noqa: E402
 from dmcp_tf.supernet import DMCPModel, default_weight_optimizer  # noqa: E402
 
 # name -> (builder(gate_kind) -> model, default batch, budget of the DMCP search)
@@ -200,10 +210,21 @@ def profile_dmcp(dmcp, x, y, main_fns, steps, warmup):
     }
 
 
+def input_pipeline_rate(name, batch, *, data_dir=None, batches=50, image_size=None):
+    """Training images per second that `dmcp_tf.data` delivers for the data set `name` (after one warm-up batch)."""
+    bundle = data_lib.load(name, batch_size=batch, data_dir=data_dir, image_size=image_size)
+    stream = iter(bundle.train_stream(0, batches + 1))
+    next(stream)  # the first batch fills the shuffle buffer and the prefetch
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(stream)
+    return batch * batches / (time.perf_counter() - start)
+
+
 def results_table(results):
-    rows = [(r["model"], r["batch"], f"{r['plain_s']:.3f}", f"{r['dmcp_s']:.3f}", f"{r['ratio']:.2f}",
-             f"{r['masked_s']:.3f}", f"{r['masked_ratio']:.2f}") for r in results]
-    return common.format_table(("model", "batch", "plain s/step", "DMCP sliced s/step", "sliced/plain",
+    rows = [(r["model"], r["batch"], r.get("mixed_precision", "float32"), f"{r['plain_s']:.3f}", f"{r['dmcp_s']:.3f}",
+             f"{r['ratio']:.2f}", f"{r['masked_s']:.3f}", f"{r['masked_ratio']:.2f}") for r in results]
+    return common.format_table(("model", "batch", "policy", "plain s/step", "DMCP sliced s/step", "sliced/plain",
                                 "DMCP masked s/step", "masked/plain"), rows)
 
 
@@ -234,6 +255,11 @@ def parse_args(argv=None):
     parser.add_argument("--profile", choices=("auto", "always", "never"), default="auto",
                         help="split the DMCP step into its parts (auto: when the ratio exceeds --target_ratio)")
     parser.add_argument("--target_ratio", type=float, default=3.5)
+    parser.add_argument("--mixed_precision", choices=DTYPE_POLICIES, default="float32",
+                        help="Keras dtype policy of every step")
+    parser.add_argument("--input_pipeline", default="", choices=("",) + data_lib.DATASETS,
+                        help="also measure the training images/s this data set's input pipeline delivers")
+    parser.add_argument("--data_dir", default=None, help="the data set's files, for --input_pipeline")
     parser.add_argument("--json_out", default=None, help="write the numbers here as JSON")
     return parser.parse_args(argv)
 
@@ -246,8 +272,10 @@ def main(argv=None):
         if name not in MODELS:
             raise SystemExit(f"Unknown model {name!r}; choose from {sorted(MODELS)}.")
         print(f"[step_time] {name}: tracing and timing ({args.steps} steps each, interleaved)...", flush=True)
-        result = benchmark_model(name, batch=batches[name], steps=args.steps, warmup=args.warmup,
-                                 profile=args.profile, target_ratio=args.target_ratio)
+        with dtype_policy(args.mixed_precision):
+            result = benchmark_model(name, batch=batches[name], steps=args.steps, warmup=args.warmup,
+                                     profile=args.profile, target_ratio=args.target_ratio)
+        result["mixed_precision"] = args.mixed_precision
         results.append(result)
         print(f"[step_time] {name}: plain {result['plain_s']:.3f} s, DMCP {result['dmcp_s']:.3f} s "
               f"({result['subnetworks']}), masked {result['masked_s']:.3f} s", flush=True)
@@ -257,6 +285,11 @@ def main(argv=None):
             print(f"\nProfile of the DMCP step (ratio {result['ratio']:.2f} > target {args.target_ratio}):"
                   if result["ratio"] > args.target_ratio else "\nProfile of the DMCP step:")
             print(profile_table(result))
+    if args.input_pipeline:
+        batch = max(batches.values())
+        rate = input_pipeline_rate(args.input_pipeline, batch, data_dir=args.data_dir)
+        results.append({"input_pipeline": args.input_pipeline, "batch": batch, "images_per_s": rate})
+        print(f"\ninput pipeline {args.input_pipeline}, batch {batch}: {rate:.0f} training images/s")
     common.write_results(args, results)
     return results
 

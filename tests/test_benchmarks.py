@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import tensorflow as tf
 
 from benchmarks import accuracy, applications, common, latency, step_time
 from dmcp_tf.graph import ChannelGraph
@@ -112,3 +113,28 @@ def test_applications_table_names_gates_shares_and_boundaries(tmp_path):
     assert "| MobileNet | 32x32 |" in table and "largest group kept whole" in table
     with pytest.raises(SystemExit):
         applications.main(["--models=NoSuchNet"])
+
+
+def test_step_time_under_mixed_bfloat16():
+    with step_time.dtype_policy("mixed_bfloat16"):
+        result = step_time.benchmark_model("tiny", builder=_tiny, batch=4, steps=1, warmup=0, profile="never")
+    assert result["plain_s"] > 0 and result["dmcp_s"] > 0 and result["subnetworks"] == "sliced"
+
+
+def test_input_pipeline_rate(tmp_path):
+    (tmp_path / "fashion").mkdir()
+    rate = step_time.input_pipeline_rate("fashion_mnist", 32, data_dir=str(learnable_fashion_mnist(tmp_path / "fashion")),
+                                         batches=5)
+    assert rate > 0
+
+
+def test_gpu_script_without_a_gpu_says_so_and_exits_0():
+    import os
+    import subprocess
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("this machine has a GPU: the script would time it")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(["bash", os.path.join(root, "benchmarks", "gpu.sh")], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, OUT=os.path.join(root, "runs", "never")))
+    assert done.returncode == 0 and "sees no GPU" in done.stdout, done.stdout + done.stderr
