@@ -11,7 +11,7 @@ import keras
 
 from dmcp_tf import layer_rules as rules
 from dmcp_tf.gates import check_width_grid, make_gate, split_channels
-from dmcp_tf.graph import ChannelGraph, GraphError
+from dmcp_tf.graph import ChannelGraph, GraphError, whole_groups_reason
 from dmcp_tf.supernet import DMCPModel
 from dmcp_tf.walk import as_functional, copy_operation, walk
 
@@ -89,10 +89,11 @@ def unprunable_reason(space, width):
     if space.frozen:
         return space.frozen
     try:
-        split_channels(space.size, width=width)
+        prefix, step, _ = split_channels(space.size, width=width)
     except ValueError as error:
         return f"too few channels for the width grid ({error})"
-    return None
+    split = whole_groups_reason(space, prefix, step)
+    return f"the width grid {tuple(width)} does not fit: {split}" if split else None
 
 
 def _gate_name(graph, root):

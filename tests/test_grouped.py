@@ -1,0 +1,105 @@
+"""Grouped convolutions prune whole groups; LayerNormalization keeps its channels whole."""
+
+import keras
+import numpy as np
+import pytest
+
+from dmcp_tf.autogate import analyze, insert_gates
+from dmcp_tf.gates import MarkovGate
+from dmcp_tf.graph import ChannelGraph, GraphError
+from dmcp_tf.rebuild import rebuild
+from tests.helpers import assert_rebuild_exact, grid_config
+from tests.test_autogate import WIDTH, conv_bn, gate_of, model_of
+from tests.test_ops_nodes import analysis, head
+from tests.test_slicing import float64, masked_and_sliced  # noqa: F401 (float64 is a fixture)
+
+L = keras.layers
+GROUPS = 4  # 16 channels in groups of 4; WIDTH keeps 4 + k * 4 of them
+
+
+def grouped_model(inputs_of_grouped=16, groups=GROUPS, use_bias=False):
+    """conv16 -> BN -> Conv2D(16, groups) -> BN -> conv8 -> head."""
+    inputs = keras.Input((8, 8, 3))
+    x = conv_bn(inputs, inputs_of_grouped, "c1")
+    x = conv_bn(x, 16, "grouped", groups=groups, use_bias=use_bias)
+    return model_of(inputs, head(conv_bn(x, 8, "c3", kernel=1)))
+
+
+def gated_grouped(**kwargs):
+    model = grouped_model(**kwargs)
+    gated = insert_gates(model, width=WIDTH)
+    x = np.random.default_rng(9).normal(size=(2, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(gated(x)), np.asarray(model(x)), atol=1e-5)  # full width: the original
+    return gated
+
+
+@pytest.mark.parametrize("use_bias", [False, True], ids=["no_bias", "bias"])
+def test_grouped_conv_shares_its_input_gate_and_rebuilds_exactly(use_bias):
+    graph = assert_rebuild_exact(gated_grouped(use_bias=use_bias), np.random.default_rng(0), trials=3,
+                                 draw=grid_config)
+    gate = gate_of(graph, "c1")
+    assert gate is not None and gate_of(graph, "grouped") is gate
+    assert graph.conv_group(gate) == 16 // GROUPS
+    assert gate_of(graph, "c3") is not None and gate_of(graph, "c3") is not gate
+
+
+def test_slim_grouped_conv_keeps_whole_groups_with_their_macs_and_params():
+    gated = gated_grouped()
+    graph = ChannelGraph(gated)
+    config = {g.name: g.channels for g in graph.gates} | {"c1_gate": 8}
+    slim = rebuild(gated, config, graph=graph)
+    conv = slim.get_layer("grouped")
+    assert (conv.filters, conv.groups) == (8, 2)  # two whole groups of 4 channels
+    assert conv.kernel.shape == (3, 3, 4, 8)
+    row = next(r for r in graph.layer_rows(config) if r["layer"] == "grouped")
+    assert row["macs_kept"] == 3 * 3 * 4 * 8 * 8 * 8 and row["macs_full"] == 3 * 3 * 4 * 16 * 8 * 8
+    assert graph.params(config) == slim.count_params()
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "inference"])
+def test_grouped_conv_slices_like_masking(training, float64):  # noqa: F811
+    gated = insert_gates(grouped_model(use_bias=True), width=WIDTH)
+    _, config, (masked, sliced), (masked_grads, sliced_grads), _ = masked_and_sliced(gated, training,
+                                                                                     draw=grid_config)
+    np.testing.assert_allclose(sliced.numpy(), masked.numpy(), rtol=1e-8, atol=1e-10)
+    for a, b in zip(masked_grads, sliced_grads):
+        np.testing.assert_allclose(np.asarray(b), np.zeros(b.shape) if a is None else np.asarray(a), atol=1e-8)
+
+
+def test_a_configuration_must_keep_whole_groups():
+    gated = gated_grouped()
+    with pytest.raises(GraphError, match="multiple of 4"):
+        rebuild(gated, {"c1_gate": 6})
+
+
+def test_a_channel_order_must_move_whole_groups():
+    gated = gated_grouped()
+    groups_reversed = np.arange(16).reshape(4, 4)[::-1].reshape(-1)
+    rebuild(gated, {"c1_gate": 8}, channel_order={"c1_gate": groups_reversed})
+    with pytest.raises(ValueError, match="whole groups of 4"):
+        rebuild(gated, {"c1_gate": 8}, channel_order={"c1_gate": np.arange(16)[::-1]})
+
+
+def test_groups_that_do_not_divide_the_grid_are_a_boundary_named_by_analyze():
+    model = grouped_model()
+    gated = insert_gates(model, width=(0.1, 1.0, 0.1))  # 16 channels: 7 + k * 1, not whole groups of 4
+    graph = ChannelGraph(gated)
+    assert gate_of(graph, "c1") is None and gate_of(graph, "c3") is None  # c3 has 8 channels: too few
+    lines = []
+    analyze(model, width=(0.1, 1.0, 0.1), print_fn=lines.append)
+    assert "split the groups of 4 channels of grouped convolution 'grouped'" in "\n".join(lines)
+
+
+def test_grouped_conv_with_more_filters_than_inputs_is_a_boundary():
+    model = grouped_model(inputs_of_grouped=8)  # 8 -> 16 channels in 4 groups
+    graph = ChannelGraph(insert_gates(model, width=WIDTH))
+    assert gate_of(graph, "c1") is None and gate_of(graph, "grouped") is None
+    assert "grouped convolution (groups=4) from 8 to 16 channels" in analysis(model)
+
+
+def test_a_gate_whose_grid_splits_groups_is_refused():
+    inputs = keras.Input((8, 8, 3))
+    x = MarkovGate(width=(0.1, 1.0, 0.1), name="g")(L.Conv2D(16, 3, padding="same", name="c1")(inputs))
+    x = L.Conv2D(16, 3, padding="same", groups=GROUPS, name="grouped")(x)
+    with pytest.raises(GraphError, match="Gate 'g': keeping 7 \\+ k \\* 1 channels would split the groups"):
+        ChannelGraph(model_of(inputs, head(x)))
