@@ -311,6 +311,19 @@ def _batch_normalize(layer, x, channels, gamma, beta):
     return (x - mean) * tf.math.rsqrt(variance + layer.epsilon) * gamma + beta, mean, variance
 
 
+class LayerNormRule(LayerRule):
+    """LayerNormalization: a boundary, its channels kept whole (the masked supernet would normalise
+    pruned channels with the kept ones, so the slim network could not compute the same)."""
+
+    def check(self, layer, in_shape):
+        rank = len(in_shape)
+        axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+        if rank - 1 in [a % rank for a in axes]:
+            return ("layer normalization over the channel axis: each position's mean and variance mix all "
+                    "its channels, so they are kept whole")
+        return f"layer normalization over axes {layer.axis}, not the channel axis"
+
+
 class ActivationRule(LayerRule):
     """`Activation(fn)`: zero-preserving when `fn(0) == 0`."""
 
@@ -522,6 +535,7 @@ register_rule(L.DepthwiseConv2D, DepthwiseRule())
 register_rule(L.SeparableConv2D, SeparableConvRule())
 register_rule(L.Dense, DenseRule())
 register_rule(L.BatchNormalization, BatchNormRule())
+register_rule(L.LayerNormalization, LayerNormRule())
 register_rule(L.Activation, ActivationRule())
 for _cls in (
     L.ReLU, L.LeakyReLU, L.ELU,

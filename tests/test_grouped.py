@@ -9,7 +9,7 @@ from dmcp_tf.gates import MarkovGate
 from dmcp_tf.graph import ChannelGraph, GraphError
 from dmcp_tf.rebuild import rebuild
 from tests.helpers import assert_rebuild_exact, grid_config
-from tests.test_autogate import WIDTH, conv_bn, gate_of, model_of
+from tests.test_autogate import WIDTH, conv_bn, gate_of, gated_exactly, model_of
 from tests.test_ops_nodes import analysis, head
 from tests.test_slicing import float64, masked_and_sliced  # noqa: F401 (float64 is a fixture)
 
@@ -103,3 +103,24 @@ def test_a_gate_whose_grid_splits_groups_is_refused():
     x = L.Conv2D(16, 3, padding="same", groups=GROUPS, name="grouped")(x)
     with pytest.raises(GraphError, match="Gate 'g': keeping 7 \\+ k \\* 1 channels would split the groups"):
         ChannelGraph(model_of(inputs, head(x)))
+
+
+def test_layer_normalization_over_channels_is_a_boundary_analyze_explains():
+    inputs = keras.Input((8, 8, 3))
+    x = L.LayerNormalization(epsilon=1e-6, name="ln")(L.Conv2D(16, 3, padding="same", name="c1")(inputs))
+    x = conv_bn(L.Conv2D(32, 1, name="expand")(x), 16, "c2")  # an inverted bottleneck after it, as in ConvNeXt
+    graph = gated_exactly(model_of(inputs, head(x)))
+    assert gate_of(graph, "c1") is None
+    assert gate_of(graph, "expand") is not None and gate_of(graph, "c2") is not None
+    text = analysis(graph.model)
+    assert ("not pruned: they feed layer 'ln' (layer normalization over the channel axis: each position's "
+            "mean and variance mix all its channels, so they are kept whole)") in text
+    assert "not a layer type" not in text
+
+
+def test_layer_normalization_over_other_axes_is_a_boundary_too():
+    inputs = keras.Input((8, 8, 3))
+    x = L.LayerNormalization(axis=(1, 2), name="ln")(L.Conv2D(16, 3, padding="same", name="c1")(inputs))
+    graph = gated_exactly(model_of(inputs, head(conv_bn(x, 16, "c2"))))
+    assert gate_of(graph, "c1") is None and gate_of(graph, "c2") is not None
+    assert "layer normalization over axes [1, 2], not the channel axis" in analysis(graph.model)
