@@ -64,7 +64,8 @@ def insert_gates(model, *, width=(0.1, 1.0, 0.1), gate_kind="markov", exclude=()
     prunable = {root for root in _space_roots(graph) if unprunable_reason(graph.space(root), width) is None}
     placements = _first_placements(graph, prunable)
     for _ in range(MAX_PLACEMENT_ROUNDS):
-        gates = {root: make_gate(gate_kind, width=width, name=_gate_name(graph, root), initial_alpha=initial_alpha)
+        gates = {root: make_gate(gate_kind, width=width, name=_gate_name(graph, root), initial_alpha=initial_alpha,
+                                 channel_multiple=graph.space(root).conv_group)
                  for root in prunable}
         gated, origin = _clone_with_gates(model, {t: gates[r] for t, r in placements.items() if r in prunable})
         check = ChannelGraph(gated, exclude=exclude, strict=False)

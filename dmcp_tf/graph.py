@@ -46,12 +46,17 @@ class Space:
     grouped_convs: tuple = ()  # names of the grouped convolutions that ask for `conv_group`
 
 
+def _grouped_names(space):
+    """The names of the grouped convolutions on a space, quoted, for messages."""
+    return ", ".join(repr(name) for name in space.grouped_convs)
+
+
 def whole_groups_reason(space, prefix, step):
     """Why keeping `prefix + k * step` channels of `space` would split a convolution group, or None."""
     if prefix % space.conv_group == 0 and step % space.conv_group == 0:
         return None
     return (f"keeping {prefix} + k * {step} channels would split the groups of {space.conv_group} channels "
-            f"of grouped convolution {', '.join(repr(n) for n in space.grouped_convs)}")
+            f"of grouped convolution {_grouped_names(space)}")
 
 
 @dataclasses.dataclass
@@ -211,6 +216,10 @@ class ChannelGraph:
         if split:
             raise GraphError(f"Gate {space.gate.name!r}: {split}. Choose a width grid whose prefix and "
                              f"step are multiples of {space.conv_group}.")
+        if space.gate.channel_multiple % space.conv_group:
+            raise GraphError(f"Gate {space.gate.name!r} governs channels of grouped convolution "
+                             f"{_grouped_names(space)}: make it with "
+                             f"channel_multiple={space.conv_group}, so that expected sampling keeps whole groups.")
 
     # --- the walk ----------------------------------------------------------
     def _walk(self):

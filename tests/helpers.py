@@ -104,7 +104,7 @@ def grid_config(graph, rng):
 
 
 def assert_rebuild_exact(model, rng, trials=2, atol=1e-5, draw=random_config):
-    """Random sub-networks (`draw(graph, rng)`) of a gated model: the slim rebuild computes the same outputs and FLOPs."""
+    """Random sub-networks (`draw(graph, rng)`) of a gated model: the slim rebuild computes the same outputs."""
     randomize_batch_norm(model, rng)
     graph = ChannelGraph(model)
     x = [rng.normal(size=(2,) + tuple(t.shape[1:])).astype("float32") for t in model.inputs]

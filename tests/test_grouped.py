@@ -66,6 +66,15 @@ def test_grouped_conv_slices_like_masking(training, float64):  # noqa: F811
         np.testing.assert_allclose(np.asarray(b), np.zeros(b.shape) if a is None else np.asarray(a), atol=1e-8)
 
 
+def test_expected_sampling_keeps_whole_groups():
+    gated = gated_grouped()
+    gate = gate_of(ChannelGraph(gated), "c1")
+    assert gate.channel_multiple == 4
+    gate.alpha.assign([0.3, -0.2, 0.1])  # E[c] is not a multiple of 4
+    assert gate.expected_channels() % 4 != 0 and gate.expected_sample() % 4 == 0
+    rebuild(gated, {"c1_gate": gate.expected_sample()})
+
+
 def test_a_configuration_must_keep_whole_groups():
     gated = gated_grouped()
     with pytest.raises(GraphError, match="multiple of 4"):
@@ -103,6 +112,20 @@ def test_a_gate_whose_grid_splits_groups_is_refused():
     x = L.Conv2D(16, 3, padding="same", groups=GROUPS, name="grouped")(x)
     with pytest.raises(GraphError, match="Gate 'g': keeping 7 \\+ k \\* 1 channels would split the groups"):
         ChannelGraph(model_of(inputs, head(x)))
+
+
+def test_a_hand_placed_gate_on_grouped_channels_needs_their_channel_multiple():
+    def model(channel_multiple):
+        inputs = keras.Input((8, 8, 3))
+        gate = MarkovGate(width=WIDTH, channel_multiple=channel_multiple, name="g")
+        x = gate(L.Conv2D(16, 3, padding="same", name="c1")(inputs))
+        x = L.Conv2D(16, 3, padding="same", groups=GROUPS, name="grouped")(x)
+        return model_of(inputs, head(gate(x)))
+
+    with pytest.raises(GraphError, match="make it with channel_multiple=4"):
+        ChannelGraph(model(1))
+    graph = ChannelGraph(model(4))
+    assert graph.conv_group(graph.gates[0]) == 4
 
 
 def test_layer_normalization_over_channels_is_a_boundary_analyze_explains():
