@@ -147,3 +147,36 @@ def test_layer_normalization_over_other_axes_is_a_boundary_too():
     graph = gated_exactly(model_of(inputs, head(conv_bn(x, 16, "c2"))))
     assert gate_of(graph, "c1") is None and gate_of(graph, "c2") is not None
     assert "layer normalization over axes [1, 2], not the channel axis" in analysis(graph.model)
+
+
+def test_the_default_grid_prunes_groups_it_divides():
+    inputs = keras.Input((8, 8, 3))
+    x = conv_bn(conv_bn(inputs, 40, "c1"), 40, "grouped", groups=10)  # 4 + k * 4 channels of groups of 4
+    gated = insert_gates(model_of(inputs, head(x)), width=(0.1, 1.0, 0.1))
+    graph = assert_rebuild_exact(gated, np.random.default_rng(1), trials=3, draw=grid_config)
+    assert gate_of(graph, "grouped") is gate_of(graph, "c1") is not None
+
+
+def residual_grouped_block():
+    """A ResNeXt-like block: grouped 3x3 and 1x1 convs added to their input."""
+    inputs = keras.Input((8, 8, 3))
+    x = conv_bn(inputs, 16, "stem")
+    y = conv_bn(conv_bn(x, 16, "grouped", groups=GROUPS), 16, "project", kernel=1)
+    return model_of(inputs, head(conv_bn(L.Add()([x, y]), 8, "after")))
+
+
+def test_a_residual_grouped_block_is_one_space_that_rebuilds_and_slices_exactly(float64):  # noqa: F811
+    gated = insert_gates(residual_grouped_block(), width=WIDTH)
+    graph = assert_rebuild_exact(gated, np.random.default_rng(2), trials=3, atol=1e-10, draw=grid_config)
+    assert gate_of(graph, "stem") is gate_of(graph, "grouped") is gate_of(graph, "project") is not None
+    _, _, (masked, sliced), _, _ = masked_and_sliced(gated, training=True, draw=grid_config)
+    np.testing.assert_allclose(sliced.numpy(), masked.numpy(), rtol=1e-8, atol=1e-10)
+
+
+def test_one_group_per_channel_prunes_like_a_depthwise_conv():
+    inputs = keras.Input((8, 8, 3))
+    x = conv_bn(conv_bn(inputs, 16, "c1"), 16, "depthwise", groups=16)  # ConvNeXt writes depthwise convs so
+    gated = insert_gates(model_of(inputs, head(x)), width=(0.1, 1.0, 0.1))
+    graph = assert_rebuild_exact(gated, np.random.default_rng(3), trials=2)  # any channel count
+    assert gate_of(graph, "depthwise") is gate_of(graph, "c1") is not None
+    assert graph.conv_group(gate_of(graph, "c1")) == 1
