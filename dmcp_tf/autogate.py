@@ -104,10 +104,15 @@ def _gate_name(graph, root):
 
 
 def _first_placements(graph, prunable):
-    """Original tensor id -> space root: each producer's output, or the batch norm right after it."""
+    """Original tensor id -> space root: each producer's output, or the batch norm right after it.
+
+    A grouped convolution on concatenated channels passes several spaces on: no one gate fits its output.
+    """
     placements = {}
     for record in graph.records:
-        if record.rule.role != rules.PRODUCE or graph.find(record.out_layout[0]) not in prunable:
+        if record.rule.role != rules.PRODUCE or len(record.out_layout) != 1:
+            continue
+        if graph.find(record.out_layout[0]) not in prunable:
             continue
         info = record.out_info
         readers = graph.readers.get(id(info), [])

@@ -307,7 +307,10 @@ class ChannelGraph:
 
     def _visit_grouped(self, layer, rule, info, out_shape):
         """A grouped convolution: its output channels are its input's space, kept in whole groups."""
-        self._keep_whole_groups(info.layout, layer, rule.group_channels(layer))
+        channels = rule.group_channels(layer)
+        self._keep_whole_groups(info.layout, layer, channels)
+        if any(self.space(s).size % channels for s in info.layout):
+            self._freeze(info.layout, f"they are concatenated across the groups of grouped convolution {layer.name!r}")
         if self._excluded(layer):
             self._freeze(info.layout, "the layer is excluded from pruning")
         return _passed_on(layer, rule, info, out_shape)

@@ -180,3 +180,26 @@ def test_one_group_per_channel_prunes_like_a_depthwise_conv():
     graph = assert_rebuild_exact(gated, np.random.default_rng(3), trials=2)  # any channel count
     assert gate_of(graph, "depthwise") is gate_of(graph, "c1") is not None
     assert graph.conv_group(gate_of(graph, "c1")) == 1
+
+
+@pytest.mark.parametrize("widths", [(8, 8), (6, 10)], ids=["aligned", "straddling"])
+def test_concatenated_inputs_prune_only_where_segments_hold_whole_groups(widths):
+    inputs = keras.Input((8, 8, 3))
+    x = L.Concatenate()([conv_bn(inputs, widths[0], "a"), conv_bn(inputs, widths[1], "b")])
+    x = L.ReLU()(L.Conv2D(16, 3, padding="same", groups=GROUPS, use_bias=False, name="grouped")(x))
+    model = model_of(inputs, head(conv_bn(x, 8, "c3")))  # c3 reads the grouped conv's zeros: no gate needed there
+    gated = insert_gates(model, width=(0.5, 1.0, 0.5))  # 8 channels: 4 + k * 4
+    graph = assert_rebuild_exact(gated, np.random.default_rng(4), trials=3, draw=grid_config)
+    if widths == (8, 8):
+        assert gate_of(graph, "a") is not None and gate_of(graph, "b") is not None
+    else:
+        assert gate_of(graph, "a") is None and gate_of(graph, "b") is None
+        assert "concatenated across the groups of grouped convolution 'grouped'" in analysis(model)
+
+
+def test_a_grouped_conv_on_concatenated_channels_read_after_a_batch_norm_stays_whole():
+    inputs = keras.Input((8, 8, 3))
+    x = L.Concatenate()([conv_bn(inputs, 8, "a"), conv_bn(inputs, 8, "b")])
+    model = model_of(inputs, head(conv_bn(x, 16, "grouped", groups=GROUPS)))  # no one gate fits after its BN
+    graph = ChannelGraph(insert_gates(model, width=(0.5, 1.0, 0.5)))
+    assert gate_of(graph, "a") is None and gate_of(graph, "b") is None
