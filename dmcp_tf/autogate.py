@@ -11,7 +11,7 @@ import keras
 
 from dmcp_tf import layer_rules as rules
 from dmcp_tf.gates import check_width_grid, make_gate, split_channels
-from dmcp_tf.graph import ChannelGraph, GraphError
+from dmcp_tf.graph import ChannelGraph, GraphError, whole_groups_reason
 from dmcp_tf.supernet import DMCPModel
 from dmcp_tf.walk import as_functional, copy_operation, walk
 
@@ -64,7 +64,8 @@ def insert_gates(model, *, width=(0.1, 1.0, 0.1), gate_kind="markov", exclude=()
     prunable = {root for root in _space_roots(graph) if unprunable_reason(graph.space(root), width) is None}
     placements = _first_placements(graph, prunable)
     for _ in range(MAX_PLACEMENT_ROUNDS):
-        gates = {root: make_gate(gate_kind, width=width, name=_gate_name(graph, root), initial_alpha=initial_alpha)
+        gates = {root: make_gate(gate_kind, width=width, name=_gate_name(graph, root), initial_alpha=initial_alpha,
+                                 channel_multiple=graph.space(root).conv_group)
                  for root in prunable}
         gated, origin = _clone_with_gates(model, {t: gates[r] for t, r in placements.items() if r in prunable})
         check = ChannelGraph(gated, exclude=exclude, strict=False)
@@ -89,10 +90,11 @@ def unprunable_reason(space, width):
     if space.frozen:
         return space.frozen
     try:
-        split_channels(space.size, width=width)
+        prefix, step, _ = split_channels(space.size, width=width)
     except ValueError as error:
         return f"too few channels for the width grid ({error})"
-    return None
+    split = whole_groups_reason(space, prefix, step)
+    return f"the width grid {tuple(width)} does not fit: {split}" if split else None
 
 
 def _gate_name(graph, root):
@@ -102,10 +104,15 @@ def _gate_name(graph, root):
 
 
 def _first_placements(graph, prunable):
-    """Original tensor id -> space root: each producer's output, or the batch norm right after it."""
+    """Original tensor id -> space root: each producer's output, or the batch norm right after it.
+
+    A grouped convolution on concatenated channels passes several spaces on: no one gate fits its output.
+    """
     placements = {}
     for record in graph.records:
-        if record.rule.role != rules.PRODUCE or graph.find(record.out_layout[0]) not in prunable:
+        if record.rule.role != rules.PRODUCE or len(record.out_layout) != 1:
+            continue
+        if graph.find(record.out_layout[0]) not in prunable:
             continue
         info = record.out_info
         readers = graph.readers.get(id(info), [])

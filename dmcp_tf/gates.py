@@ -156,11 +156,17 @@ class ChannelGate(keras.layers.Layer):
     Subclasses define `keep_probabilities()`, the marginal probability that each
     group is kept, and `sample_groups(uniform)`, the number of kept groups for a
     draw of uniform random numbers.
+
+    `channel_multiple`: every kept channel count is a multiple of it (the channels
+    per group of grouped convolutions on the gated channels); expected sampling
+    rounds to one.
     """
 
-    def __init__(self, width=None, min_channels=None, group_size=None, initial_alpha=0.0, **kwargs):
+    def __init__(self, width=None, min_channels=None, group_size=None, initial_alpha=0.0, channel_multiple=1,
+                 **kwargs):
         super().__init__(**kwargs)
         self.initial_alpha = float(initial_alpha)
+        self.channel_multiple = int(channel_multiple)
         if width is None and (min_channels is None or group_size is None):
             raise ValueError("A gate needs `width=(min, max, offset)` or both `min_channels` and `group_size`.")
         if width is not None:
@@ -208,8 +214,9 @@ class ChannelGate(keras.layers.Layer):
 
     # --- sampling (NumPy, outside the training graph) ----------------------
     def expected_sample(self):
-        """Expected sampling: `round(E[c])` channels (not snapped to the grid)."""
-        return int(np.round(float(ops.convert_to_numpy(self.expected_channels()))))
+        """Expected sampling: `E[c]` rounded to a multiple of `channel_multiple` (not snapped to the grid)."""
+        expected = float(ops.convert_to_numpy(self.expected_channels()))
+        return int(np.round(expected / self.channel_multiple)) * self.channel_multiple
 
     def direct_sample(self, rng, size=None):
         """Direct sampling of kept channel counts with a NumPy `Generator`."""
@@ -237,7 +244,7 @@ class ChannelGate(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(width=self.width, min_channels=self.min_channels, group_size=self.group_size,
-                      initial_alpha=self.initial_alpha)
+                      initial_alpha=self.initial_alpha, channel_multiple=self.channel_multiple)
         return config
 
 

@@ -5,14 +5,17 @@ one per segment of the axis (more than one after a channel `Concatenate`). A
 channel space is a set of channel axes that must be pruned together: a producing
 layer (Conv2D, Dense) opens a new space, layers that treat channels one by one
 (BatchNorm, activations, depthwise conv, gates) pass it on, and element-wise
-merges (Add, Multiply) join the spaces of their inputs. A gate placed on a space
-governs it: the space keeps the gate's number of channels, always the first ones.
+merges (Add, Multiply) join the spaces of their inputs. A grouped convolution with as
+many filters as inputs passes its space on too, and asks it to keep whole groups
+(`Space.conv_group` channels at a time). A gate placed on a space governs it: the
+space keeps the gate's number of channels, always the first ones.
 
 Everything else reads this graph: costs (`costs.py`: MACs, parameters, real and
 expected), sampling and the slim rebuild.
 """
 
 import dataclasses
+import math
 import re
 
 import keras
@@ -39,6 +42,21 @@ class Space:
     size: int
     gate: ChannelGate = None
     frozen: str = None  # why its channels must not be pruned
+    conv_group: int = 1  # channels kept or pruned together (a grouped convolution's channels per group)
+    grouped_convs: tuple = ()  # names of the grouped convolutions that ask for `conv_group`
+
+
+def _grouped_names(space):
+    """The names of the grouped convolutions on a space, quoted, for messages."""
+    return ", ".join(repr(name) for name in space.grouped_convs)
+
+
+def whole_groups_reason(space, prefix, step):
+    """Why keeping `prefix + k * step` channels of `space` would split a convolution group, or None."""
+    if prefix % space.conv_group == 0 and step % space.conv_group == 0:
+        return None
+    return (f"keeping {prefix} + k * {step} channels would split the groups of {space.conv_group} channels "
+            f"of grouped convolution {_grouped_names(space)}")
 
 
 @dataclasses.dataclass
@@ -79,6 +97,12 @@ class NodeRecord:
 def _kind(operation):
     """How messages call a node's operation: a layer, or a keras operation that is not one."""
     return "layer" if isinstance(operation, keras.layers.Layer) else "keras operation"
+
+
+def _passed_on(layer, rule, info, out_shape):
+    """The output of a layer that keeps its input's channels: zero where they were, if the layer keeps zeros."""
+    keep_zero = rule.zero_preserving(layer)
+    return TensorInfo(info.layout, tuple(m and keep_zero for m in info.masked), out_shape)
 
 
 def _constants(operands):
@@ -160,6 +184,8 @@ class ChannelGraph:
         self._parent[b] = a
         sa.gate = sa.gate or sb.gate
         sa.frozen = sa.frozen or sb.frozen
+        sa.conv_group = math.lcm(sa.conv_group, sb.conv_group)
+        sa.grouped_convs = sa.grouped_convs + sb.grouped_convs
         self._check_gate(a)
 
     def _freeze(self, layout, reason):
@@ -168,13 +194,32 @@ class ChannelGraph:
             space.frozen = space.frozen or reason
             self._check_gate(self.find(space_id))
 
+    def _keep_whole_groups(self, layout, layer, channels):
+        """Asks every space of `layout` to keep whole groups of `channels` (grouped convolution `layer`)."""
+        for space_id in layout:
+            root = self.find(space_id)
+            space = self._spaces[root]
+            space.conv_group = math.lcm(space.conv_group, channels)
+            space.grouped_convs = space.grouped_convs + (layer.name,)
+            self._check_gate(root)
+
     def _check_gate(self, root):
         space = self._spaces[root]
-        if space.gate is not None and space.frozen:
+        if space.gate is None:
+            return
+        if space.frozen:
             raise GraphError(
                 f"Gate {space.gate.name!r} governs channels that must not be pruned: {space.frozen}. "
                 "Remove the gate or move it to a prunable layer."
             )
+        split = whole_groups_reason(space, space.gate.prefix, space.gate.group)
+        if split:
+            raise GraphError(f"Gate {space.gate.name!r}: {split}. Choose a width grid whose prefix and "
+                             f"step are multiples of {space.conv_group}.")
+        if space.gate.channel_multiple % space.conv_group:
+            raise GraphError(f"Gate {space.gate.name!r} governs channels of grouped convolution "
+                             f"{_grouped_names(space)}: make it with "
+                             f"channel_multiple={space.conv_group}, so that expected sampling keeps whole groups.")
 
     # --- the walk ----------------------------------------------------------
     def _walk(self):
@@ -229,13 +274,14 @@ class ChannelGraph:
                 self.records.append(NodeRecord(layer, rule, inputs[0], outputs[0]))
             return outputs
         first = inputs[0]
-        if rule.role == rules.PRODUCE:
+        if rule.role == rules.PRODUCE and rule.group_channels(layer):
+            out = self._visit_grouped(layer, rule, first, out_shape)
+        elif rule.role == rules.PRODUCE:
             self._consumers.append((layer.name, first))
             frozen = "the layer is excluded from pruning" if self._excluded(layer) else None
             out = self._fresh(out_shape, frozen)
         elif rule.role == rules.THROUGH:
-            keep_zero = rule.zero_preserving(layer)
-            out = TensorInfo(first.layout, tuple(m and keep_zero for m in first.masked), out_shape)
+            out = _passed_on(layer, rule, first, out_shape)
         elif rule.role == rules.COUPLE:
             out = self._visit_couple(layer, rule, operands, out_shape)
         elif rule.role == rules.CONCAT:
@@ -258,6 +304,16 @@ class ChannelGraph:
         if rule.role == rules.COUPLE and any(np.shape(o)[-1:] not in ((), (1,)) for o in _constants(operands)):
             return "it combines the channels with a constant array of their own"
         return rule.check(layer, inputs[0].shape)
+
+    def _visit_grouped(self, layer, rule, info, out_shape):
+        """A grouped convolution: its output channels are its input's space, kept in whole groups."""
+        channels = rule.group_channels(layer)
+        self._keep_whole_groups(info.layout, layer, channels)
+        if any(self.space(s).size % channels for s in info.layout):
+            self._freeze(info.layout, f"they are concatenated across the groups of grouped convolution {layer.name!r}")
+        if self._excluded(layer):
+            self._freeze(info.layout, "the layer is excluded from pruning")
+        return _passed_on(layer, rule, info, out_shape)
 
     def _visit_gate(self, gate, info):
         if len(info.layout) != 1:
@@ -386,6 +442,14 @@ class ChannelGraph:
                     f"Gate {gate.name!r} has {gate.channels} channels; a configuration must keep an "
                     f"integer between 1 and {gate.channels}, got {c!r}."
                 )
+            group = self.conv_group(gate)
+            if c % group:
+                raise GraphError(f"Gate {gate.name!r} keeps whole groups of {group} channels (grouped "
+                                 f"convolutions); a configuration must keep a multiple of {group}, got {c}.")
+
+    def conv_group(self, gate):
+        """Channels `gate` keeps or prunes together (1 unless its space feeds grouped convolutions)."""
+        return math.lcm(*(s.conv_group for i, s in enumerate(self._spaces) if self.find(i) == i and s.gate is gate))
 
     # --- costs (counted in costs.py) ----------------------------------------
     def flops(self, config=None):
@@ -415,10 +479,10 @@ class ChannelGraph:
         for weight in walk_lib.weights_of(record.layer):
             axes = []
             in_axis, out_axis = record.rule.weight_axes.get(weight.name, (None, None))
-            if in_axis is not None:
-                axes.append((in_axis, record.in_layout))
-            if out_axis is not None:
-                axes.append((out_axis, record.out_layout))
+            for axis, layout in ((in_axis, record.in_layout), (out_axis, record.out_layout)):
+                # An axis shorter than its channels (a grouped kernel's per-group inputs) does not follow them.
+                if axis is not None and weight.shape[axis] >= self.count(layout):
+                    axes.append((axis, layout))
             out.append((weight, axes))
         return out
 
@@ -429,7 +493,7 @@ class ChannelGraph:
             reordered = order and any(self.space(s).gate is not None and self.space(s).gate.name in order
                                       for s in layout)
             if self.count(layout, config) == self.count(layout) and not reordered:
-                continue  # nothing pruned on this axis (e.g. a grouped conv's kernel)
+                continue  # nothing pruned on this axis
             expansion = weight.shape[axis] // self.count(layout)
             indices[axis] = self.kept_indices(layout, config, expansion, order)
         return indices

@@ -14,6 +14,9 @@ layer too, with `register_rule`) means registering one rule.
 
 Roles:
 - `PRODUCE`: creates new output channels from all input channels (Conv2D, Dense).
+  A grouped convolution whose groups map input channel blocks to output blocks of
+  the same size (`group_channels`) does not open a new space: its input and
+  output channels are one space, pruned in whole groups (as Torch-Pruning does).
 - `THROUGH`: output channel `j` depends on input channel `j` only (BatchNorm,
   activations, pooling, depthwise conv).
 - `COUPLE`: element-wise merge; all inputs must keep the same channels (Add).
@@ -75,8 +78,14 @@ class LayerRule:
         return None
 
     def zero_preserving(self, layer):
-        """Whether zero input channels give zero output channels (THROUGH layers)."""
+        """Whether zero input channels give zero output channels (THROUGH layers, grouped convs)."""
         return True
+
+    def group_channels(self, layer):
+        """Channels per group of a `PRODUCE` layer whose output group `i` reads input group `i`
+        only and is as wide (a grouped convolution), or None: its input and output channels
+        are then one space, kept in whole groups."""
+        return None
 
     def macs(self, layer, in_shape, out_shape, cin, cout):
         """Multiply-accumulates for one call with `cin` input / `cout` output channels."""
@@ -143,23 +152,47 @@ def spatial_size(shape):
 
 
 class ConvRule(LayerRule):
+    """Conv2D; a grouped one (1 < groups) with as many filters as input channels keeps whole groups."""
+
     role = PRODUCE
     weight_axes = {"kernel": (2, 3), "bias": (None, 0)}
     width_key = "filters"
 
     def check(self, layer, in_shape):
-        if layer.groups != 1:
-            return f"grouped convolution (groups={layer.groups})"
+        if layer.groups != 1 and in_shape[-1] != layer.filters:
+            return (f"grouped convolution (groups={layer.groups}) from {in_shape[-1]} to {layer.filters} "
+                    "channels: whole groups are pruned only when input and output channels are as many")
         return None
+
+    def zero_preserving(self, layer):
+        return not layer.use_bias and getattr(layer.activation, "__name__", None) in ZERO_PRESERVING_ACTIVATIONS
+
+    def group_channels(self, layer):
+        return layer.filters // layer.groups if layer.groups > 1 else None
 
     def macs(self, layer, in_shape, out_shape, cin, cout):
         kh, kw = layer.kernel_size
-        return kh * kw * cin / layer.groups * cout * spatial_size(out_shape)
+        return kh * kw * _filter_depth(layer, in_shape, cin) * cout * spatial_size(out_shape)
+
+    def slim_config(self, layer, cin, cout):
+        config = super().slim_config(layer, cin, cout)
+        if layer.groups > 1:
+            config["groups"] = int(cout) // self.group_channels(layer)
+        return config
 
     def sliced_call(self, layer, args, kwargs, cin, cout, training):
-        y = tf.nn.conv2d(args[0], layer.kernel[:, :, :cin, :cout], strides=layer.strides,
-                         padding=layer.padding.upper(), dilations=layer.dilation_rate)
+        if layer.groups > 1:  # the kept groups' filters; Keras' op runs grouped convs (and gradients) on CPU too
+            y = keras.ops.conv(args[0], layer.kernel[:, :, :, :cout], strides=layer.strides,
+                               padding=layer.padding, dilation_rate=layer.dilation_rate)
+        else:
+            y = tf.nn.conv2d(args[0], layer.kernel[:, :, :cin, :cout], strides=layer.strides,
+                             padding=layer.padding.upper(), dilations=layer.dilation_rate)
         return _bias_and_activation(layer, y, cout)
+
+
+def _filter_depth(layer, in_shape, cin):
+    """Input channels each filter reads: all `cin`, or one group's (whole groups are pruned)."""
+    return cin if layer.groups == 1 else in_shape[-1] // layer.groups
 
 
 class ConvTransposeRule(LayerRule):
@@ -276,6 +309,19 @@ def _batch_normalize(layer, x, channels, gamma, beta):
     else:
         mean, variance = tf.nn.moments(x, axes)
     return (x - mean) * tf.math.rsqrt(variance + layer.epsilon) * gamma + beta, mean, variance
+
+
+class LayerNormRule(LayerRule):
+    """LayerNormalization: a boundary, its channels kept whole (the masked supernet would normalise
+    pruned channels with the kept ones, so the slim network could not compute the same)."""
+
+    def check(self, layer, in_shape):
+        rank = len(in_shape)
+        axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+        if rank - 1 in [a % rank for a in axes]:
+            return ("layer normalization over the channel axis: each position's mean and variance mix all "
+                    "its channels, so they are kept whole")
+        return f"layer normalization over axes {layer.axis}, not the channel axis"
 
 
 class ActivationRule(LayerRule):
@@ -489,6 +535,7 @@ register_rule(L.DepthwiseConv2D, DepthwiseRule())
 register_rule(L.SeparableConv2D, SeparableConvRule())
 register_rule(L.Dense, DenseRule())
 register_rule(L.BatchNormalization, BatchNormRule())
+register_rule(L.LayerNormalization, LayerNormRule())
 register_rule(L.Activation, ActivationRule())
 for _cls in (
     L.ReLU, L.LeakyReLU, L.ELU,

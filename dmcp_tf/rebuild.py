@@ -62,13 +62,23 @@ def rebuild(model, config=None, *, copy_weights=True, graph=None, name=None, cha
 
 
 def _check_order(graph, order):
-    channels = {g.name: g.channels for g in graph.gates}
+    gates = {g.name: g for g in graph.gates}
     for name, ranked in order.items():
-        if name not in channels:
-            raise ValueError(f"channel_order names unknown gate {name!r}; the gates are {sorted(channels)}.")
-        if sorted(int(i) for i in ranked) != list(range(channels[name])):
-            raise ValueError(f"channel_order[{name!r}] must be a permutation of 0..{channels[name] - 1} "
+        if name not in gates:
+            raise ValueError(f"channel_order names unknown gate {name!r}; the gates are {sorted(gates)}.")
+        channels, group = gates[name].channels, graph.conv_group(gates[name])
+        if sorted(int(i) for i in ranked) != list(range(channels)):
+            raise ValueError(f"channel_order[{name!r}] must be a permutation of 0..{channels - 1} "
                              "(every channel index once, most important first).")
+        if not _moves_whole_groups(ranked, group):
+            raise ValueError(f"channel_order[{name!r}] must move whole groups of {group} channels (a grouped "
+                             "convolution reads them): rank the groups, each keeping its channels in order.")
+
+
+def _moves_whole_groups(ranked, group):
+    """Whether `ranked` is a sequence of whole aligned groups of `group` channels, each in order."""
+    blocks = np.asarray(ranked, int).reshape(-1, group)
+    return bool(np.all(blocks == blocks[:, :1] + np.arange(group)) and np.all(blocks[:, 0] % group == 0))
 
 
 def _slim_layer(graph, layer, record, config, dtype):

@@ -97,17 +97,6 @@ def test_depthwise_and_separable_convolutions():
     assert gate_of(graph, "sep") is not None
 
 
-def test_grouped_convolution_is_a_boundary():
-    inputs = keras.Input((8, 8, 3))
-    x = conv_bn(inputs, 16, "c1")
-    x = conv_bn(x, 16, "grouped", groups=4)
-    x = conv_bn(x, 16, "c3")
-    graph = gated_exactly(model_of(inputs, L.Dense(3)(L.GlobalAveragePooling2D()(x))))
-    assert gate_of(graph, "c1") is None and gate_of(graph, "grouped") is None
-    assert gate_of(graph, "c3") is not None
-    assert "grouped convolution" in graph.describe()
-
-
 def test_dilated_strided_and_transposed_convolutions():
     inputs = keras.Input((16, 16, 3))
     x = conv_bn(inputs, 16, "dilated", dilation_rate=2)

@@ -193,7 +193,7 @@ BOUNDARIES = {  # a boundary analyze() must name in each
     "MobileNetV3Large": "they are a model output",
     "EfficientNetB0": "Normalization is not a layer type",
     "EfficientNetV2B0": "they are a model input",
-    "ConvNeXtTiny": "LayerNormalization is not a layer type",
+    "ConvNeXtTiny": "layer normalization over the channel axis",
 }
 
 

@@ -24,13 +24,13 @@ def float64():
     keras.config.set_dtype_policy("float32")
 
 
-def masked_and_sliced(model, training, seed=0):
+def masked_and_sliced(model, training, seed=0, draw=random_config):
     rng = np.random.default_rng(seed)
     randomize_batch_norm(model, rng)
     graph = ChannelGraph(model)
     forward = SlicedForward(graph)
     assert forward.supported, forward.reason
-    config = random_config(graph, rng)
+    config = draw(graph, rng)
     widths = {g: tf.constant(config[g.name]) for g in graph.gates}
     dtype = keras.config.floatx()
     x = tf.constant(rng.normal(size=(4,) + tuple(model.input_shape[1:])).astype(dtype))
