@@ -20,14 +20,18 @@ from dmcp_tf import layer_rules as rules
 def scaled_config(graph, fractions):
     """Every gate keeps `round(fraction * channels)` channels, between 1 and all.
 
+    A gate on grouped-convolution channels keeps a multiple of its `channel_multiple`
+    (whole groups), at least one group.
+
     Args:
         graph: a `ChannelGraph`.
         fractions: gate name -> kept fraction (may exceed 1: clipped).
     """
-    return {
-        g.name: int(min(g.channels, max(1, np.floor(fractions[g.name] * g.channels + 0.5))))
-        for g in graph.gates
-    }
+    def kept(gate):
+        step = gate.channel_multiple
+        return int(min(gate.channels, step * max(1, np.floor(fractions[gate.name] * gate.channels / step + 0.5))))
+
+    return {g.name: kept(g) for g in graph.gates}
 
 
 def config_at_cost(graph, target, relative=None, *, cost=costs.MACS, tolerance=0.01, iterations=60):
@@ -75,7 +79,7 @@ def config_at_cost(graph, target, relative=None, *, cost=costs.MACS, tolerance=0
 
 
 def _closest_rounding(graph, below, fractions, target, best, cost):
-    """`best`, or a configuration nearer `target` that rounds some gates of `below` up by one channel.
+    """`best`, or a configuration nearer `target` that rounds some gates of `below` up by one step.
 
     All gates move together under one scale, so a network of equal widths
     jumps in steps of one channel per gate. Adding one channel to one gate at a
@@ -88,7 +92,7 @@ def _closest_rounding(graph, below, fractions, target, best, cost):
         if cost.of(graph, current) >= target:
             break
         if current[gate.name] < gate.channels:
-            current[gate.name] += 1
+            current[gate.name] += gate.channel_multiple  # one channel, or one group of a grouped conv
             if abs(cost.of(graph, current) - target) < abs(cost.of(graph, best) - target):
                 best = dict(current)
     return best

@@ -5,6 +5,7 @@ first ones). It is saved as readable JSON.
 """
 
 import json
+import math
 
 import numpy as np
 
@@ -18,7 +19,7 @@ def expected_config(graph):
 
 
 def round_config(graph, config, multiple):
-    """Rounds every gate's kept channels to the nearest multiple of `multiple`.
+    """Rounds every gate's kept channels to the nearest multiple of `multiple` (and of its `channel_multiple`).
 
     The result is at least `multiple` and never above the gate's channels (a gate with
     fewer channels than `multiple` keeps them all). `multiple` <= 1 returns a copy.
@@ -27,8 +28,9 @@ def round_config(graph, config, multiple):
     if multiple <= 1:
         return config
     for gate in graph.gates:
+        multiple_here = math.lcm(multiple, gate.channel_multiple)  # whole groups of grouped convs too
         kept = config.get(gate.name, gate.channels)
-        rounded = max(multiple, int(np.floor(kept / multiple + 0.5)) * multiple)
+        rounded = max(multiple_here, int(np.floor(kept / multiple_here + 0.5)) * multiple_here)
         config[gate.name] = min(rounded, gate.channels)
     return config
 

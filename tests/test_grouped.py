@@ -203,3 +203,18 @@ def test_a_grouped_conv_on_concatenated_channels_read_after_a_batch_norm_stays_w
     model = model_of(inputs, head(conv_bn(x, 16, "grouped", groups=GROUPS)))  # no one gate fits after its BN
     graph = ChannelGraph(insert_gates(model, width=(0.5, 1.0, 0.5)))
     assert gate_of(graph, "a") is None and gate_of(graph, "b") is None
+
+
+def test_baselines_and_rounding_keep_whole_groups():
+    from dmcp_tf import baselines, sampling
+
+    gated = gated_grouped()
+    graph = ChannelGraph(gated)
+    grouped = [g for g in graph.gates if g.channel_multiple > 1]
+    assert grouped
+    for fraction in (0.3, 0.55, 0.8):
+        config, _, _ = baselines.uniform_config(graph, fraction * graph.flops(), tolerance=0.5)
+        assert all(config[g.name] % g.channel_multiple == 0 for g in grouped), config
+        rebuild(gated, config)  # whole groups: the slim grouped conv builds
+    rounded = sampling.round_config(graph, {g.name: g.channels // 2 + 1 for g in graph.gates}, 3)
+    assert all(rounded[g.name] % g.channel_multiple == 0 for g in grouped), rounded
