@@ -177,7 +177,8 @@ class Pipeline:
                                 "(there is no config.json). Choose another --run_dir, or --overwrite to replace it.")
         # A step that started in this run directory but did not finish (no <step>.json) left
         # partial outputs: they are redone, not protected.
-        interrupted = {s for s in steps if os.path.exists(saved) and not os.path.exists(self.path(f"{s}.json"))}
+        interrupted = {s for s in steps if os.path.exists(self.path(_started(s)))
+                       and not os.path.exists(self.path(f"{s}.json"))}
         existing = [f for step in steps if step not in interrupted for f in OUTPUTS[step]
                     if os.path.exists(self.path(f))]
         if existing:
@@ -296,9 +297,13 @@ class Pipeline:
     def _run_step(self, step):
         self.log(f"== {step} ==")
         start = time.time()
+        if self.chief:  # marks the step's outputs as this run's until <step>.json says it finished
+            atomic_write_text(self.path(_started(step)), "")
         result = getattr(self, f"_{step}")()
         result["seconds"] = round(time.time() - start, 1)
         atomic_write_json(self.out(f"{step}.json"), result)
+        if self.chief:
+            os.remove(self.path(_started(step)))
         if self.chief and step in TRAINING_STEPS:
             shutil.rmtree(self.path("checkpoints", step), ignore_errors=True)  # its outputs are written
             with contextlib.suppress(OSError):
@@ -636,6 +641,11 @@ class Pipeline:
                 sections.append(("Structure", f.read()))
         report.write_report(self.path("report.md"), sections)
         return rows
+
+
+def _started(step):
+    """The marker a step leaves in the run directory while it runs (removed when it finishes)."""
+    return f".{step}.started"
 
 
 def _lookup(tree, dotted):

@@ -94,9 +94,11 @@ def test_whole_pipeline_writes_every_artefact(tmp_path, data_dir):
     assert 0.0 <= uniform["accuracy"] <= 1.0 and abs(uniform["flops"] - evaluated["slim"]["flops"]) <= 0.03 * uniform["flops"]
     assert f"{100 * (evaluated['slim']['accuracy'] - uniform['accuracy']):+.2f} points" in report
 
+    assert not list(run_dir.glob(".*.started"))  # every step finished
     # Killed during export: half an export directory, a temporary one, no export.json.
     # The same command finishes the run; the finished steps are kept.
     (run_dir / "export.json").unlink()
+    (run_dir / ".export.started").write_text("")
     (run_dir / "export" / "slim_int8.tflite").unlink()
     (run_dir / "export" / ".tmp-saved_modelab12cd34").mkdir()
     supernet_bytes = (run_dir / "supernet.keras").read_bytes()
