@@ -48,8 +48,8 @@ def _flops(config):
     from dmcp_tf.graph import ChannelGraph  # noqa: PLC0415
 
     def describe(graph, config=None):
-        return ", ".join(f"{kind.format(kind.of(graph, config))} ({kind.of(graph, config)})"
-                         for kind in costs.COSTS.values())
+        values = {kind: kind.of(graph, config) for kind in costs.COSTS.values()}
+        return ", ".join(f"{kind.format(value)} ({value})" for kind, value in values.items())
 
     if FLAGS.structure:
         if FLAGS.structure not in models.PAPER_MODELS:

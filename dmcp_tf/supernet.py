@@ -159,7 +159,7 @@ class DMCPModel(keras.Model):
         self._target.assign(float(self.target))
 
     def initialize_gates(self, init):
-        """Sets where the search starts (`"authors"`, `"full"`, `"budget"`: `search_init`); returns E[MACs] there."""
+        """Sets where the search starts (`"authors"`, `"full"`, `"budget"`: `search_init`); returns the expected cost there."""
         return search_init.initialize(self.graph, init, self.target, cost=self.cost)
 
     def search_state(self):
