@@ -14,7 +14,8 @@ last), trained with the default config's hyperparameters:
                    of largest L1 norm in the trained unpruned network, fine-tuned
   dmcp_pretrained  DMCP from the trained unpruned network: channels sorted by L1
                    norm, the gates searched on its frozen weights (architecture
-                   stage only, `search.train_weights=False`), the slim model
+                   stage only, `search.train_weights=False`, the budget weight
+                   adapting with `--pretrained_budget_weight_growth`), the slim model
                    fine-tuned from the inherited channels after batch-norm
                    calibration for as many epochs as `l1`
   dmcp_finetune    `dmcp_budget`'s structure, the searched supernet's weights fine-tuned
@@ -159,6 +160,8 @@ class Benchmark:
         keras.utils.set_random_seed(self.seed)
         search = self.config.search.copy_and_resolve_references()
         search.train_weights = train_weights
+        if not train_weights:
+            search.budget_weight_growth = self.args.pretrained_budget_weight_growth
         if epochs is not None:
             search.epochs = epochs
         return training.build_search_model(self.supernet(gate_kind), search, self.steps, seed=self.seed)
@@ -378,6 +381,8 @@ def parse_args(argv=None):
     parser.add_argument("--test_limit", type=int, default=0, help="test images used (0: all 10,000)")
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--search_epochs", type=int, default=2, help="search epochs (half of them warm-up)")
+    parser.add_argument("--pretrained_budget_weight_growth", type=float, default=0.1,
+                        help="search.budget_weight_growth of dmcp_pretrained's frozen-weight search")
     parser.add_argument("--pretrained_search_epochs", type=int, default=1,
                         help="dmcp_pretrained's search epochs on frozen weights (architecture steps only)")
     parser.add_argument("--retrain_epochs", type=int, default=3, help="training epochs of every model")

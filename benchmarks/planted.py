@@ -56,7 +56,7 @@ def teacher_task(teacher_widths, seed, examples):
     return x, (logits - logits.mean(axis=0)).argmax(axis=1).astype("int32")
 
 
-def run(teacher_widths, seed, *, examples=8192, epochs=30, batch_size=128, init="budget"):
+def run(teacher_widths, seed, *, examples=8192, epochs=30, batch_size=128, init="budget", budget_weight_growth=0.0):
     """One search of the student at the teacher's MACs; the structures' distances to the teacher's."""
     start = time.time()
     x, y = teacher_task(teacher_widths, seed, examples)
@@ -66,7 +66,8 @@ def run(teacher_widths, seed, *, examples=8192, epochs=30, batch_size=128, init=
     teacher = {f"gate{i}": w for i, w in enumerate(teacher_widths)}
     target = graph.flops(teacher)
     total = epochs * (examples // batch_size)
-    model = DMCPModel(student, budget=target, total_steps=total, warmup_fraction=0.5, seed=seed)
+    model = DMCPModel(student, budget=target, total_steps=total, warmup_fraction=0.5, seed=seed,
+                      budget_weight_growth=budget_weight_growth)
     model.compile(weight_optimizer=default_weight_optimizer(total, 0.1),
                   arch_optimizer=default_arch_optimizer(total - model.warmup_steps, 2.0, 0.5))
     model.initialize_gates(init)
@@ -98,13 +99,15 @@ def main(argv=None):
     parser.add_argument("--teachers", default="64-8-64,64-64-8", help="comma-separated teacher widths a-b-c")
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--budget_weight_growth", type=float, default=0.0,
+                        help="search.budget_weight_growth (0: the authors' fixed budget weight)")
     parser.add_argument("--json_out", default=None)
     args = parser.parse_args(argv)
     rows = []
     for teacher in args.teachers.split(","):
         widths = tuple(int(w) for w in teacher.split("-"))
         for seed in (int(s) for s in args.seeds.split(",")):
-            row = run(widths, seed, epochs=args.epochs)
+            row = run(widths, seed, epochs=args.epochs, budget_weight_growth=args.budget_weight_growth)
             rows.append(row)
             print(f"[planted] teacher {teacher} seed {seed}: DMCP {np.round(row['dmcp'], 3)} uniform "
                   f"{np.round(row['uniform'], 3)} distance {row['dmcp_distance']:.3f} vs {row['uniform_distance']:.3f} "

@@ -65,6 +65,7 @@ def base_config():
     c.search.arch_learning_rate = 0.5
     c.search.arch_final_learning_rate = 0.1
     c.search.budget_weight = 0.1
+    c.search.budget_weight_growth = 0.0  # >0: the budget weight grows while E[cost] > budget (DMCPModel)
     c.search.uniform_decay = 0.9999
     c.search.uniform_decay_every = 10
     c.search.checkpoint_every_steps = 100  # and at every epoch end; 0: epoch ends only
@@ -150,6 +151,9 @@ def validate(config):
     if not 0 < config.search.arch_final_learning_rate <= config.search.arch_learning_rate:
         fail("search.arch_final_learning_rate", "must be in (0, search.arch_learning_rate="
              f"{config.search.arch_learning_rate}], got {config.search.arch_final_learning_rate}.")
+    if config.search.budget_weight_growth < 0:
+        fail("search.budget_weight_growth", f"must be >= 0 (0: a fixed budget weight), got "
+             f"{config.search.budget_weight_growth}.")
     if config.search.trajectory_every_steps < 1:
         fail("search.trajectory_every_steps", f"must be at least 1, got {config.search.trajectory_every_steps}.")
     weights = config.search.initial_weights

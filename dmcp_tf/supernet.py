@@ -58,6 +58,16 @@ class DMCPModel(keras.Model):
         total_steps: training steps of the whole search (warm-up included).
         warmup_fraction: share of the steps that trains weights only.
         budget_weight: `lambda`, the weight of the budget loss.
+        budget_weight_growth: 0 keeps `lambda` fixed (the authors). Above 0,
+            `lambda` acts as a Lagrange multiplier: after every architecture step
+            it is multiplied by `exp(growth * (E / T - 1))` and never falls below
+            `budget_weight`, so it grows while the expected cost `E` stays above
+            the target `T` and relaxes back once it is met. It weights the budget
+            loss above the target only (below, `budget_weight` does). This holds the budget
+            where the task loss' pull outweighs the authors' log-shaped budget
+            loss, whose gradient weakens as `1 / (E - 0.95 T)` far above the target
+            (frozen trained weights, small budgets). 0.1 is a moderate rate: 1.1x
+            the budget doubles `lambda` in about 70 steps, 3x in about 4.
         label_smoothing: for the largest sub-network's cross-entropy.
         arch_label_smoothing: for the architecture stage's cross-entropy (the
             authors use the training's label smoothing there too).
@@ -88,6 +98,7 @@ class DMCPModel(keras.Model):
         total_steps,
         warmup_fraction=0.5,
         budget_weight=0.1,
+        budget_weight_growth=0.0,
         label_smoothing=0.0,
         arch_label_smoothing=0.0,
         weight_decay=0.0,
@@ -123,6 +134,13 @@ class DMCPModel(keras.Model):
         self.train_weights = bool(train_weights)
         self.warmup_steps = int(round(warmup_fraction * total_steps)) if train_weights else 0
         self.budget_weight = float(budget_weight)
+        if budget_weight_growth < 0:
+            raise ValueError(f"budget_weight_growth must be >= 0, got {budget_weight_growth}.")
+        self.budget_weight_growth = float(budget_weight_growth)
+        # The current `lambda` (a variable: it adapts when `budget_weight_growth` > 0).
+        self._budget_multiplier = self.add_weight(
+            name="budget_weight", shape=(), trainable=False, dtype="float32",
+            initializer=keras.initializers.Constant(self.budget_weight), aggregation="only_first_replica")
         self.label_smoothing = float(label_smoothing)
         self.arch_label_smoothing = float(arch_label_smoothing)
         self.weight_decay = float(weight_decay)
@@ -139,6 +157,8 @@ class DMCPModel(keras.Model):
         self.trackers = {n: keras.metrics.Mean(name=n) for n in names}
         self.trackers["accuracy"] = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
         self.trackers["expected_cost"] = LatestValue(name="expected_cost")
+        if self.budget_weight_growth:
+            self.trackers["budget_weight"] = LatestValue(name="budget_weight")
 
     def set_budget(self, budget):
         """Sets the architecture stage's target (a `costs.Budget` or its text, as `budget` above).
@@ -169,8 +189,11 @@ class DMCPModel(keras.Model):
         optimisers with their step counters, and the sub-network sampler's random
         state. Available after `compile`.
         """
-        return {"supernet": self.supernet, "optimizer": self.optimizer, "arch_optimizer": self.arch_optimizer,
-                "random_state": seed_generator_states(self)}
+        state = {"supernet": self.supernet, "optimizer": self.optimizer, "arch_optimizer": self.arch_optimizer,
+                 "random_state": seed_generator_states(self)}
+        if self.budget_weight_growth:  # the adapted `lambda` (constant otherwise)
+            state["budget_weight"] = [self._budget_multiplier]
+        return state
 
     @property
     def gates(self):
@@ -222,9 +245,10 @@ class DMCPModel(keras.Model):
 
     def _logged(self):
         """The metrics this phase computes."""
+        arch_only = ("arch_loss", "budget_loss", "budget_weight")
         if not self.train_weights:
-            return ("arch_loss", "budget_loss", "expected_cost", "accuracy")
-        return [name for name in self.trackers if self.searching or name not in ("arch_loss", "budget_loss")]
+            return [name for name in self.trackers if name in arch_only + ("expected_cost", "accuracy")]
+        return [name for name in self.trackers if self.searching or name not in arch_only]
 
     def _forward(self, x, selection, training=True):
         """Logits of the supernet under a gate selection (log-probabilities if it ends in a softmax)."""
@@ -262,14 +286,25 @@ class DMCPModel(keras.Model):
             task = losses_lib.cross_entropy(y, logits, self.arch_label_smoothing)
             expected = self.cost.expected(self.graph)
             budget = costs.budget_loss(expected, self._target)
-            loss = task + self.budget_weight * budget
+            # An adapted weight scales the pull down to the target; below it the authors' weight.
+            weight = ops.where(expected >= self._target, self._budget_multiplier, self.budget_weight)
+            loss = task + weight * budget
             scaled = self._scaled(self.arch_optimizer, loss)
         self._apply(self.arch_optimizer, tape.gradient(scaled, self.arch_variables), self.arch_variables)
+        if self.budget_weight_growth:
+            self._adapt_budget_weight(expected)
         if not self.train_weights:  # the only forward pass of the step
             self.trackers["accuracy"].update_state(y, logits)
         self.trackers["arch_loss"].update_state(loss)
         self.trackers["budget_loss"].update_state(budget)
         return expected
+
+    def _adapt_budget_weight(self, expected):
+        """Dual ascent on `lambda`: up while the expected cost is above the target, back down to `budget_weight` after."""
+        excess = ops.cast(expected, "float32") / self._target - 1.0
+        grown = self._budget_multiplier * ops.exp(self.budget_weight_growth * ops.minimum(excess, 10.0))
+        self._budget_multiplier.assign(ops.clip(grown, self.budget_weight, 1e4 * self.budget_weight))
+        self.trackers["budget_weight"].update_state(self._budget_multiplier)
 
     @staticmethod
     def _scaled(optimizer, loss):

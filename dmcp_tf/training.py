@@ -25,7 +25,8 @@ def build_search_model(supernet, search, steps_per_epoch, seed=0, budget=None):
     total = search.epochs * steps_per_epoch
     model = DMCPModel(
         supernet, budget=budget or search.budget, total_steps=total, warmup_fraction=search.warmup_fraction,
-        budget_weight=search.budget_weight, label_smoothing=search.label_smoothing,
+        budget_weight=search.budget_weight,
+        budget_weight_growth=search.budget_weight_growth, label_smoothing=search.label_smoothing,
         arch_label_smoothing=search.arch_label_smoothing,
         weight_decay=search.weight_decay, uniform_decay=search.uniform_decay,
         uniform_decay_every=search.uniform_decay_every, seed=seed, train_weights=search.train_weights,

@@ -217,6 +217,7 @@ def test_flops_mode_counts_supernet_and_paper_structures(tmp_path):
     ("search.min_learning_rate", "0.5", "search.learning_rate"),
     ("search.initial_weights", "/no/such/model.keras", "not a .keras file"),
     ("search.arch_learning_rate", "0", "must be positive"),
+    ("search.budget_weight_growth", "-0.1", "must be >= 0"),
     ("search.train_weights", "False", "--config.search.initial_weights"),
 ])
 def test_bad_search_settings_are_named_before_training(tmp_path, data_dir, key, value, named):

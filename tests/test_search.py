@@ -52,6 +52,47 @@ def test_evaluate_runs_the_full_network(searched):
     assert result["accuracy"] == pytest.approx(np.mean(logits.argmax(-1) == y))
 
 
+def frozen_search(growth, steps, init="full", budget="0.25x"):
+    """A frozen-weight search of `steps` one-batch epochs (a history entry per step), gates learning slowly."""
+    keras.utils.set_random_seed(0)
+    x, y = blob_data(np.random.default_rng(0), 32)
+    model = DMCPModel(tiny_supernet(), budget=budget, total_steps=steps, train_weights=False,
+                      budget_weight_growth=growth)
+    model.compile(arch_optimizer=default_arch_optimizer(steps, 0.05, 0.05))
+    model.initialize_gates(init)
+    return model, model.fit(x, y, batch_size=32, epochs=steps, verbose=0).history
+
+
+def _dual_ascent(history, growth, target, start=0.1, base=0.1):
+    """The budget weights `DMCPModel` should reach: lambda * exp(growth * (E / T - 1)) per step, in [base, 1e4 base]."""
+    weights, weight = [], start
+    for expected in history["expected_cost"]:
+        weight = np.clip(weight * np.exp(growth * min(expected / target - 1.0, 10.0)), base, 1e4 * base)
+        weights.append(weight)
+    return weights
+
+
+def test_budget_weight_grows_while_above_the_budget_and_relaxes_once_met():
+    fixed, fixed_history = frozen_search(0.0, 10)
+    model, history = frozen_search(0.5, 10)
+    assert "budget_weight" not in fixed_history and "budget_weight" in history
+    assert history["expected_cost"][0] > 3 * model.target  # started near full width, far above
+    np.testing.assert_allclose(history["budget_weight"], _dual_ascent(history, 0.5, model.target), rtol=1e-4)
+    assert history["budget_weight"][-1] > 10 * 0.1
+    # The grown weight pulls harder than the authors' fixed one, from the same start.
+    assert float(model.graph.expected_flops()) < float(fixed.graph.expected_flops())
+    assert "budget_weight" in model.search_state() and "budget_weight" not in fixed.search_state()
+    # Below the budget it falls back towards `budget_weight`, never below it.
+    grown = history["budget_weight"][-1]
+    model.initialize_gates("authors")  # about 6% of the MACs
+    x, y = blob_data(np.random.default_rng(1), 32)
+    relaxed = model.fit(x, y, batch_size=32, epochs=20, verbose=0).history
+    np.testing.assert_allclose(relaxed["budget_weight"], _dual_ascent(relaxed, 0.5, model.target, start=grown),
+                               rtol=1e-4)
+    assert max(relaxed["expected_cost"]) < model.target
+    assert relaxed["budget_weight"][-1] < grown / 100 and min(relaxed["budget_weight"]) >= 0.1 - 1e-6
+
+
 def test_warmup_trains_weights_only():
     rng = np.random.default_rng(0)
     x, y = blob_data(rng, 128)
