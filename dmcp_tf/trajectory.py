@@ -93,3 +93,26 @@ def verdict(change, threshold=SETTLED_THRESHOLD):
     return (f"**Warning: the search was still moving** (a gate's expected width changed by {change:.3f} of its "
             f"channels over the last {SETTLING_WINDOW:.0%} of the search steps; threshold {threshold}). "
             "Run it longer: --config.search.epochs.")
+
+
+# A search whose expected cost ends more than this above its target has missed the
+# budget: expected sampling rounds the expected widths by under a channel per gate,
+# which moves the cost by a few percent at most, never by a fifth.
+MISSED_BUDGET_RATIO = 1.05
+
+
+def budget_verdict(expected_over_budget, growth):
+    """A warning for the report and log when the search ended above its budget; None when it met it.
+
+    Args:
+        expected_over_budget: the expected cost at the end of the search over the target.
+        growth: the search's `budget_weight_growth`.
+    """
+    if expected_over_budget <= MISSED_BUDGET_RATIO:
+        return None
+    advice = ("let the budget weight grow while the cost is above the budget: "
+              "--config.search.budget_weight_growth=0.1" if not growth else
+              "raise --config.search.budget_weight_growth, or run the search longer: --config.search.epochs")
+    return (f"**Warning: the search missed its budget**: its expected cost ended at {expected_over_budget:.2f}x "
+            f"the target, so the sampled structure is over budget too. The task loss outweighed the budget "
+            f"loss; {advice}.")

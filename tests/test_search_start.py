@@ -134,3 +134,16 @@ def test_kaiming_fan_out_initialisation():
     assert isinstance(conv.kernel_initializer, keras.initializers.VarianceScaling)
     with pytest.raises(ValueError, match="kaiming_fan_out"):
         kernel_initializer("he")
+
+
+@pytest.mark.parametrize("ratio, growth, advice", [
+    (1.0, 0.0, None), (1.05, 0.0, None),
+    (1.8, 0.0, "--config.search.budget_weight_growth=0.1"),
+    (1.8, 0.1, "raise --config.search.budget_weight_growth"),
+])
+def test_a_search_that_ends_above_its_budget_is_named_with_the_key_that_helps(ratio, growth, advice):
+    message = trajectory_lib.budget_verdict(ratio, growth)
+    if advice is None:
+        assert message is None
+    else:
+        assert "missed its budget" in message and "1.80x" in message and advice in message
