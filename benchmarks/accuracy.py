@@ -18,6 +18,10 @@ last), trained with the default config's hyperparameters:
                    adapting with `--pretrained_budget_weight_growth`), the slim model
                    fine-tuned from the inherited channels after batch-norm
                    calibration for as many epochs as `l1`
+  dmcp_l1          `dmcp_budget`'s structure (searched from scratch), each layer keeping
+                   its filters of largest L1 norm in the trained unpruned network,
+                   fine-tuned as `l1` is: L1 pruning with DMCP's widths instead of
+                   uniform ones
   dmcp_finetune    `dmcp_budget`'s structure, the searched supernet's weights fine-tuned
   bernoulli        DMCP with Bernoulli gates (the paper's ablation), from scratch
   from_full        DMCP whose warm-up is replaced by the trained unpruned network
@@ -68,11 +72,12 @@ METHODS = {
     "random": "random widths, from scratch",
     "l1": "L1-norm filter pruning, fine-tuned",
     "dmcp_pretrained": "DMCP from the trained network, fine-tuned",
+    "dmcp_l1": "DMCP widths, L1-norm channels of the trained network, fine-tuned",
     "dmcp_finetune": "DMCP (start: budget), supernet fine-tuned",
     "bernoulli": "DMCP Bernoulli gates, from scratch",
     "from_full": "DMCP from full model (no warm-up), from scratch",
 }
-DEFAULT_METHODS = ("dmcp_budget", "dmcp_authors", "uniform", "l1", "dmcp_pretrained")
+DEFAULT_METHODS = ("dmcp_budget", "dmcp_authors", "uniform", "l1", "dmcp_pretrained", "dmcp_l1")
 FULL = "full"  # the unpruned network, trained from scratch
 # The search each method needs: (gate kind, origin, start of the gates).
 SEARCHES = {"dmcp_budget": ("markov", "warmup", "budget"), "dmcp_authors": ("markov", "warmup", "authors"),
@@ -209,6 +214,9 @@ class Benchmark:
     # --- one seed ---------------------------------------------------------------
     def run(self, budgets, methods):
         todo = [(m, b) for b in budgets for m in methods if (m, b) not in self.done]
+        if any(m == "dmcp_l1" and ("dmcp_budget", b) not in self.done and "dmcp_budget" not in methods
+               for m, b in todo):
+            raise SystemExit("dmcp_l1 takes dmcp_budget's structure: add dmcp_budget to --methods.")
         if not todo and (FULL, "1.0x") in self.done:
             return self.rows
         # Baselines matched to every budget first: a budget they cannot meet fails before any training.
@@ -246,6 +254,10 @@ class Benchmark:
                     config, slim = uniform, rebuild(self.template, uniform, copy_weights=False)
                 elif method == "l1":
                     config, slim = uniform, rebuild(l1_supernet, uniform, channel_order=l1_order)
+                elif method == "dmcp_l1":  # dmcp_budget's widths (its row, or its search just now)
+                    config = searched["dmcp_budget"][1] if "dmcp_budget" in searched else \
+                        self.done["dmcp_budget", budget]["config"]
+                    slim = rebuild(l1_supernet, config, channel_order=l1_order)
                 elif method == "dmcp_pretrained":
                     slim, config, extra = self.pretrained_structure(*pretrained_search, budget, full)
                 else:  # random

@@ -80,6 +80,7 @@ def test_accuracy_benchmark_every_method_tiny(tmp_path):
         assert abs(rows[method]["macs"] - 0.5 * full) <= 0.1 * 0.5 * full, method
     assert rows["uniform"]["config"] == rows["l1"]["config"] != rows["random"]["config"]
     assert rows["dmcp_finetune"]["config"] == rows["dmcp_budget"]["config"]  # one search, two trainings
+    assert rows["dmcp_l1"]["config"] == rows["dmcp_budget"]["config"]  # its widths, the trained channels
     for method in ("dmcp_budget", "dmcp_authors", "dmcp_full", "dmcp_pretrained", "bernoulli", "from_full"):
         row = rows[method]
         assert row["search_seconds"] > 0 and row["trajectory"][-1]["step"] > row["trajectory"][0]["step"], method
