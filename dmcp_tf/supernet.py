@@ -62,8 +62,8 @@ class DMCPModel(keras.Model):
             `lambda` acts as a Lagrange multiplier: after every architecture step
             it is multiplied by `exp(growth * (E / T - 1))` and never falls below
             `budget_weight`, so it grows while the expected cost `E` stays above
-            the target `T` and relaxes back once it is met. It weights the budget
-            loss above the target only (below, `budget_weight` does). This holds the budget
+            the target `T` and relaxes back once it is met (while it is large, it
+            also pulls a cost that fell below the target back up). This holds the budget
             where the task loss' pull outweighs the authors' log-shaped budget
             loss, whose gradient weakens as `1 / (E - 0.95 T)` far above the target
             (frozen trained weights, small budgets). 0.1 is a moderate rate: 1.1x
@@ -286,9 +286,7 @@ class DMCPModel(keras.Model):
             task = losses_lib.cross_entropy(y, logits, self.arch_label_smoothing)
             expected = self.cost.expected(self.graph)
             budget = costs.budget_loss(expected, self._target)
-            # An adapted weight scales the pull down to the target; below it the authors' weight.
-            weight = ops.where(expected >= self._target, self._budget_multiplier, self.budget_weight)
-            loss = task + weight * budget
+            loss = task + self._budget_multiplier * budget
             scaled = self._scaled(self.arch_optimizer, loss)
         self._apply(self.arch_optimizer, tape.gradient(scaled, self.arch_variables), self.arch_variables)
         if self.budget_weight_growth:
