@@ -6,11 +6,12 @@ import zlib
 import pytest
 import tensorflow as tf
 
+from dmcp_tf import data
 import dmcp_tf
-from dmcp_tf import cli, data
 from dmcp_tf.configs import fashion_mnist
-from dmcp_tf.gates import MarkovGate
-from dmcp_tf.pipeline import Pipeline, PipelineError
+from dmcp_tf.run import cli
+from dmcp_tf.run.pipeline import Pipeline, PipelineError
+from dmcp_tf.search.gates import MarkovGate
 from tests.helpers import FASHION_FILES, learnable_fashion_mnist, tiny_supernet
 
 

@@ -8,8 +8,8 @@ import math
 
 import keras
 
-from dmcp_tf import losses as losses_lib
-from dmcp_tf.supernet import DMCPModel, default_arch_optimizer, default_weight_optimizer, ends_in_softmax
+from dmcp_tf.search import losses as losses_lib
+from dmcp_tf.search.supernet import DMCPModel, default_arch_optimizer, default_weight_optimizer, ends_in_softmax
 
 
 def build_search_model(supernet, search, steps_per_epoch, seed=0, budget=None):

@@ -9,12 +9,12 @@ import os
 
 import ml_collections
 
-from dmcp_tf import data as data_lib
 from dmcp_tf import costs
-from dmcp_tf.export import QUANTIZATIONS
-from dmcp_tf import search_init
-from dmcp_tf.gates import GATE_TYPES
-from dmcp_tf.training import WEIGHT_DECAY_TYPES
+from dmcp_tf import data as data_lib
+from dmcp_tf.deploy.export import QUANTIZATIONS
+from dmcp_tf.run.recipes import WEIGHT_DECAY_TYPES
+from dmcp_tf.search import search_init
+from dmcp_tf.search.gates import GATE_TYPES
 
 
 # Keras dtype policies a run may train under (`mixed_precision`): variables stay float32,

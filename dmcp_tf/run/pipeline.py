@@ -27,16 +27,19 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dmcp_tf import baselines, calibration, costs, distributed, export, pretrained, report, sampling, training
-from dmcp_tf import trajectory as trajectory_lib
-from dmcp_tf import config as config_lib
+from dmcp_tf import costs
 from dmcp_tf import data as data_lib
-from dmcp_tf.checkpoints import CheckpointCallback, CheckpointManager, list_checkpoints, seed_generator_states
-from dmcp_tf.graph import ChannelGraph
+from dmcp_tf.channels.graph import ChannelGraph
+from dmcp_tf.channels.rebuild import rebuild
+from dmcp_tf.deploy import export
 from dmcp_tf.io_utils import atomic_write_json, atomic_write_text, file_sha256
 from dmcp_tf.models import build_supernet
-from dmcp_tf.rebuild import rebuild
-from dmcp_tf.supernet import DMCPModel, SearchPhaseSwitch
+from dmcp_tf.run import config as config_lib
+from dmcp_tf.run import distributed, report, recipes
+from dmcp_tf.run.checkpoints import CheckpointCallback, CheckpointManager, list_checkpoints, seed_generator_states
+from dmcp_tf.search import baselines, calibration, pretrained, sampling
+from dmcp_tf.search import trajectory as trajectory_lib
+from dmcp_tf.search.supernet import DMCPModel, SearchPhaseSwitch
 
 STEPS = ("search", "sample", "retrain", "eval", "export")
 UNIFORM_ROW = "uniform width"  # the summary row of the uniform baseline: "uniform width, same <unit>"
@@ -372,7 +375,7 @@ class Pipeline:
 
     def _build_search_model(self, steps_per_epoch):
         with self.strategy.scope():
-            return training.build_search_model(self._new_supernet(), self.config.search, steps_per_epoch,
+            return recipes.build_search_model(self._new_supernet(), self.config.search, steps_per_epoch,
                                                seed=self.config.seed, budget=self.budget)
 
     def _search(self):
@@ -398,7 +401,7 @@ class Pipeline:
         if start < model.total_steps:
             self._train(model, epochs=s.epochs, steps_per_epoch=steps, initial_step=start,
                         callbacks=self._tensorboard("search") + [
-                            training.NonFiniteGuard("search", "search.learning_rate"), tracker, saver])
+                            recipes.NonFiniteGuard("search", "search.learning_rate"), tracker, saver])
         _save_model(model.supernet, self.out("supernet.keras"))
         self._supernet = model.supernet
         expected = float(model.cost.expected(model.graph))
@@ -473,12 +476,12 @@ class Pipeline:
             with self._local_scope():
                 self._calibrate(local)
                 if self.chief:
-                    inherited = training.evaluate(local, self.data.test)
+                    inherited = recipes.evaluate(local, self.data.test)
                     self.log(f"inherited weights after BN calibration: top-1 {inherited['accuracy']:.4f}")
             if local is not slim:
                 slim.set_weights(local.get_weights())
         with self.strategy.scope():
-            training.compile_classifier(slim, r, steps * r.epochs)
+            recipes.compile_classifier(slim, r, steps * r.epochs)
             slim.optimizer.build(slim.trainable_variables)  # its variables exist before a restore
         identity = self._checkpoint_identity("retrain", steps, channels=channels,
                                              supernet_sha256=file_sha256(self.path("supernet.keras")))
@@ -492,10 +495,10 @@ class Pipeline:
             # Several workers: no per-epoch validation (the eval step measures the result).
             self._train(slim, epochs=r.epochs, steps_per_epoch=steps, initial_step=start,
                         callbacks=self._tensorboard("retrain") + [
-                            training.NonFiniteGuard("retrain", "retrain.learning_rate"), saver],
+                            recipes.NonFiniteGuard("retrain", "retrain.learning_rate"), saver],
                         validation_data=None if self.multi_worker else self.data.test)
         uniform = self._train_uniform(graph, self.budget.cost.of(graph, channels), steps) if r.compare_uniform else None
-        _save_model(training.portable_copy(slim), self.out("slim.keras"))  # loads with plain Keras
+        _save_model(recipes.portable_copy(slim), self.out("slim.keras"))  # loads with plain Keras
         self._slim = None if self.multi_worker else slim
         return {
             "from_scratch": r.from_scratch, "inherited": inherited, "resumed_from_step": start or None,
@@ -519,14 +522,14 @@ class Pipeline:
         keras.utils.set_random_seed(self.config.seed)
         with self.strategy.scope():
             model = rebuild(self.supernet, config, copy_weights=False, name=f"{self.supernet.name}_uniform")
-            training.compile_classifier(model, r, steps * r.epochs)
+            recipes.compile_classifier(model, r, steps * r.epochs)
         macs = graph.flops(config)
         self.log(f"uniform width {fraction:.3f} ({costs.MACS.format(macs)}): training {r.epochs} epochs")
         self._train(model, epochs=r.epochs, steps_per_epoch=steps, initial_step=0, callbacks=[])
         measured = {"fraction": fraction, "flops": macs, "params": graph.params(config), "unit": self.budget.cost.unit}
         if self.multi_worker:
             return dict(measured, note="not evaluated")
-        return dict(training.evaluate(model, self.data.test), channels=config, **measured)
+        return dict(recipes.evaluate(model, self.data.test), channels=config, **measured)
 
     def full_model(self):
         """The unpruned supernet as a plain model, batch norm calibrated for the full width."""
@@ -540,7 +543,7 @@ class Pipeline:
         results = {}
         for label, model in (("full", self.full_model()), ("slim", self.slim)):
             graph = ChannelGraph(model)
-            results[label] = dict(training.evaluate(model, self.data.test), flops=graph.flops(), params=graph.params())
+            results[label] = dict(recipes.evaluate(model, self.data.test), flops=graph.flops(), params=graph.params())
             self.log(f"{label}: top-1 {results[label]['accuracy']:.4f}, {costs.MACS.format(graph.flops())}")
         return results
 
