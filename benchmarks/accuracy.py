@@ -56,7 +56,7 @@ from dmcp_tf.channels.rebuild import rebuild  # noqa: E402
 from dmcp_tf.configs import fashion_mnist  # noqa: E402
 from dmcp_tf.io_utils import atomic_write_json  # noqa: E402
 from dmcp_tf.models import build_supernet  # noqa: E402
-from dmcp_tf.run import report, recipes  # noqa: E402
+from dmcp_tf.run import recipes, report  # noqa: E402
 from dmcp_tf.search import baselines, calibration, pretrained, search_init  # noqa: E402
 from dmcp_tf.search import trajectory as trajectory_lib  # noqa: E402
 from dmcp_tf.search.sampling import expected_config  # noqa: E402

@@ -36,7 +36,7 @@ def test_a_damaged_model_file_names_itself_and_the_step_that_rewrites_it(tmp_pat
     (tmp_path / name).write_bytes(b"PK\x03\x04 not really a zip")
     runner = Pipeline(fashion_mnist.get_config(), str(tmp_path))
     with pytest.raises(PipelineError, match=f"{tmp_path / name} cannot be read.*--mode={step} --overwrite"):
-        getattr(runner, name.split(".")[0])
+        getattr(runner.context, name.split(".")[0])
 
 
 @pytest.mark.parametrize("error, named", [

@@ -165,10 +165,10 @@ def test_a_run_directory_from_before_mixed_precision_still_resumes(tmp_path):
     saved = json.loads(config.to_json())
     del saved["mixed_precision"]  # config.json of a run made before the key existed
     (tmp_path / "config.json").write_text(json.dumps(saved))
-    Pipeline(config, str(tmp_path))._check_run_dir(["search"])  # same config: accepted
+    Pipeline(config, str(tmp_path)).dir.check(config, ["search"])  # same config: accepted
     config.mixed_precision = "mixed_bfloat16"
     with pytest.raises(PipelineError, match="belongs to another config.*mixed_precision"):
-        Pipeline(config, str(tmp_path))._check_run_dir(["search"])
+        Pipeline(config, str(tmp_path)).dir.check(config, ["search"])
 
 
 def test_existing_outputs_are_not_overwritten(tmp_path, data_dir):

@@ -87,8 +87,9 @@ def run(argv):
                          f"--mode={FLAGS.mode} would ignore them. Drop them, or add --mode=flops.")
     strategy = _strategy(FLAGS.strategy)  # first: multi-worker set-up must precede other TensorFlow work
     from dmcp_tf.run import pipeline, report  # noqa: PLC0415
+    from dmcp_tf.run.rundir import STEPS  # noqa: PLC0415
 
-    steps = pipeline.STEPS if FLAGS.mode == "all" else (FLAGS.mode,)
+    steps = STEPS if FLAGS.mode == "all" else (FLAGS.mode,)
     run_dir = FLAGS.run_dir or os.path.join("runs", config.name)
     runner = pipeline.Pipeline(config, run_dir, overwrite=FLAGS.overwrite, strategy=strategy,
                                deterministic=FLAGS.deterministic)
@@ -96,7 +97,7 @@ def run(argv):
     if not runner.chief:
         return  # the chief writes the report and prints the summary
     print()
-    print(report.summary_table(rows, runner.SUMMARY_COLUMNS))
+    print(report.summary_table(rows, report.SUMMARY_COLUMNS))
     print(f"\nRun directory: {run_dir} (report.md sums it up)")
 
 
