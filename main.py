@@ -1,6 +1,6 @@
 """DMCP pipeline: `python main.py --config=configs/<name>.py [--mode=...]` (see README)."""
 
-from dmcp_tf.cli import main
+from dmcp_tf.run.cli import main
 
 if __name__ == "__main__":
     main()

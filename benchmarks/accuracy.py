@@ -54,15 +54,17 @@ from benchmarks import common  # noqa: E402  (sets up the path and TF logging)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dmcp_tf import baselines, calibration, costs, pretrained, report, search_init, training  # noqa: E402
+from dmcp_tf import costs  # noqa: E402
 from dmcp_tf import data as data_lib  # noqa: E402
-from dmcp_tf import trajectory as trajectory_lib  # noqa: E402
+from dmcp_tf.channels.graph import ChannelGraph  # noqa: E402
+from dmcp_tf.channels.rebuild import rebuild  # noqa: E402
 from dmcp_tf.configs import fashion_mnist  # noqa: E402
-from dmcp_tf.graph import ChannelGraph  # noqa: E402
 from dmcp_tf.io_utils import atomic_write_json  # noqa: E402
 from dmcp_tf.models import build_supernet  # noqa: E402
-from dmcp_tf.rebuild import rebuild  # noqa: E402
-from dmcp_tf.sampling import expected_config  # noqa: E402
+from dmcp_tf.run import recipes, report  # noqa: E402
+from dmcp_tf.search import baselines, calibration, pretrained, search_init  # noqa: E402
+from dmcp_tf.search import trajectory as trajectory_lib  # noqa: E402
+from dmcp_tf.search.sampling import expected_config  # noqa: E402
 
 METHODS = {
     "dmcp_budget": "DMCP (start: budget), from scratch",
@@ -125,11 +127,11 @@ class Benchmark:
     # --- training ------------------------------------------------------------
     def train(self, model, epochs):
         """Trains `model` for `epochs` on the seed's batches (from the first); returns test top-1."""
-        training.compile_classifier(model, self.config.retrain, self.steps * epochs)
+        recipes.compile_classifier(model, self.config.retrain, self.steps * epochs)
         if epochs:
             model.fit(self.data.train_stream(0, self.steps * epochs), epochs=epochs, steps_per_epoch=self.steps,
                       shuffle=False, verbose=0)
-        return training.evaluate(model, self.data.test)["accuracy"]
+        return recipes.evaluate(model, self.data.test)["accuracy"]
 
     def record(self, method, budget, model, **extra):
         """Trains and evaluates `model`, keeping (and saving) a row with its MACs, top-1 and training time."""
@@ -169,7 +171,7 @@ class Benchmark:
             search.budget_weight_growth = self.args.pretrained_budget_weight_growth
         if epochs is not None:
             search.epochs = epochs
-        return training.build_search_model(self.supernet(gate_kind), search, self.steps, seed=self.seed)
+        return recipes.build_search_model(self.supernet(gate_kind), search, self.steps, seed=self.seed)
 
     def search(self, model, budget, init, *, state=None, start_step=None):
         """Searches at `budget` from `state` (or the model as it is), the gates starting at `init`.
@@ -303,7 +305,7 @@ class Benchmark:
         config, extra = self.search(model, budget, self.args.init, start_step=0)
         slim = rebuild(model.supernet, config)
         calibration.calibrate_batch_norm(slim, self.data.calibration_batches(20))
-        extra["inherited_accuracy"] = training.evaluate(slim, self.data.test)["accuracy"]
+        extra["inherited_accuracy"] = recipes.evaluate(slim, self.data.test)["accuracy"]
         return slim, config, extra
 
 

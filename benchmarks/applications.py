@@ -22,9 +22,11 @@ from benchmarks import common  # noqa: E402  (sets up the path and TF logging)
 
 import keras  # noqa: E402
 
-from dmcp_tf import autogate, costs, report  # noqa: E402
-from dmcp_tf.graph import INPUT_REASON, OUTPUT_REASON, ChannelGraph  # noqa: E402
+from dmcp_tf import costs  # noqa: E402
+from dmcp_tf.channels import autogate  # noqa: E402
+from dmcp_tf.channels.graph import INPUT_REASON, OUTPUT_REASON, ChannelGraph  # noqa: E402
 from dmcp_tf.io_utils import atomic_write_text  # noqa: E402
+from dmcp_tf.run import report  # noqa: E402
 
 WIDTH = (0.1, 1.0, 0.1)
 # Input sizes: the smallest each family accepts with random weights, 64 where that is smaller.

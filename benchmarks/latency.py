@@ -24,12 +24,12 @@ from benchmarks import common  # noqa: E402  (sets up the path and TF logging)
 
 import numpy as np  # noqa: E402
 
-from dmcp_tf.baselines import uniform_config  # noqa: E402
-from dmcp_tf.export import export_tflite, tflite_latency_ms  # noqa: E402
-from dmcp_tf.graph import ChannelGraph  # noqa: E402
+from dmcp_tf.channels.graph import ChannelGraph  # noqa: E402
+from dmcp_tf.channels.rebuild import rebuild  # noqa: E402
+from dmcp_tf.deploy.export import export_tflite, tflite_latency_ms  # noqa: E402
 from dmcp_tf.models import mobilenet_v2, mobilenet_v2_config, resnet50, resnet50_config  # noqa: E402
-from dmcp_tf.rebuild import rebuild  # noqa: E402
-from dmcp_tf.sampling import round_config  # noqa: E402
+from dmcp_tf.search.baselines import uniform_config  # noqa: E402
+from dmcp_tf.search.sampling import round_config  # noqa: E402
 
 # family -> (supernet builder(input_size), structure name -> channel configuration)
 FAMILIES = {

@@ -27,10 +27,10 @@ from benchmarks import common  # noqa: E402,F401  (sets up the path and TF loggi
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dmcp_tf import baselines, sampling  # noqa: E402
-from dmcp_tf.gates import MarkovGate  # noqa: E402
-from dmcp_tf.graph import ChannelGraph  # noqa: E402
-from dmcp_tf.supernet import DMCPModel, default_arch_optimizer, default_weight_optimizer  # noqa: E402
+from dmcp_tf.channels.graph import ChannelGraph  # noqa: E402
+from dmcp_tf.search import baselines, sampling  # noqa: E402
+from dmcp_tf.search.gates import MarkovGate  # noqa: E402
+from dmcp_tf.search.supernet import DMCPModel, default_arch_optimizer, default_weight_optimizer  # noqa: E402
 
 INPUTS, CLASSES, FULL = 32, 10, (64, 64, 64)
 

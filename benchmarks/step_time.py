@@ -34,11 +34,11 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from dmcp_tf import data as data_lib  # noqa: E402
-from dmcp_tf import losses  # noqa: E402
-from dmcp_tf.config import DTYPE_POLICIES  # noqa: E402
 from dmcp_tf.models import fashion_resnet, mobilenet_v2  # noqa: E402
-from dmcp_tf.pipeline import dtype_policy  # noqa: E402
-from dmcp_tf.supernet import DMCPModel, default_weight_optimizer  # noqa: E402
+from dmcp_tf.run.config import DTYPE_POLICIES  # noqa: E402
+from dmcp_tf.run.pipeline import dtype_policy  # noqa: E402
+from dmcp_tf.search import losses  # noqa: E402
+from dmcp_tf.search.supernet import DMCPModel, default_weight_optimizer  # noqa: E402
 
 # name -> (builder(gate_kind) -> model, default batch, budget of the DMCP search)
 MODELS = {

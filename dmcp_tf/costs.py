@@ -22,7 +22,7 @@ import re
 import numpy as np
 from keras import ops
 
-from dmcp_tf.report import format_count
+from dmcp_tf.run.report import format_count
 
 _MULTIPLIERS = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 _NUMBER = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKmMgGtT]?|x)\s*")
@@ -193,13 +193,13 @@ def budget_loss(expected, target):
 
 def count_flops(model):
     """MACs of every conv and dense layer of a functional model, one image."""
-    from dmcp_tf.graph import ChannelGraph  # noqa: PLC0415 (the graph module counts with this one)
+    from dmcp_tf.channels.graph import ChannelGraph  # noqa: PLC0415 (the graph module counts with this one)
 
     return MACS.of(ChannelGraph(model))
 
 
 def count_params(model):
     """Number of weights of a functional model (gates' parameters excluded)."""
-    from dmcp_tf.graph import ChannelGraph  # noqa: PLC0415
+    from dmcp_tf.channels.graph import ChannelGraph  # noqa: PLC0415
 
     return PARAMS.of(ChannelGraph(model))

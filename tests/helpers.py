@@ -5,10 +5,10 @@ import gzip
 import keras
 import numpy as np
 
-from dmcp_tf import gates as G
-from dmcp_tf.gates import MarkovGate
-from dmcp_tf.graph import ChannelGraph
-from dmcp_tf.rebuild import rebuild
+from dmcp_tf.channels.graph import ChannelGraph
+from dmcp_tf.channels.rebuild import rebuild
+from dmcp_tf.search import gates as G
+from dmcp_tf.search.gates import MarkovGate
 
 
 def tiny_supernet(input_shape=(12, 12, 3), classes=4, gate_cls=MarkovGate, sync_bn=False, channels=(16, 32)):

@@ -4,11 +4,11 @@ import keras
 import numpy as np
 import pytest
 
-from dmcp_tf import sampling
-from dmcp_tf.autogate import analyze, insert_gates, make_supernet
-from dmcp_tf.gates import MarkovGate
-from dmcp_tf.graph import ChannelGraph, GraphError
-from dmcp_tf.rebuild import rebuild
+from dmcp_tf.channels.autogate import analyze, insert_gates, make_supernet
+from dmcp_tf.channels.graph import ChannelGraph, GraphError
+from dmcp_tf.channels.rebuild import rebuild
+from dmcp_tf.search import sampling
+from dmcp_tf.search.gates import MarkovGate
 from tests.helpers import assert_rebuild_exact, blob_data
 
 L = keras.layers
@@ -227,8 +227,8 @@ def test_keras_mobilenet_v2_groups_are_the_coupled_sets():
 
 @pytest.mark.slow
 def test_keras_application_search_rebuild_and_tflite(tmp_path):
-    from dmcp_tf import export
-    from dmcp_tf.supernet import default_arch_optimizer, default_weight_optimizer
+    from dmcp_tf.deploy import export
+    from dmcp_tf.search.supernet import default_arch_optimizer, default_weight_optimizer
 
     keras.utils.set_random_seed(0)
     backbone = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.5, weights=None, classes=4)

@@ -4,11 +4,11 @@ import keras
 import numpy as np
 import pytest
 
-from dmcp_tf import baselines
-from dmcp_tf.autogate import insert_gates
-from dmcp_tf.graph import ChannelGraph
+from dmcp_tf.channels.autogate import insert_gates
+from dmcp_tf.channels.graph import ChannelGraph
+from dmcp_tf.channels.rebuild import rebuild
 from dmcp_tf.models import fashion_resnet, mobilenet_v2, mobilenet_v2_config
-from dmcp_tf.rebuild import rebuild
+from dmcp_tf.search import baselines
 from tests.helpers import randomize_batch_norm
 
 L = keras.layers

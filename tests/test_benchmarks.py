@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from benchmarks import accuracy, applications, common, latency, step_time
-from dmcp_tf.graph import ChannelGraph
+from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.models import fashion_resnet
 from tests.helpers import learnable_fashion_mnist
 

@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dmcp_tf.checkpoints import CheckpointManager
-from dmcp_tf.supernet import DMCPModel, default_arch_optimizer
+from dmcp_tf.run.checkpoints import CheckpointManager
+from dmcp_tf.search.supernet import DMCPModel, default_arch_optimizer
 from tests.helpers import blob_data, tiny_supernet
 
 STEPS, WARMUP = 20, 10  # 10 search steps past warm-up

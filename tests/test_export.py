@@ -1,4 +1,4 @@
-"""Tests for dmcp_tf.export: SavedModel / TFLite export, parity, latency, atomic writes."""
+"""Tests for dmcp_tf.deploy.export: SavedModel / TFLite export, parity, latency, atomic writes."""
 
 import math
 import os
@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
-from dmcp_tf import export
+from dmcp_tf.deploy import export
 
 
 def _tiny_model(extra_layer=None):

@@ -6,11 +6,12 @@ import zlib
 import pytest
 import tensorflow as tf
 
+from dmcp_tf import data
 import dmcp_tf
-from dmcp_tf import cli, data
 from dmcp_tf.configs import fashion_mnist
-from dmcp_tf.gates import MarkovGate
-from dmcp_tf.pipeline import Pipeline, PipelineError
+from dmcp_tf.run import cli
+from dmcp_tf.run.pipeline import Pipeline, PipelineError
+from dmcp_tf.search.gates import MarkovGate
 from tests.helpers import FASHION_FILES, learnable_fashion_mnist, tiny_supernet
 
 
@@ -35,7 +36,7 @@ def test_a_damaged_model_file_names_itself_and_the_step_that_rewrites_it(tmp_pat
     (tmp_path / name).write_bytes(b"PK\x03\x04 not really a zip")
     runner = Pipeline(fashion_mnist.get_config(), str(tmp_path))
     with pytest.raises(PipelineError, match=f"{tmp_path / name} cannot be read.*--mode={step} --overwrite"):
-        getattr(runner, name.split(".")[0])
+        getattr(runner.context, name.split(".")[0])
 
 
 @pytest.mark.parametrize("error, named", [

@@ -4,10 +4,10 @@ import keras
 import numpy as np
 import pytest
 
-from dmcp_tf.autogate import analyze, insert_gates
-from dmcp_tf.gates import MarkovGate
-from dmcp_tf.graph import ChannelGraph, GraphError
-from dmcp_tf.rebuild import rebuild
+from dmcp_tf.channels.autogate import analyze, insert_gates
+from dmcp_tf.channels.graph import ChannelGraph, GraphError
+from dmcp_tf.channels.rebuild import rebuild
+from dmcp_tf.search.gates import MarkovGate
 from tests.helpers import assert_rebuild_exact, grid_config
 from tests.test_autogate import WIDTH, conv_bn, gate_of, gated_exactly, model_of
 from tests.test_ops_nodes import analysis, head
@@ -206,7 +206,7 @@ def test_a_grouped_conv_on_concatenated_channels_read_after_a_batch_norm_stays_w
 
 
 def test_baselines_and_rounding_keep_whole_groups():
-    from dmcp_tf import baselines, sampling
+    from dmcp_tf.search import baselines, sampling
 
     gated = gated_grouped()
     graph = ChannelGraph(gated)

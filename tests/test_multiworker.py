@@ -1,6 +1,6 @@
 """MultiWorkerMirroredStrategy: two worker processes on 127.0.0.1 train the search.
 
-Keras 3 `fit` fails under that strategy (keras issue 20585); `dmcp_tf.distributed.
+Keras 3 `fit` fails under that strategy (keras issue 20585); `dmcp_tf.run.distributed.
 train_loop` runs the model's own `train_step` through `strategy.run` instead.
 This file is also the worker program: `python tests/test_multiworker.py worker
 <index> <ports> <out_dir>` (each worker is a process of its own, configured by
@@ -43,7 +43,7 @@ def data():
 def build(strategy):
     import keras  # noqa: PLC0415
 
-    from dmcp_tf.supernet import DMCPModel, default_arch_optimizer  # noqa: PLC0415
+    from dmcp_tf.search.supernet import DMCPModel, default_arch_optimizer  # noqa: PLC0415
     from tests.helpers import tiny_supernet  # noqa: PLC0415
 
     with strategy.scope():
@@ -62,13 +62,13 @@ def worker(index, ports, out_dir):
     """One worker: TF_CONFIG, the strategy, the tiny search; writes its final variables."""
     os.environ["TF_CONFIG"] = json.dumps({
         "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}})
-    from dmcp_tf import distributed  # noqa: PLC0415
+    from dmcp_tf.run import distributed  # noqa: PLC0415
 
     strategy = distributed.make_strategy("auto")  # TF_CONFIG lists two workers: multi-worker
     import tensorflow as tf  # noqa: PLC0415
 
-    from dmcp_tf.checkpoints import CheckpointCallback, CheckpointManager  # noqa: PLC0415
-    from dmcp_tf.supernet import SearchPhaseSwitch  # noqa: PLC0415
+    from dmcp_tf.run.checkpoints import CheckpointCallback, CheckpointManager  # noqa: PLC0415
+    from dmcp_tf.search.supernet import SearchPhaseSwitch  # noqa: PLC0415
 
     assert distributed.is_multi_worker(strategy) and strategy.num_replicas_in_sync == 2
     model = build(strategy)

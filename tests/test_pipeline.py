@@ -9,9 +9,10 @@ import keras
 import numpy as np
 import pytest
 
-from dmcp_tf import baselines, report, trajectory
+from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.configs import fashion_mnist
-from dmcp_tf.graph import ChannelGraph
+from dmcp_tf.run import report
+from dmcp_tf.search import baselines, trajectory
 from tests.helpers import learnable_fashion_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -158,16 +159,16 @@ def test_run_directory_of_another_config_is_refused(tmp_path, data_dir):
 
 
 def test_a_run_directory_from_before_mixed_precision_still_resumes(tmp_path):
-    from dmcp_tf.pipeline import Pipeline, PipelineError
+    from dmcp_tf.run.pipeline import Pipeline, PipelineError
 
     config = fashion_mnist.get_config()
     saved = json.loads(config.to_json())
     del saved["mixed_precision"]  # config.json of a run made before the key existed
     (tmp_path / "config.json").write_text(json.dumps(saved))
-    Pipeline(config, str(tmp_path))._check_run_dir(["search"])  # same config: accepted
+    Pipeline(config, str(tmp_path)).dir.check(config, ["search"])  # same config: accepted
     config.mixed_precision = "mixed_bfloat16"
     with pytest.raises(PipelineError, match="belongs to another config.*mixed_precision"):
-        Pipeline(config, str(tmp_path))._check_run_dir(["search"])
+        Pipeline(config, str(tmp_path)).dir.check(config, ["search"])
 
 
 def test_existing_outputs_are_not_overwritten(tmp_path, data_dir):
@@ -248,8 +249,8 @@ def test_a_params_budget_is_searched_sampled_and_reported_in_params(tmp_path, da
 
 
 def test_search_from_a_trained_model_starts_from_its_sorted_weights(tmp_path, data_dir):
+    from dmcp_tf.channels.rebuild import rebuild
     from dmcp_tf.models import fashion_resnet
-    from dmcp_tf.rebuild import rebuild
 
     keras.utils.set_random_seed(3)
     trained = rebuild(fashion_resnet(channels=(16, 32, 64)), copy_weights=False, name="trained")

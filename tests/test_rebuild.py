@@ -2,11 +2,11 @@ import keras
 import numpy as np
 import pytest
 
-from dmcp_tf import gates as G
-from dmcp_tf.calibration import calibrate_batch_norm
-from dmcp_tf.graph import ChannelGraph, GraphError
+from dmcp_tf.channels.graph import ChannelGraph, GraphError
+from dmcp_tf.channels.rebuild import rebuild
 from dmcp_tf.models import mobilenet_v2, resnet18, resnet50
-from dmcp_tf.rebuild import rebuild
+from dmcp_tf.search import gates as G
+from dmcp_tf.search.calibration import calibrate_batch_norm
 from tests.helpers import assert_rebuild_exact, tiny_supernet
 
 

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 
 import dmcp_tf
-from dmcp_tf import layer_rules
-from dmcp_tf.autogate import insert_gates
-from dmcp_tf.graph import ChannelGraph
-from dmcp_tf.layer_rules import PRODUCE, LayerRule, spatial_size
-from dmcp_tf.rebuild import rebuild
-from dmcp_tf.slicing import SlicedForward
+from dmcp_tf.channels import layer_rules
+from dmcp_tf.channels.autogate import insert_gates
+from dmcp_tf.channels.graph import ChannelGraph
+from dmcp_tf.channels.layer_rules import PRODUCE, LayerRule, spatial_size
+from dmcp_tf.channels.rebuild import rebuild
+from dmcp_tf.channels.slicing import SlicedForward
 from tests.helpers import assert_rebuild_exact
 from tests.test_autogate import WIDTH, conv_bn, gate_of, gated_exactly, model_of
 from tests.test_ops_nodes import analysis, head
@@ -132,7 +132,7 @@ def test_unregistered_custom_layer_is_a_boundary_named_by_analyze():
 
 
 @pytest.mark.parametrize("layer_class, rule, error, message", [
-    (ChannelScale, object(), TypeError, "must be an instance of dmcp_tf.layer_rules.LayerRule"),
+    (ChannelScale, object(), TypeError, "must be an instance of dmcp_tf.channels.layer_rules.LayerRule"),
     (ChannelScale, ChannelScaleRule, TypeError, "must be an instance"),  # the class, not an instance
     (int, ChannelScaleRule(), TypeError, "takes a keras.layers.Layer subclass"),
     (ChannelScale(), ChannelScaleRule(), TypeError, "takes a keras.layers.Layer subclass"),  # an instance

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from matplotlib import image
 
-from dmcp_tf import report as R
+from dmcp_tf.run import report as R
 
 GATE_ROWS = [
     {"gate": "stem/gate", "kept": 24, "channels": 48, "expected": 23.6},

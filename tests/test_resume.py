@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dmcp_tf import checkpoints
-from dmcp_tf.checkpoints import CheckpointCallback, CheckpointError, CheckpointManager, CheckpointMismatchError
 from dmcp_tf.configs import fashion_mnist
-from dmcp_tf.pipeline import Pipeline
-from dmcp_tf.supernet import DMCPModel
+from dmcp_tf.run import checkpoints
+from dmcp_tf.run.checkpoints import CheckpointCallback, CheckpointError, CheckpointManager, CheckpointMismatchError
+from dmcp_tf.run.pipeline import Pipeline
+from dmcp_tf.search.supernet import DMCPModel
 from tests.helpers import blob_data, learnable_fashion_mnist, tiny_supernet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -4,10 +4,10 @@ import keras
 import numpy as np
 import pytest
 
-from dmcp_tf import sampling
-from dmcp_tf.gates import MarkovGate
-from dmcp_tf.graph import ChannelGraph
+from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.models import fashion_resnet
+from dmcp_tf.search import sampling
+from dmcp_tf.search.gates import MarkovGate
 from tests.helpers import tiny_supernet
 
 

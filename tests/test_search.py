@@ -2,9 +2,9 @@ import keras
 import numpy as np
 import pytest
 
-from dmcp_tf import sampling
-from dmcp_tf.gates import BernoulliGate
-from dmcp_tf.supernet import DMCPModel, default_arch_optimizer
+from dmcp_tf.search import sampling
+from dmcp_tf.search.gates import BernoulliGate
+from dmcp_tf.search.supernet import DMCPModel, default_arch_optimizer
 from tests.helpers import blob_data, tiny_supernet
 
 

@@ -4,7 +4,7 @@ Sized to finish the whole pipeline in about 5 minutes on 2 CPU cores (the limit
 is 10): each search epoch sees 30,000 training images, retraining all 60,000.
 """
 
-from dmcp_tf.config import base_config
+from dmcp_tf.run.config import base_config
 
 
 def get_config():

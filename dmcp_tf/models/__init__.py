@@ -7,8 +7,8 @@ from dmcp_tf.models.paper_structures import (
     mobilenet_v2_config,
     resnet50_config,
 )
+from dmcp_tf.channels.rebuild import rebuild
 from dmcp_tf.models.resnet import fashion_resnet, resnet, resnet18, resnet50
-from dmcp_tf.rebuild import rebuild
 
 SUPERNETS = {
     "mobilenet_v2": mobilenet_v2,

@@ -23,8 +23,8 @@ import numpy as np
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+from dmcp_tf.channels.rebuild import rebuild
 from dmcp_tf.io_utils import atomic_directory, atomic_write_bytes
-from dmcp_tf.rebuild import rebuild
 
 QUANTIZATIONS = ("float32", "float16", "int8")
 

@@ -3,9 +3,9 @@
 import keras
 import numpy as np
 
-from dmcp_tf.gates import ChannelGate
-from dmcp_tf.graph import ChannelGraph
-from dmcp_tf.walk import as_functional, copy_operation, layer_config, walk
+from dmcp_tf.channels.graph import ChannelGraph
+from dmcp_tf.channels.walk import as_functional, copy_operation, layer_config, walk
+from dmcp_tf.search.gates import ChannelGate
 
 
 def rebuild(model, config=None, *, copy_weights=True, graph=None, name=None, channel_order=None, dtype=None):

@@ -12,10 +12,10 @@ function before and after.
 
 import keras
 
-from dmcp_tf import baselines
-from dmcp_tf.gates import ChannelGate
-from dmcp_tf.graph import ChannelGraph
-from dmcp_tf.rebuild import rebuild
+from dmcp_tf.channels.graph import ChannelGraph
+from dmcp_tf.channels.rebuild import rebuild
+from dmcp_tf.search import baselines
+from dmcp_tf.search.gates import ChannelGate
 
 
 def copy_weights_by_name(source, target):

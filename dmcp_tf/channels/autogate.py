@@ -9,11 +9,11 @@ channels non-zero before they are read). `make_supernet` wraps that in a
 
 import keras
 
-from dmcp_tf import layer_rules as rules
-from dmcp_tf.gates import check_width_grid, make_gate, split_channels
-from dmcp_tf.graph import ChannelGraph, GraphError, whole_groups_reason
-from dmcp_tf.supernet import DMCPModel
-from dmcp_tf.walk import as_functional, copy_operation, walk
+from dmcp_tf.channels import layer_rules as rules
+from dmcp_tf.channels.graph import ChannelGraph, GraphError, whole_groups_reason
+from dmcp_tf.channels.walk import as_functional, copy_operation, walk
+from dmcp_tf.search.gates import check_width_grid, make_gate, split_channels
+from dmcp_tf.search.supernet import DMCPModel
 
 MAX_PLACEMENT_ROUNDS = 8
 

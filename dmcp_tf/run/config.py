@@ -3,18 +3,15 @@
 Config files (`configs/*.py`) start from `base_config()` and override what their
 experiment needs; `main.py --config=configs/x.py --config.search.budget=0.3x`
 overrides further. Unknown keys are rejected because the ConfigDict is locked.
+
+`validate` reads the names a key may take from the module that defines them
+(data sets, models, gate kinds, ...) and imports those modules only when it runs,
+so that reading a config file stays light.
 """
 
 import os
 
 import ml_collections
-
-from dmcp_tf import data as data_lib
-from dmcp_tf import costs
-from dmcp_tf.export import QUANTIZATIONS
-from dmcp_tf import search_init
-from dmcp_tf.gates import GATE_TYPES
-from dmcp_tf.training import WEIGHT_DECAY_TYPES
 
 
 # Keras dtype policies a run may train under (`mixed_precision`): variables stay float32,
@@ -101,20 +98,34 @@ def base_config():
 
 
 def validate(config):
-    """Raises ValueError, naming the key, for values that cannot work (before any training)."""
+    """Checks every value that cannot work, before any training; returns the budget, parsed.
+
+    Returns:
+        The `costs.Budget` of `search.budget`: the run reads this one, it is not parsed again.
+
+    Raises:
+        ValueError: the message names the key and says what it may be.
+    """
+    # What a key may be is defined beside the code that reads it.
+    from dmcp_tf import costs  # noqa: PLC0415
+    from dmcp_tf.data import DATASETS  # noqa: PLC0415
+    from dmcp_tf.deploy.export import QUANTIZATIONS  # noqa: PLC0415
+    from dmcp_tf.models import SUPERNETS  # noqa: PLC0415
+    from dmcp_tf.run.recipes import WEIGHT_DECAY_TYPES  # noqa: PLC0415
+    from dmcp_tf.search.gates import GATE_TYPES  # noqa: PLC0415
+    from dmcp_tf.search.search_init import INITS  # noqa: PLC0415
+
     def fail(key, message):
         raise ValueError(f"Config key `{key}`: {message}")
 
-    if config.data.name not in data_lib.DATASETS:
-        fail("data.name", f"unknown data set {config.data.name!r}; choose one of {sorted(data_lib.DATASETS)}.")
-    from dmcp_tf.models import SUPERNETS  # noqa: PLC0415 (models import Keras layers)
-
+    if config.data.name not in DATASETS:
+        fail("data.name", f"unknown data set {config.data.name!r}; choose one of {sorted(DATASETS)}.")
     if config.model.name not in SUPERNETS:
         fail("model.name", f"unknown model {config.model.name!r}; choose one of {sorted(SUPERNETS)}.")
     if config.model.gate_kind not in GATE_TYPES:
         fail("model.gate_kind", f"unknown gate kind {config.model.gate_kind!r}; choose one of {sorted(GATE_TYPES)}.")
     try:
-        costs.Budget.parse(config.search.budget)
+        budget = costs.Budget.parse(config.search.budget)
     except ValueError as error:
         fail("search.budget", str(error))
     if config.mixed_precision not in DTYPE_POLICIES:
@@ -138,8 +149,8 @@ def validate(config):
         fail("checkpoints_to_keep", f"must be at least 1, got {config.checkpoints_to_keep}.")
     if not 0 <= config.search.warmup_fraction < 1:
         fail("search.warmup_fraction", f"must be in [0, 1), got {config.search.warmup_fraction}.")
-    if config.search.init not in search_init.INITS:
-        fail("search.init", f"unknown start {config.search.init!r}; choose one of {', '.join(search_init.INITS)}.")
+    if config.search.init not in INITS:
+        fail("search.init", f"unknown start {config.search.init!r}; choose one of {', '.join(INITS)}.")
     if config.retrain.weight_decay_type not in WEIGHT_DECAY_TYPES:
         fail("retrain.weight_decay_type", f"unknown {config.retrain.weight_decay_type!r}; choose one of "
              f"{', '.join(WEIGHT_DECAY_TYPES)}.")
@@ -167,6 +178,7 @@ def validate(config):
     unknown = set(quantizations(config)) - set(QUANTIZATIONS)
     if unknown:
         fail("export.quantizations", f"unknown {sorted(unknown)}; choose from {', '.join(QUANTIZATIONS)}.")
+    return budget
 
 
 def quantizations(config):

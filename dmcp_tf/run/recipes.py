@@ -1,15 +1,14 @@
-"""Model set-up shared by the pipeline and the benchmarks: the search model and the classifier.
+"""Training recipes shared by the run and the benchmarks: the search model and the classifier, compiled.
 
 Both read their hyperparameters from a config section (`config.search`,
-`config.retrain`), so a benchmark trains exactly as `main.py` does.
+`config.retrain`), so a benchmark trains exactly as `main.py` does. Also: the
+portable copy of a trained classifier that plain Keras loads, and its evaluation.
 """
-
-import math
 
 import keras
 
-from dmcp_tf import losses as losses_lib
-from dmcp_tf.supernet import DMCPModel, default_arch_optimizer, default_weight_optimizer, ends_in_softmax
+from dmcp_tf.search import losses as losses_lib
+from dmcp_tf.search.supernet import DMCPModel, default_arch_optimizer, default_weight_optimizer, ends_in_softmax
 
 
 def build_search_model(supernet, search, steps_per_epoch, seed=0, budget=None):
@@ -108,34 +107,3 @@ def evaluate(model, dataset):
         model.compile(loss=losses_lib.smoothed_sparse_cross_entropy(0.0), metrics=["accuracy"])
     result = model.evaluate(dataset, verbose=0, return_dict=True)
     return {"accuracy": float(result["accuracy"]), "loss": float(result["loss"])}
-
-
-class TrainingDivergedError(RuntimeError):
-    """A loss became NaN or infinite: the training cannot give a usable model."""
-
-
-class NonFiniteGuard(keras.callbacks.Callback):
-    """Stops training at the first non-finite loss (or expected MACs) with `TrainingDivergedError`.
-
-    Put it before the checkpoint callback: the step that diverged is then not
-    saved, and the earlier checkpoints stay.
-
-    Args:
-        stage: `"search"` or `"retrain"`, named in the message.
-        learning_rate_key: the config key to lower, named in the message.
-    """
-
-    WATCHED = ("loss", "arch_loss", "expected_cost")
-
-    def __init__(self, stage, learning_rate_key):
-        super().__init__()
-        self.stage, self.learning_rate_key = stage, learning_rate_key
-
-    def on_train_batch_end(self, batch, logs=None):
-        for key in self.WATCHED:
-            if key in (logs or {}) and not math.isfinite(float(logs[key])):
-                step = int(self.model.optimizer.iterations.numpy())
-                raise TrainingDivergedError(
-                    f"The {self.stage} diverged at step {step}: {key} is {float(logs[key])}. Nothing of this "
-                    f"step was saved (earlier checkpoints are kept). Lower the learning rate "
-                    f"(--config.{self.learning_rate_key}) and redo this step with --mode={self.stage} --overwrite.")

@@ -8,7 +8,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: k
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 MODES = ("all", "search", "sample", "retrain", "eval", "export", "flops")
 
 FLAGS = flags.FLAGS
@@ -45,7 +45,7 @@ def _strategy(name):
 def _flops(config):
     """Prints the MACs and parameters of the supernet and its budget, or of a channel configuration or paper structure."""
     from dmcp_tf import costs, models, sampling  # noqa: PLC0415 (after flag parsing: --help stays fast)
-    from dmcp_tf.graph import ChannelGraph  # noqa: PLC0415
+    from dmcp_tf.channels.graph import ChannelGraph  # noqa: PLC0415
 
     def describe(graph, config=None):
         values = {kind: kind.of(graph, config) for kind in costs.COSTS.values()}
@@ -86,9 +86,10 @@ def run(argv):
         raise ValueError(f"{' and '.join(ignored)} only apply to --mode=flops (counting a structure); "
                          f"--mode={FLAGS.mode} would ignore them. Drop them, or add --mode=flops.")
     strategy = _strategy(FLAGS.strategy)  # first: multi-worker set-up must precede other TensorFlow work
-    from dmcp_tf import pipeline, report  # noqa: PLC0415
+    from dmcp_tf.run import pipeline, report  # noqa: PLC0415
+    from dmcp_tf.run.rundir import STEPS  # noqa: PLC0415
 
-    steps = pipeline.STEPS if FLAGS.mode == "all" else (FLAGS.mode,)
+    steps = STEPS if FLAGS.mode == "all" else (FLAGS.mode,)
     run_dir = FLAGS.run_dir or os.path.join("runs", config.name)
     runner = pipeline.Pipeline(config, run_dir, overwrite=FLAGS.overwrite, strategy=strategy,
                                deterministic=FLAGS.deterministic)
@@ -96,7 +97,7 @@ def run(argv):
     if not runner.chief:
         return  # the chief writes the report and prints the summary
     print()
-    print(report.summary_table(rows, runner.SUMMARY_COLUMNS))
+    print(report.summary_table(rows, report.SUMMARY_COLUMNS))
     print(f"\nRun directory: {run_dir} (report.md sums it up)")
 
 
@@ -146,7 +147,7 @@ def _parse_flags(argv):
 def _bad_command_line(error):
     text = str(error).strip("'\"").replace("\\'", "'").replace("\\n", " ").replace("\n", " ")
     print(f"error: bad command line: {text}. Config keys and their defaults are in "
-          "dmcp_tf/config.py; flags are listed by --helpshort.", file=sys.stderr)
+          "dmcp_tf/run/config.py; flags are listed by --helpshort.", file=sys.stderr)
     sys.exit(2)
 
 

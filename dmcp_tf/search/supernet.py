@@ -10,12 +10,12 @@ import tensorflow as tf
 from keras import ops
 
 from dmcp_tf import costs
-from dmcp_tf import gates as gates_lib
-from dmcp_tf import losses as losses_lib
-from dmcp_tf import search_init
-from dmcp_tf.checkpoints import seed_generator_states
-from dmcp_tf.graph import ChannelGraph
-from dmcp_tf.slicing import SlicedForward
+from dmcp_tf.channels.graph import ChannelGraph
+from dmcp_tf.channels.slicing import SlicedForward
+from dmcp_tf.run.checkpoints import seed_generator_states
+from dmcp_tf.search import gates as gates_lib
+from dmcp_tf.search import losses as losses_lib
+from dmcp_tf.search import search_init
 
 
 def default_weight_optimizer(total_steps, learning_rate=0.2, warmup_steps=0, *, warmup_start=0.0,

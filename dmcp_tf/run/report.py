@@ -1,7 +1,8 @@
-"""Human-readable outputs of a DMCP run: tables, plots and a markdown report.
+"""Human-readable outputs of a DMCP run: tables, plots, and the run's markdown report.
 
-Works on plain Python / numpy data. Plots use Matplotlib's object API with the
-Agg canvas (no pyplot state) and every file is written atomically.
+Works on plain Python / numpy data and the JSON files of a run directory. Plots
+use Matplotlib's object API with the Agg canvas (no pyplot state) and every file
+is written atomically.
 """
 
 import io
@@ -12,6 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from dmcp_tf.io_utils import atomic_write_bytes, atomic_write_text
+from dmcp_tf.search.trajectory import verdict
 
 _UNITS = (("G", 1e9), ("M", 1e6), ("K", 1e3))
 
@@ -334,3 +336,92 @@ def plot_accuracy_vs_flops(series, path, *, reference=None, title=None):
     if title:
         axes.set_title(title)
     return _save_png(figure, path)
+
+
+# --- the report of a run directory ------------------------------------------------
+UNIFORM_ROW = "uniform width"  # the summary row of the uniform baseline: "uniform width, same <unit>"
+SUMMARY_COLUMNS = [("model", "model"), ("macs", "MACs"), ("params", "params"), ("top1", "top-1"),
+                   ("fp32_kb", "TFLite fp32 KB"), ("fp32_ms", "fp32 ms"), ("int8_kb", "int8 KB"),
+                   ("int8_ms", "int8 ms")]
+
+
+def summary_rows(rundir):
+    """Before/after rows of the console table and the report (`SUMMARY_COLUMNS`), from a `RunDirectory`."""
+    evaluated, exported = rundir.load_json("eval.json") or {}, rundir.load_json("export.json") or {}
+    uniform = (rundir.load_json("retrain.json") or {}).get("uniform") or {}
+    rows = []
+    for label, title in (("full", "unpruned supernet (searched, not retrained)"), ("slim", "DMCP slim"),
+                         ("uniform", f"{UNIFORM_ROW}, same {uniform.get('unit', 'MACs')}")):
+        ev = uniform if label == "uniform" else evaluated.get(label, {})
+        if label == "uniform" and "accuracy" not in ev:
+            continue
+        tfl = exported.get(f"{label}_float32", {})
+        int8 = exported.get(f"{label}_int8", {})
+        rows.append({
+            "model": title, "macs": _count(ev.get("flops")), "params": _count(ev.get("params")),
+            "top1": ev.get("accuracy"), "fp32_kb": _kb(tfl.get("bytes")), "fp32_ms": tfl.get("latency_ms"),
+            "int8_kb": _kb(int8.get("bytes")), "int8_ms": int8.get("latency_ms"),
+        })
+    return rows
+
+
+def write_run_report(rundir, budget):
+    """Writes `report.md` from whatever the run directory holds; returns the summary rows.
+
+    Args:
+        rundir: the `RunDirectory`.
+        budget: the budget as the config wrote it (`config.search.budget`).
+    """
+    rows = summary_rows(rundir)
+    search, sample = rundir.load_json("search.json"), rundir.load_json("sample.json")
+    sections = [("Summary", markdown_table(rows, SUMMARY_COLUMNS))]
+    sections += _comparison_section(rows)
+    if search:
+        sections.append(("Search", (
+            f"Budget `{budget}` = {_count(search['target'])} {search['unit']} of "
+            f"{_count(search['full_cost'])}; expected {search['unit']} after search {_count(search['expected_cost'])} "
+            f"({search['expected_cost'] / search['target']:.3f} of the budget), "
+            f"{search['steps']} steps ({search['warmup_steps']} warm-up), {search['seconds']} s. "
+            f"Start `{search.get('init', 'authors')}`.\n\n"
+            f"{verdict(search.get('settling'))}\n\n"
+            "![search trajectory](search_trajectory.png)")))
+    if sample:
+        sections.append(("Sampling", (
+            f"Expected sampling: {_count(sample['es_cost'])} {sample['unit']} "
+            f"({sample['es_cost'] / sample['target']:.3f} of the budget). "
+            f"Direct samples: mean {_count(sample['direct_mean_cost'])} {sample['unit']}.\n\n"
+            f"![{sample['unit']} histogram](cost_histogram.png)\n\n![channels](channel_distributions.png)")))
+    exported = rundir.load_json("export.json")
+    if exported:
+        parity_rows = [dict(name=k, **{m: v[m] for m in ("bytes", "latency_ms", "top1_agreement", "max_abs_diff")})
+                       for k, v in exported.items() if isinstance(v, dict)]
+        sections.append(("TFLite", markdown_table(parity_rows, [
+            ("name", "model"), ("bytes", "bytes"), ("latency_ms", "latency ms"),
+            ("top1_agreement", "top-1 agreement with Keras"), ("max_abs_diff", "max |prob diff|")])))
+    if os.path.exists(rundir.path("structure.md")):
+        with open(rundir.path("structure.md")) as f:
+            sections.append(("Structure", f.read()))
+    write_report(rundir.path("report.md"), sections)
+    return rows
+
+
+def _comparison_section(rows):
+    """The line that says what DMCP's structure bought over uniform width (if both were trained)."""
+    top1 = {row["model"]: row["top1"] for row in rows}
+    uniform_row = next((row["model"] for row in rows if row["model"].startswith(UNIFORM_ROW)), None)
+    slim, uniform = top1.get("DMCP slim"), top1.get(uniform_row)
+    if slim is None or uniform is None:
+        return []
+    unit = uniform_row.rsplit(" ", 1)[-1]
+    return [("DMCP against uniform width", (
+        f"DMCP slim {slim:.4f} against uniform width {uniform:.4f} at the same {unit}, trained the same way: "
+        f"{100 * (slim - uniform):+.2f} points top-1 (one seed; `docs/benchmarks.md` section 3 has the "
+        "comparison over seeds)."))]
+
+
+def _count(value):
+    return None if value is None else format_count(value)
+
+
+def _kb(value):
+    return None if value is None else round(value / 1024, 1)

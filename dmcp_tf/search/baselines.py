@@ -14,7 +14,7 @@ scaling relative widths together (`config_at_cost`).
 import numpy as np
 
 from dmcp_tf import costs
-from dmcp_tf import layer_rules as rules
+from dmcp_tf.channels import layer_rules as rules
 
 
 def scaled_config(graph, fractions):

@@ -31,7 +31,7 @@ import tensorflow as tf
 from keras.src.ops import nn as nn_ops
 from keras.src.ops import numpy as numpy_ops
 
-from dmcp_tf.gates import ChannelGate
+from dmcp_tf.search.gates import ChannelGate
 
 PRODUCE = "produce"
 THROUGH = "through"
@@ -499,7 +499,7 @@ def register_rule(layer_class, rule):
                         f"got {layer_class!r}.")
     if not isinstance(rule, LayerRule):
         raise TypeError(f"The rule for {layer_class.__name__} must be an instance of "
-                        f"dmcp_tf.layer_rules.LayerRule (or of a subclass), got {rule!r}.")
+                        f"dmcp_tf.channels.layer_rules.LayerRule (or of a subclass), got {rule!r}.")
     if rule.role not in ROLES:
         raise ValueError(f"The rule for {layer_class.__name__} has role {rule.role!r}; a role is one of {ROLES}.")
     _RULES[layer_class] = rule

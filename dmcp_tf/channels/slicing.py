@@ -20,8 +20,8 @@ import contextlib
 import keras
 from keras.src.backend import AutocastScope
 
-from dmcp_tf import layer_rules as rules
-from dmcp_tf.walk import walk
+from dmcp_tf.channels import layer_rules as rules
+from dmcp_tf.channels.walk import walk
 
 
 class SlicedForward:

@@ -22,9 +22,9 @@ import keras
 import numpy as np
 
 from dmcp_tf import costs
-from dmcp_tf import layer_rules as rules
-from dmcp_tf import walk as walk_lib
-from dmcp_tf.gates import ChannelGate
+from dmcp_tf.channels import layer_rules as rules
+from dmcp_tf.channels import walk as walk_lib
+from dmcp_tf.search.gates import ChannelGate
 
 
 # Why a model's own input and output channels are never pruned.

@@ -1,0 +1,137 @@
+"""The DMCP pipeline: search, sample, retrain, eval, export, and a report.
+
+Each step (`steps/`) reads what earlier steps left in the run directory and
+writes its own outputs there (atomically), so any step can run on its own
+(`--mode=sample`) and pick up a previous run. Everything that can be checked is
+checked before the first step trains: the config, the run directory, the data,
+the budget.
+
+The same command started again continues an interrupted run: finished steps are
+skipped, partial outputs of the interrupted one are redone, and a training step
+resumes from its last intact checkpoint (`trainer`). Under
+`MultiWorkerMirroredStrategy` every worker trains, but only the chief writes the
+run directory (which must be on a file system all workers share) and runs the
+single-machine steps (sample, eval, export, report).
+"""
+
+import contextlib
+import time
+
+import keras
+import tensorflow as tf
+
+from dmcp_tf.run import config as config_lib
+from dmcp_tf.run import distributed, report
+from dmcp_tf.run.context import RunContext
+from dmcp_tf.run.rundir import TRAINING_STEPS, PipelineError, RunDirectory
+from dmcp_tf.run.steps import RUN
+
+
+@contextlib.contextmanager
+def dtype_policy(name):
+    """Sets Keras' global dtype policy (e.g. `"mixed_bfloat16"`) inside the block; restores the previous one after.
+
+    Models built inside keep their policy (it is saved with them), so the
+    supernet, the slim model and what is loaded from the run stay in it.
+    """
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def enable_determinism(seed):
+    """Fixed seeds and TensorFlow op determinism: the same config gives the same result.
+
+    Process-wide and not reversible: call it once, at start-up (`--deterministic`).
+    """
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+class Pipeline:
+    """Runs DMCP steps for one config in one run directory.
+
+    Args:
+        config: a ConfigDict from `config.base_config()` or a config file.
+        run_dir: where every output goes.
+        overwrite: allow replacing outputs of earlier runs.
+        strategy: a `tf.distribute` strategy (models are built in its scope).
+        log: where progress lines go.
+        deterministic: fixed seeds and op determinism (`enable_determinism`), so
+            two runs of one config give identical gate parameters.
+    """
+
+    def __init__(self, config, run_dir, *, overwrite=False, strategy=None, log=print, deterministic=False):
+        tf.get_logger().setLevel("ERROR")
+        strategy = strategy or tf.distribute.get_strategy()
+        self.config = config
+        self.deterministic = deterministic
+        self.dir = RunDirectory(run_dir, overwrite=overwrite, chief=distributed.is_chief(strategy),
+                                scratch_prefix=f"dmcp-{distributed.task_name(strategy)}-")
+        self.context = RunContext(config, self.dir, strategy=strategy, log=log)
+        self.chief = self.context.chief
+        self.skipped = []
+
+    def preflight(self, steps):
+        """Raises `PipelineError`/`ValueError` for anything that would fail later; reads the budget."""
+        ctx = self.context
+        ctx.budget = config_lib.validate(self.config)
+        if ctx.multi_worker and ctx.strategy.num_replicas_in_sync > self.config.data.batch_size:
+            raise PipelineError(f"data.batch_size {self.config.data.batch_size} is smaller than the number of "
+                                f"replicas ({ctx.strategy.num_replicas_in_sync}).")
+        self.dir.check(self.config, steps)
+        self.dir.check_inputs(steps)
+        if any(s in steps for s in ("search", "retrain", "eval", "export")):
+            ctx.data  # noqa: B018 (loads the data now, so a missing data set fails before training)
+        test_limit, wanted = self.config.data.test_limit, self.config.export.representative_images
+        if "export" in steps and test_limit and test_limit < wanted:
+            raise PipelineError(f"export.representative_images={wanted} needs that many test images, but "
+                                f"data.test_limit={test_limit}: lower the one or raise the other.")
+        if "search" in steps:
+            ctx.build_search_model(steps_per_epoch=1)  # checks the model and the budget
+
+    def run(self, steps):
+        """Runs `steps` in order, then writes the report; returns the summary rows.
+
+        Started again after an interruption, it skips the steps that finished and
+        resumes the interrupted one from its last checkpoint. The steps run under
+        the Keras dtype policy `config.mixed_precision` (`dtype_policy`); the
+        global policy is restored afterwards.
+        """
+        if self.deterministic:
+            enable_determinism(self.config.seed)
+        self.skipped = self.dir.resumable_prefix(steps)
+        todo = [s for s in steps if s not in self.skipped]
+        self.preflight(todo)
+        for step in self.skipped:
+            self.context.log(f"== {step} == finished earlier in {self.dir.root} ({step}.json); skipped")
+        self.dir.begin(self.config, todo)
+        try:
+            with dtype_policy(self.config.mixed_precision):
+                self._run_steps(todo)
+            return report.write_run_report(self.dir, self.config.search.budget) if self.chief else []
+        finally:
+            self.dir.close()
+
+    def _run_steps(self, steps):
+        """Runs `steps`: training steps on every worker, the others on the chief only."""
+        for step in steps:
+            if self.context.multi_worker:
+                if step not in TRAINING_STEPS:
+                    if self.chief:
+                        self._run_step(step)
+                    continue
+                distributed.barrier(self.context.strategy)  # the chief's earlier outputs are written
+            self._run_step(step)
+
+    def _run_step(self, step):
+        self.context.log(f"== {step} ==")
+        start = time.time()
+        self.dir.start_step(step)
+        result = RUN[step](self.context)
+        result["seconds"] = round(time.time() - start, 1)
+        self.dir.finish_step(step, result)
+

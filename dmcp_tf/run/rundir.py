@@ -1,0 +1,205 @@
+"""The run directory: which step writes which file, whose run it is, and what may be replaced.
+
+A run directory belongs to one config: its `config.json`, whose settings in
+`IDENTITY` must match for a run to continue there. Every step writes its outputs
+(`OUTPUTS`) and then `<step>.json`, so a step with `<step>.json` finished. While
+a step runs, a marker `.<step>.started` says that its partial outputs are this
+run directory's own: the same command started again redoes them. Any other
+output that exists is protected; `--overwrite` allows replacing it.
+
+Under `MultiWorkerMirroredStrategy` only the chief writes the run directory; the
+other workers write what they must to a scratch folder of their own (`out`).
+"""
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+
+from dmcp_tf.io_utils import atomic_write_json, atomic_write_text
+
+STEPS = ("search", "sample", "retrain", "eval", "export")
+TRAINING_STEPS = ("search", "retrain")  # run on every worker; the others on the chief only
+OUTPUTS = {
+    "search": ("supernet.keras", "search.json", "search_trajectory.png"),
+    "sample": ("channels.json", "samples.json", "structure.md", "cost_histogram.png", "channel_distributions.png"),
+    "retrain": ("slim.keras", "retrain.json"),
+    "eval": ("eval.json",),
+    "export": ("export", "export.json"),
+}
+INPUTS = {"sample": ("supernet.keras",), "retrain": ("supernet.keras", "channels.json"),
+          "eval": ("supernet.keras", "slim.keras"), "export": ("supernet.keras", "slim.keras")}
+# Config sections that define the supernet: a run directory belongs to one of them.
+IDENTITY = ("data.name", "data.image_size", "mixed_precision", "model", "search")
+# Keys inside those sections that do not change results (may differ on a resumed run).
+NOT_IDENTITY = ("search.checkpoint_every_steps", "retrain.checkpoint_every_steps")
+# Identity keys added after runs were made: a config.json without them had these values.
+IDENTITY_DEFAULTS = {"mixed_precision": "float32"}
+
+
+class PipelineError(ValueError):
+    """The run cannot start as asked; the message says what to change."""
+
+
+class RunDirectory:
+    """One run directory: its files, its owner config, and which steps finished.
+
+    Args:
+        root: the directory.
+        overwrite: allow replacing outputs of earlier runs (`--overwrite`).
+        chief: False on the workers of a multi-worker run other than the chief.
+        scratch_prefix: name prefix of such a worker's scratch folder.
+    """
+
+    def __init__(self, root, *, overwrite=False, chief=True, scratch_prefix="dmcp-worker-"):
+        self.root = root
+        self.overwrite = overwrite
+        self.chief = chief
+        self._scratch = None if chief else tempfile.mkdtemp(prefix=scratch_prefix)
+
+    def path(self, *parts):
+        """A file of the run directory (what steps read)."""
+        return os.path.join(self.root, *parts)
+
+    def out(self, *parts):
+        """Where this process writes a run-directory file: the run directory on the chief."""
+        return os.path.join(self._scratch or self.root, *parts)
+
+    def close(self):
+        """Removes a worker's scratch folder."""
+        if self._scratch:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+
+    # --- checks before any training ------------------------------------------
+    def check(self, config, steps):
+        """Raises `PipelineError` if `steps` may not run here: another config's directory, or outputs to protect.
+
+        A step that started in this run directory but did not finish (no
+        `<step>.json`) left partial outputs: they are redone, not protected.
+        """
+        saved = self.path("config.json")
+        if os.path.exists(saved) and not self.overwrite:
+            self.check_identity(config)
+        if self.overwrite:
+            return
+        if not os.path.exists(saved) and os.path.exists(self.path("report.md")):
+            raise PipelineError(f"Run directory {self.root} holds a report.md that no run of this config wrote "
+                                "(there is no config.json). Choose another --run_dir, or --overwrite to replace it.")
+        interrupted = {s for s in steps if os.path.exists(self.path(_started(s)))
+                       and not os.path.exists(self.path(f"{s}.json"))}
+        existing = [f for step in steps if step not in interrupted for f in OUTPUTS[step]
+                    if os.path.exists(self.path(f))]
+        if existing:
+            raise PipelineError(
+                f"Run directory {self.root} already holds {', '.join(existing)}, which this run would "
+                "replace. Pass --overwrite to replace them, or choose another --run_dir."
+            )
+
+    def check_identity(self, config):
+        """Raises `PipelineError` if the run directory's `config.json` defines another supernet than `config`."""
+        with open(self.path("config.json")) as f:
+            previous = json.load(f)
+        current = json.loads(config.to_json())
+        changed = [key for key in IDENTITY if _identity_value(previous, key) != _identity_value(current, key)]
+        if changed:
+            raise PipelineError(
+                f"Run directory {self.root} belongs to another config (these settings differ: "
+                f"{', '.join(changed)}). Use another --run_dir, or --overwrite to replace that run."
+            )
+
+    def check_inputs(self, steps):
+        """Raises `PipelineError` if a step needs a file that neither the run directory nor an earlier step has."""
+        missing = [
+            f for step in steps for f in INPUTS.get(step, ())
+            if not any(f in OUTPUTS[s] for s in steps if STEPS.index(s) < STEPS.index(step))
+            and not os.path.exists(self.path(f))
+        ]
+        if missing:
+            raise PipelineError(
+                f"Step(s) {', '.join(steps)} need {', '.join(sorted(set(missing)))} in {self.root}, "
+                "which an earlier step writes. Run the earlier steps first (--mode=all does all of them) "
+                "or point --run_dir at a run directory that has them."
+            )
+
+    # --- which steps finished --------------------------------------------------
+    def finished(self, step):
+        """True if `step` completed in the run directory (its outputs and `<step>.json` exist)."""
+        return all(os.path.exists(self.path(f)) for f in OUTPUTS[step] + (f"{step}.json",))
+
+    def resumable_prefix(self, steps):
+        """Leading steps that an earlier, interrupted run finished: skipped when it is started again.
+
+        Empty if every step finished: running them again would replace their
+        outputs, which needs --overwrite (and then nothing is skipped). The first
+        unfinished step must not have outputs yet (`check` refuses then).
+        """
+        if self.overwrite:
+            return []
+        done = []
+        for step in steps:
+            if not self.finished(step):
+                break
+            done.append(step)
+        return done if len(done) < len(steps) else []
+
+    # --- writing ----------------------------------------------------------------
+    def begin(self, config, steps):
+        """Before the first step: discards the checkpoints `--overwrite` replaces; writes `config.json`."""
+        if self.chief and self.overwrite:
+            for step in steps:
+                shutil.rmtree(self.path("checkpoints", step), ignore_errors=True)
+        if not os.path.exists(self.path("config.json")) or self.overwrite:
+            atomic_write_json(self.out("config.json"), json.loads(config.to_json()))
+
+    def start_step(self, step):
+        """Marks the step's outputs as this run directory's own until `finish_step` (chief only)."""
+        if self.chief:
+            atomic_write_text(self.path(_started(step)), "")
+
+    def finish_step(self, step, result):
+        """Writes `<step>.json`, the step's last output; removes its marker and its checkpoints."""
+        atomic_write_json(self.out(f"{step}.json"), result)
+        if not self.chief:
+            return
+        os.remove(self.path(_started(step)))
+        if step in TRAINING_STEPS:
+            shutil.rmtree(self.path("checkpoints", step), ignore_errors=True)  # its outputs are written
+            with contextlib.suppress(OSError):
+                os.rmdir(self.path("checkpoints"))  # if no other step's checkpoints remain
+
+    def save_model(self, model, name):
+        """Saves a `.keras` file of the run directory atomically (Keras needs the suffix on the temporary name)."""
+        path = self.out(name)
+        tmp = f"{path}.tmp.keras"
+        model.save(tmp)
+        os.replace(tmp, path)
+
+    def load_json(self, name):
+        """The content of a JSON file of the run directory, or None if there is none."""
+        path = self.path(name)
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
+
+
+def _started(step):
+    """The marker a step leaves in the run directory while it runs (removed when it finishes)."""
+    return f".{step}.started"
+
+
+def _lookup(tree, dotted):
+    for key in dotted.split("."):
+        tree = tree.get(key) if isinstance(tree, dict) else None
+    return tree
+
+
+def _identity_value(tree, dotted):
+    """`_lookup`, without the keys that do not change results (`NOT_IDENTITY`)."""
+    value = _lookup(tree, dotted)
+    if value is None:
+        value = IDENTITY_DEFAULTS.get(dotted)
+    if isinstance(value, dict):
+        value = {k: v for k, v in value.items() if f"{dotted}.{k}" not in NOT_IDENTITY}
+    return value

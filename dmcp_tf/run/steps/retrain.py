@@ -1,0 +1,101 @@
+"""The retrain step: the slim model of `channels.json`, trained; writes `slim.keras` and `retrain.json`.
+
+From scratch as the paper (`retrain.from_scratch`), or fine-tuning the
+supernet's weights after a batch-norm calibration. With `retrain.compare_uniform`
+the uniform-width network of the same cost is trained the same way beside it.
+"""
+
+import keras
+
+from dmcp_tf import costs
+from dmcp_tf.channels.graph import ChannelGraph
+from dmcp_tf.channels.rebuild import rebuild
+from dmcp_tf.io_utils import file_sha256
+from dmcp_tf.run import recipes
+from dmcp_tf.run.checkpoints import list_checkpoints, seed_generator_states
+from dmcp_tf.search import baselines, sampling
+
+
+def run(ctx):
+    """Rebuilds and trains the slim model; returns the content of `retrain.json`.
+
+    Args:
+        ctx: the `RunContext`.
+    """
+    r = ctx.config.retrain
+    channels = sampling.load_config(ctx.dir.path("channels.json"))
+    graph = ChannelGraph(ctx.supernet)
+    graph.validate_config(channels, complete=True)
+    keras.utils.set_random_seed(ctx.config.seed)
+    steps = ctx.trainer.steps_per_epoch(r.steps_per_epoch)
+    resuming = bool(list_checkpoints(ctx.dir.path("checkpoints", "retrain")))
+    inherited = None
+    with ctx.strategy.scope():
+        slim = rebuild(ctx.supernet, channels, copy_weights=not r.from_scratch)
+    if not r.from_scratch and not resuming:
+        inherited = _calibrate_inherited(ctx, slim, channels)
+    with ctx.strategy.scope():
+        recipes.compile_classifier(slim, r, steps * r.epochs)
+        slim.optimizer.build(slim.trainable_variables)  # its variables exist before a restore
+    identity = ctx.trainer.identity("retrain", steps, channels=channels,
+                                    supernet_sha256=file_sha256(ctx.dir.path("supernet.keras")))
+    objects = {"model": slim, "optimizer": slim.optimizer, "random_state": seed_generator_states(slim)}
+    resumed = ctx.trainer.resume("retrain", objects, identity, steps * r.epochs)
+    inherited = resumed.extra.get("inherited", inherited)
+    # Several workers: no per-epoch validation (the eval step measures the result).
+    history = ctx.trainer.fit(slim, resumed, step="retrain", epochs=r.epochs, steps_per_epoch=steps,
+                              extra={"inherited": inherited},
+                              validation_data=None if ctx.multi_worker else ctx.data.test)
+    uniform = _train_uniform(ctx, graph, ctx.budget.cost.of(graph, channels), steps) if r.compare_uniform else None
+    ctx.dir.save_model(recipes.portable_copy(slim), "slim.keras")  # loads with plain Keras
+    ctx.slim = None if ctx.multi_worker else slim
+    return {
+        "from_scratch": r.from_scratch, "inherited": inherited, "resumed_from_step": resumed.start or None,
+        "history": history, "uniform": uniform,
+    }
+
+
+def _calibrate_inherited(ctx, slim, channels):
+    """Calibrates the batch norms of `slim`'s inherited weights; returns their test results (on the chief).
+
+    Under several workers the calibration and the evaluation run on a local copy
+    (Keras 3 evaluate does not run under MultiWorkerMirroredStrategy), whose
+    weights are then copied in.
+    """
+    local = rebuild(ctx.supernet, channels) if ctx.multi_worker else slim
+    inherited = None
+    with ctx.local_scope():
+        ctx.calibrate(local)
+        if ctx.chief:
+            inherited = recipes.evaluate(local, ctx.data.test)
+            ctx.log(f"inherited weights after BN calibration: top-1 {inherited['accuracy']:.4f}")
+    if local is not slim:
+        slim.set_weights(local.get_weights())
+    return inherited
+
+
+def _train_uniform(ctx, graph, target, steps):
+    """Trains the uniform-width network of the slim model's cost (`target`) from scratch as the slim model was.
+
+    `graph` is the supernet's `ChannelGraph`; returns the uniform network's test results.
+
+    What DMCP's structure is worth: the same training, the same cost (of the
+    budget's kind), widths chosen by one factor instead of the search.
+    """
+    r = ctx.config.retrain
+    try:
+        config, fraction, _ = baselines.uniform_config(graph, target, cost=ctx.budget.cost, tolerance=0.03)
+    except ValueError as error:
+        ctx.log(f"no uniform-width baseline: {error}")
+        return {"note": str(error)}
+    keras.utils.set_random_seed(ctx.config.seed)
+    with ctx.strategy.scope():
+        model = rebuild(ctx.supernet, config, copy_weights=False, name=f"{ctx.supernet.name}_uniform")
+        recipes.compile_classifier(model, r, steps * r.epochs)
+    macs = graph.flops(config)
+    ctx.log(f"uniform width {fraction:.3f} ({costs.MACS.format(macs)}): training {r.epochs} epochs")
+    ctx.trainer.train(model, epochs=r.epochs, steps_per_epoch=steps)
+    measured = {"fraction": fraction, "flops": macs, "params": graph.params(config), "unit": ctx.budget.cost.unit}
+    if ctx.multi_worker:
+        return dict(measured, note="not evaluated")
+    return dict(recipes.evaluate(model, ctx.data.test), channels=config, **measured)

@@ -1,0 +1,53 @@
+"""The sample step: the channel configuration of the searched supernet (expected sampling), and its statistics.
+
+Writes `channels.json`, `samples.json` (budget-constrained direct samples),
+`structure.md`, the cost histogram and the channel distributions.
+"""
+
+import numpy as np
+
+from dmcp_tf.channels.graph import ChannelGraph
+from dmcp_tf.io_utils import atomic_write_json, atomic_write_text
+from dmcp_tf.run import report
+from dmcp_tf.search import sampling
+
+
+def run(ctx):
+    """Samples the configuration of the searched supernet; returns the content of `sample.json`.
+
+    Args:
+        ctx: the `RunContext`.
+    """
+    graph = ChannelGraph(ctx.supernet)
+    cost, target = ctx.budget.cost, ctx.budget.target(graph)
+    cfg = ctx.config.sample
+    rng = np.random.default_rng(ctx.config.seed)
+    chosen = sampling.round_config(graph, sampling.expected_config(graph), cfg.round_to)
+    sampling.save_config(ctx.dir.path("channels.json"), chosen)
+    direct, note = [], None
+    try:
+        for _ in range(cfg.direct_samples):
+            sample = sampling.sample_within_budget(graph, target, rng, cost=cost, tolerance=cfg.tolerance)
+            direct.append({"channels": sample, "cost": cost.of(graph, sample), "flops": graph.flops(sample)})
+    except RuntimeError as error:
+        note = str(error)
+    stats = sampling.cost_statistics(graph, rng, cfg.statistics_samples, cost)
+    dists = sampling.channel_distributions(graph, rng, target, cost=cost, count=cfg.statistics_samples,
+                                           tolerance=cfg.tolerance)
+    report.plot_cost_histogram(stats["values"], target, ctx.dir.path("cost_histogram.png"), tolerance=cfg.tolerance,
+                               title=f"{cost.unit} of {cfg.statistics_samples} direct samples", unit=cost.unit)
+    report.plot_channel_distributions(dists, {g.name: g.channels for g in graph.gates},
+                                      ctx.dir.path("channel_distributions.png"), expected=chosen)
+    structure = report.structure_markdown(graph.gate_rows(chosen), graph.layer_rows(chosen),
+                                          f"{ctx.supernet.name} at {ctx.config.search.budget} (expected sampling"
+                                          + (f", rounded to multiples of {cfg.round_to})" if cfg.round_to > 1 else ")"))
+    atomic_write_text(ctx.dir.path("structure.md"), structure)
+    atomic_write_json(ctx.dir.path("samples.json"), {"direct": direct, "note": note})
+    ctx.log(f"expected sampling: {cost.format(cost.of(graph, chosen))} (budget {cost.format(target)}); "
+            f"direct samples: mean {cost.format(stats['mean'])}")
+    return {
+        "cost": cost.name, "unit": cost.unit, "target": target, "expected_cost": float(cost.expected(graph)),
+        "es_cost": cost.of(graph, chosen), "es_flops": graph.flops(chosen), "es_params": graph.params(chosen),
+        "round_to": cfg.round_to, "direct_mean_cost": stats["mean"], "direct_std_cost": stats["std"],
+        "direct_samples": len(direct), "within_budget_samples": int(len(next(iter(dists.values())))),
+    }
