@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 from matplotlib import image
 
+from dmcp_tf.io_utils import atomic_write_json
 from dmcp_tf.run import report as R
+from dmcp_tf.run.rundir import RunDirectory
 
 GATE_ROWS = [
     {"gate": "stem/gate", "kept": 24, "channels": 48, "expected": 23.6},
@@ -126,3 +128,13 @@ def test_write_report(tmp_path):
     assert positions == sorted(positions)
     assert "## Structure\n\n| a |\n| --- |\n\n## Accuracy" in text
     assert os.listdir(tmp_path) == ["report.md"]
+
+
+def test_run_report_warns_when_the_search_missed_its_budget(tmp_path):
+    search = {"target": 1e6, "unit": "MACs", "full_cost": 4e6, "steps": 10, "warmup_steps": 5, "seconds": 1.0,
+              "init": "budget", "settling": 0.001, "budget_weight_growth": 0.0}
+    for expected, warned in ((1.8e6, True), (0.99e6, False)):
+        atomic_write_json(tmp_path / "search.json", dict(search, expected_cost=expected))
+        R.write_run_report(RunDirectory(str(tmp_path)), "1M")
+        text = (tmp_path / "report.md").read_text()
+        assert ("missed its budget" in text and "--config.search.budget_weight_growth=0.1" in text) == warned, text

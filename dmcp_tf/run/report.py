@@ -13,7 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from dmcp_tf.io_utils import atomic_write_bytes, atomic_write_text
-from dmcp_tf.search.trajectory import verdict
+from dmcp_tf.search.trajectory import budget_verdict, verdict
 
 _UNITS = (("G", 1e9), ("M", 1e6), ("K", 1e3))
 
@@ -384,7 +384,9 @@ def write_run_report(rundir, budget):
             f"{search['steps']} steps ({search['warmup_steps']} warm-up), {search['seconds']} s. "
             f"Start `{search.get('init', 'authors')}`.\n\n"
             f"{verdict(search.get('settling'))}\n\n"
-            "![search trajectory](search_trajectory.png)")))
+            + _paragraph(budget_verdict(search['expected_cost'] / search['target'],
+                                        search.get('budget_weight_growth', 0.0)))
+            + "![search trajectory](search_trajectory.png)")))
     if sample:
         sections.append(("Sampling", (
             f"Expected sampling: {_count(sample['es_cost'])} {sample['unit']} "
@@ -417,6 +419,11 @@ def _comparison_section(rows):
         f"DMCP slim {slim:.4f} against uniform width {uniform:.4f} at the same {unit}, trained the same way: "
         f"{100 * (slim - uniform):+.2f} points top-1 (one seed; `docs/benchmarks.md` section 3 has the "
         "comparison over seeds)."))]
+
+
+def _paragraph(text):
+    """`text` as a Markdown paragraph, or nothing when it is None."""
+    return f"{text}\n\n" if text else ""
 
 
 def _count(value):

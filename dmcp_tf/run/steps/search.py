@@ -37,6 +37,9 @@ def run(ctx):
     ctx.supernet = model.supernet
     expected = float(model.cost.expected(model.graph))
     settling = trajectory_lib.settling(tracker.records, model.warmup_steps, model.total_steps)
+    missed = trajectory_lib.budget_verdict(expected / model.target, s.budget_weight_growth)
+    if missed:
+        ctx.log(missed.replace("**", ""))
     if ctx.chief:
         report.plot_search_trajectory(tracker.records, model.warmup_steps, ctx.dir.path("search_trajectory.png"),
                                       title=f"Search of {model.supernet.name} at {s.budget} (start {s.init!r})",
@@ -46,5 +49,6 @@ def run(ctx):
         "target": model.target, "expected_cost": expected, "full_flops": model.full_flops,
         "steps": model.total_steps, "warmup_steps": model.warmup_steps, "resumed_from_step": resumed.start or None,
         "replicas": ctx.strategy.num_replicas_in_sync, "init": s.init, "start_cost": start_cost,
-        "settling": settling, "history": history, "trajectory": tracker.records,
+        "settling": settling, "budget_weight_growth": s.budget_weight_growth, "history": history,
+        "trajectory": tracker.records,
     }
