@@ -41,6 +41,14 @@ def randomize_batch_norm(model, rng):
             ])
 
 
+def unit_layer_scales(model):
+    """ConvNeXt scales each block's branch by 1e-6 at initialisation; 1 lets pruning its expansions show."""
+    for layer in model.layers:
+        if layer.name.endswith("_layer_scale"):
+            layer.set_weights([np.ones_like(w) for w in layer.get_weights()])
+    return model
+
+
 def blob_data(rng, n=256, input_shape=(12, 12, 3), classes=4):
     """A learnable synthetic task: the class is which image quadrant is brightest."""
     x = rng.normal(0, 1, (n,) + input_shape).astype("float32")
