@@ -104,13 +104,31 @@ def test_accuracy_benchmark_every_method_tiny(tmp_path):
     assert all(label in table for label in accuracy.METHODS.values()) and "Unpruned network" in table
 
 
-def test_applications_table_names_gates_shares_and_boundaries(tmp_path):
-    rows = applications.main(["--models=MobileNet", "--size=32", f"--out={tmp_path / 'apps.md'}"])
-    (row,) = rows
-    assert row["model"] == "MobileNet" and row["gates"] > 10
+def test_applications_table_resumes_and_records_failures(tmp_path, monkeypatch):
+    args = ["--models=MobileNet", "--size=32", "--stages=gates,full,subnet", f"--out={tmp_path / 'apps.md'}",
+            f"--json_out={tmp_path / 'apps.json'}"]
+    (row,) = applications.main(args)
+    assert row["model"] == "MobileNet" and row["gates"] > 10 and "error" not in row
     assert 0.9 <= row["prunable"] <= 1.0 and 0.0 < row["smallest"] < 0.1  # every conv shrinks, to a few percent
+    assert row["full_exact"] and row["subnet_exact"] and row["predicted"]
+    assert row["subnet_macs"] == row["predicted_macs"] < applications.costs.MACS.of(
+        applications.ChannelGraph(applications.build("MobileNet", 32)))
     table = (tmp_path / "apps.md").read_text()
-    assert "| MobileNet | 32x32 |" in table and "largest group kept whole" in table
+    assert "| MobileNet | 32x32 |" in table and "largest group kept whole" in table and "--json_out=" in table
+
+    def broken_tflite(slim, x):
+        raise RuntimeError("converter said no")
+
+    monkeypatch.setattr(applications, "Family", None)  # a finished family is read back, not measured again
+    assert applications.main(args) == [row]
+    monkeypatch.undo()
+    monkeypatch.setattr(applications, "tflite_check", broken_tflite)
+    rows = applications.main(["--models=MobileNet", "--size=32", "--stages=gates,tflite", "--redo=MobileNet",
+                              f"--out={tmp_path / 'failed.md'}"])
+    assert rows[0]["error"] == "tflite: RuntimeError: converter said no"
+    assert "tflite: RuntimeError: converter said no" in (tmp_path / "failed.md").read_text()
+    with pytest.raises(SystemExit, match="other settings"):  # other stages: refused, the file kept
+        applications.main(args[:2] + ["--stages=gates"] + args[3:])
     with pytest.raises(SystemExit):
         applications.main(["--models=NoSuchNet"])
 

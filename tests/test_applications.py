@@ -1,0 +1,27 @@
+"""keras.applications families end to end, the cheap ones: exact, costs as predicted, TFLite float32.
+
+Each family runs the checks of `benchmarks/applications.py` (gates, full width
+against the original, a random sub-network rebuilt against the masked gated
+model with its MACs and parameters against the graph's prediction, the slim
+model through TFLite float32) at 32x32. The heavy families, and the 2-step
+search of every family, are covered by that script (docs/applications.md).
+"""
+
+import pytest
+
+from benchmarks import applications
+
+CHEAP = ["MobileNet", "MobileNetV3Small", "EfficientNetB0"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", CHEAP)
+def test_family_is_exact_costed_as_predicted_and_converts_to_tflite(name):
+    row = applications.Family(name, 32, stages=("gates", "full", "subnet", "tflite"), log=lambda m: None).run()
+    assert "error" not in row, row["error"]
+    assert row["full_exact"], row["full_diff"]
+    assert row["subnet_exact"], row["subnet_diff"]
+    assert row["subnet_macs"] == row["predicted_macs"] < row["full_macs"]  # a real sub-network, costed right
+    assert row["subnet_params"] == row["predicted_params"]
+    assert row["tflite_ok"] and row["tflite_bytes"] > 0, row["tflite_diff"]
+    assert row["prunable"] >= applications.LOW_SHARE
