@@ -116,17 +116,17 @@ def test_applications_table_resumes_and_records_failures(tmp_path, monkeypatch):
     table = (tmp_path / "apps.md").read_text()
     assert "| MobileNet | 32x32 |" in table and "largest group kept whole" in table and "--json_out=" in table
 
-    def broken_tflite(slim, x):
-        raise RuntimeError("converter said no")
+    def unbuildable(name, size):
+        raise RuntimeError(f"no {name} today")
 
     monkeypatch.setattr(applications, "Family", None)  # a finished family is read back, not measured again
     assert applications.main(args) == [row]
     monkeypatch.undo()
-    monkeypatch.setattr(applications, "tflite_check", broken_tflite)
-    rows = applications.main(["--models=MobileNet", "--size=32", "--stages=gates,tflite", "--redo=MobileNet",
-                              f"--out={tmp_path / 'failed.md'}"])
-    assert rows[0]["error"] == "tflite: RuntimeError: converter said no"
-    assert "tflite: RuntimeError: converter said no" in (tmp_path / "failed.md").read_text()
+    monkeypatch.setattr(applications, "build", unbuildable)
+    rows = applications.main(args + ["--redo=MobileNet"])  # measured again: it fails, and says where
+    assert rows[0]["error"] == "gates: RuntimeError: no MobileNet today" and "full_exact" not in rows[0]
+    assert "gates: RuntimeError: no MobileNet today" in (tmp_path / "apps.md").read_text()
+    assert json.loads((tmp_path / "apps.json").read_text())["rows"] == rows
     with pytest.raises(SystemExit, match="other settings"):  # other stages: refused, the file kept
         applications.main(args[:2] + ["--stages=gates"] + args[3:])
     with pytest.raises(SystemExit):
