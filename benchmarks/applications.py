@@ -216,6 +216,7 @@ class _Stop(Exception):
 
 
 def yes_no(row, key):
+    """"yes" / "no" for a boolean of the row, None (shown "-") if that stage did not run."""
     return None if key not in row else ("yes" if row[key] else "no")
 
 
@@ -249,7 +250,10 @@ def load(path, settings):
     return saved["rows"]
 
 
-def write_page(path, rows, missing, command):
+def write_page(path, rows, names, command):
+    """The markdown page: the rows in `MODELS` order, and which of `names` are not measured yet."""
+    rows = sorted(rows, key=lambda r: list(MODELS).index(r["model"]))
+    missing = [n for n in names if not any(r["model"] == n for r in rows)]
     table = report.markdown_table([table_row(r) for r in rows], COLUMNS)
     text = PAGE.format(table=table, width=WIDTH, tolerance=RELATIVE_TOLERANCE, command=command,
                        steps=SEARCH_STEPS,
@@ -294,8 +298,9 @@ def main(argv=None):
         if json_path is not None:
             atomic_write_json(json_path, {"machine": common.machine_info(), "settings": settings, "rows": rows})
         if args.out:
-            write_page(args.out, sorted(rows, key=lambda r: list(MODELS).index(r["model"])),
-                       [n for n in args.names if not any(r["model"] == n for r in rows)], command.strip())
+            write_page(args.out, rows, args.names, command.strip())
+    if args.out:
+        write_page(args.out, rows, args.names, command.strip())  # a rerun with every family done redraws the page
     print(report.markdown_table([table_row(r) for r in rows], COLUMNS))
     return rows
 
@@ -326,8 +331,14 @@ continues where it stopped: the JSON file keeps every finished family.
   same tolerance).
 - "s": seconds for all of it on a shared 2-core machine.
 
-The slow test `tests/test_applications.py` asserts the same for the cheap families in the
-test suite; the heavy ones are covered by this script.
+In the test suite, the slow test `tests/test_applications.py` asserts full-width and
+sub-network exactness, MACs and parameters as predicted and TFLite float32 conversion for
+the cheap families (MobileNet, MobileNetV3Small, EfficientNetB0 at 32x32), and the slow
+sweep of `tests/test_ops_nodes.py` asserts exactness and MACs/parameters for
+MobileNetV3Small/Large, EfficientNetB0, EfficientNetV2B0 and ConvNeXtTiny (every inner 4x
+expansion of ConvNeXt has its own gate); `tests/test_autogate.py` does so for ResNet50 and
+MobileNetV2 and runs a search and a TFLite export of MobileNetV2. The heavy families, and
+the search of every family, are covered by this script, with the command above.
 {missing}
 {table}
 """

@@ -133,6 +133,16 @@ def test_applications_table_resumes_and_records_failures(tmp_path, monkeypatch):
         applications.main(["--models=NoSuchNet"])
 
 
+def test_applications_low_share_and_failures_are_explained_in_the_table():
+    low = applications.table_row({"model": "X", "prunable": 0.3, "boundary": "64 channels: a softmax mixes them"})
+    assert low["note"] == f"share below {applications.LOW_SHARE}: 64 channels: a softmax mixes them"
+    high = applications.table_row({"model": "Y", "prunable": 0.9, "boundary": "-", "subnet_diff": 3e-7,
+                                   "subnet_exact": True, "tflite_diff": 0.5, "tflite_ok": False,
+                                   "error": "search: ValueError: no"})
+    assert high["note"] == "search: ValueError: no" and high["search_ran"] is None
+    assert high["subnet_diff"] == "3.0e-07 (yes)" and high["tflite_diff"] == "5.0e-01 (no)"
+
+
 def test_step_time_under_mixed_bfloat16():
     with step_time.dtype_policy("mixed_bfloat16"):
         result = step_time.benchmark_model("tiny", builder=_tiny, batch=4, steps=1, warmup=0, profile="never")
