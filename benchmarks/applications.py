@@ -47,13 +47,14 @@ from dmcp_tf import autogate, costs, export, gates, report  # noqa: E402
 from dmcp_tf.graph import INPUT_REASON, OUTPUT_REASON, ChannelGraph  # noqa: E402
 from dmcp_tf.io_utils import atomic_write_json, atomic_write_text  # noqa: E402
 from dmcp_tf.rebuild import rebuild  # noqa: E402
-from dmcp_tf.supernet import DMCPModel  # noqa: E402
+from dmcp_tf.supernet import DMCPModel, default_weight_optimizer  # noqa: E402
 from tests.helpers import grid_config, randomize_batch_norm, unit_layer_scales  # noqa: E402
 
 WIDTH = (0.1, 1.0, 0.1)
 RELATIVE_TOLERANCE = 1e-4  # outputs agree if max |a - b| <= RELATIVE_TOLERANCE * max(1, max |b|)
 STAGES = ("gates", "full", "subnet", "tflite", "search")
 SEARCH_STEPS = 2
+SEARCH_LEARNING_RATES = (None, 0.05)  # the default weight optimiser's (0.2), then tests/test_autogate.py's search's
 # The smallest input each family accepts with random weights; the issue's families first, cheap extras last.
 MODELS = {
     "MobileNet": 32, "MobileNetV2": 32, "MobileNetV3Small": 32, "MobileNetV3Large": 32,
@@ -140,16 +141,41 @@ def tflite_check(slim, x):
 
 
 def search_check(gated, x, y, steps=SEARCH_STEPS):
-    """`steps` steps of DMCP on the gated model (half warm-up): finite losses, gates moved, expected MACs after."""
-    model = DMCPModel(gated, budget="0.5x", total_steps=steps, warmup_fraction=0.5)
-    model.compile(run_eagerly=True)  # two steps: tracing both phases would cost more than running them
-    before = [g.alpha.numpy().copy() for g in model.gates]
-    history = model.fit(x[:2 * steps], y[:2 * steps], batch_size=2, epochs=1, verbose=0).history
-    moved = sum(not np.array_equal(b, g.alpha.numpy()) for b, g in zip(before, model.gates))
-    finite = all(np.isfinite(v).all() for v in history.values())
-    return {"search_ran": bool(finite and moved == len(model.gates) and model.searching),
-            "search_gates_moved": moved, "search_expected": round(float(history["expected_cost"][-1]) /
-                                                                 model.full_flops, 3)}
+    """`steps` steps of DMCP on the gated model (half warm-up): losses finite, every gate moved.
+
+    With the default optimisers first; if a loss is not finite (two-image batches on random
+    weights can diverge at the default weight learning rate), again from the same weights at
+    each smaller rate of `SEARCH_LEARNING_RATES`.
+    """
+    weights, failed = gated.get_weights(), []
+    for rate in SEARCH_LEARNING_RATES:
+        gated.set_weights(weights)
+        model = DMCPModel(gated, budget="0.5x", total_steps=steps, warmup_fraction=0.5)
+        optimizer = None if rate is None else default_weight_optimizer(steps, rate)
+        model.compile(optimizer, run_eagerly=True)  # two steps: tracing both phases would cost more than running
+        before = [g.alpha.numpy().copy() for g in model.gates]
+        history = model.fit(x[:2 * steps], y[:2 * steps], batch_size=2, epochs=1, verbose=0).history
+        moved = sum(not np.array_equal(b, g.alpha.numpy()) for b, g in zip(before, model.gates))
+        nonfinite = sorted(k for k, v in history.items() if not np.isfinite(v).all())
+        if not nonfinite:
+            break
+        failed.append(f"weight learning rate {rate or 'default'}: {', '.join(nonfinite)} not finite")
+    return {"search_ran": bool(not nonfinite and moved == len(model.gates) and model.searching),
+            "search_gates_moved": moved, "search_failed_tries": failed, "search_learning_rate": rate,
+            "search_expected": round(float(history["expected_cost"][-1]) / model.full_flops, 3)}
+
+
+def search_cell(row):
+    """The table's "search ran" cell: yes or no, and at which weight learning rate if not the default's."""
+    if "search_ran" not in row:
+        return None
+    text = yes_no(row, "search_ran")
+    if row.get("search_learning_rate"):
+        text += f" at weight lr {row['search_learning_rate']}"
+    failed = row.get("search_failed_tries") or []
+    if not row["search_ran"] and not failed:
+        text += f" ({row['search_gates_moved']}/{row['gates']} gates moved)"
+    return text + (f" ({'; '.join(failed)})" if failed else "")
 
 
 class Family:
@@ -227,7 +253,7 @@ def table_row(row):
         note = f"share below {LOW_SHARE}: {row['boundary']}" + (f"; {note}" if note else "")
     diffs = {k: None if k not in row else f"{row[k]:.1e} ({yes_no(row, e)})"
              for k, e in (("full_diff", "full_exact"), ("subnet_diff", "subnet_exact"), ("tflite_diff", "tflite_ok"))}
-    return {**row, **diffs, "predicted": yes_no(row, "predicted"), "search_ran": yes_no(row, "search_ran"),
+    return {**row, **diffs, "predicted": yes_no(row, "predicted"), "search_ran": search_cell(row),
             "note": note or "-"}
 
 
@@ -325,7 +351,9 @@ continues where it stopped: the JSON file keeps every finished family.
   `count_params()` equal `costs.MACS.of` / `costs.PARAMS.of` of the gated graph at that
   configuration.
 - "search ran": {steps} steps of `DMCPModel.fit` on the gated model (one warm-up step, one
-  with the architecture stage, budget 0.5x): losses finite and every gate's parameters moved.
+  with the architecture stage, budget 0.5x, batches of 2 images): losses finite and every
+  gate's parameters moved. With the default optimisers; where a loss is not finite there, again
+  from the same weights at a weight learning rate of 0.05 (the cell says so).
 - "TFLite float32": the slim model converted by `dmcp_tf.export.export_tflite`, run by the
   TFLite interpreter; max abs difference to the Keras slim model's logits (ok: within the
   same tolerance).

@@ -8,7 +8,7 @@ import tensorflow as tf
 from benchmarks import accuracy, applications, common, latency, step_time
 from dmcp_tf.graph import ChannelGraph
 from dmcp_tf.models import fashion_resnet
-from tests.helpers import learnable_fashion_mnist
+from tests.helpers import blob_data, learnable_fashion_mnist, tiny_supernet
 
 
 def _tiny(gate_kind="markov"):
@@ -141,6 +141,19 @@ def test_applications_low_share_and_failures_are_explained_in_the_table():
                                    "error": "search: ValueError: no"})
     assert high["note"] == "search: ValueError: no" and high["search_ran"] is None
     assert high["subnet_diff"] == "3.0e-07 (yes)" and high["tflite_diff"] == "5.0e-01 (no)"
+
+
+def test_applications_search_diverged_at_the_default_rate_runs_again_at_a_smaller_one(monkeypatch):
+    import numpy as np
+
+    monkeypatch.setattr(applications, "SEARCH_LEARNING_RATES", (1e30, 0.05))  # 1e30: certain to diverge
+    x, y = blob_data(np.random.default_rng(0), 4)
+    result = applications.search_check(tiny_supernet(), x, y)
+    assert result["search_ran"] and result["search_learning_rate"] == 0.05 and result["search_gates_moved"] == 2
+    (failed,) = result["search_failed_tries"]
+    assert failed.startswith("weight learning rate 1e+30: ") and "loss_full" in failed and failed.endswith("not finite")
+    cell = applications.search_cell({**result, "gates": 2})
+    assert cell == f"yes at weight lr 0.05 ({failed})"
 
 
 def test_step_time_under_mixed_bfloat16():
