@@ -127,6 +127,11 @@ def test_applications_table_resumes_and_records_failures(tmp_path, monkeypatch):
     assert rows[0]["error"] == "gates: RuntimeError: no MobileNet today" and "full_exact" not in rows[0]
     assert "gates: RuntimeError: no MobileNet today" in (tmp_path / "apps.md").read_text()
     assert json.loads((tmp_path / "apps.json").read_text())["rows"] == rows
+    monkeypatch.setattr(applications, "Family", None)
+    merged = applications.main(["--models=MobileNet", "--size=32", "--stages=gates,full,subnet",
+                                f"--json_out={tmp_path / 'merged.json'}", f"--merge={tmp_path / 'apps.json'}"])
+    assert merged == rows  # another run's families taken over, not measured again
+    assert json.loads((tmp_path / "merged.json").read_text())["rows"] == rows
     with pytest.raises(SystemExit, match="other settings"):  # other stages: refused, the file kept
         applications.main(args[:2] + ["--stages=gates"] + args[3:])
     with pytest.raises(SystemExit):
@@ -143,17 +148,19 @@ def test_applications_low_share_and_failures_are_explained_in_the_table():
     assert high["subnet_diff"] == "3.0e-07 (yes)" and high["tflite_diff"] == "5.0e-01 (no)"
 
 
-def test_applications_search_diverged_at_the_default_rate_runs_again_at_a_smaller_one(monkeypatch):
+def test_applications_search_runs_both_stages_and_says_when_a_loss_is_not_finite():
     import numpy as np
 
-    monkeypatch.setattr(applications, "SEARCH_LEARNING_RATES", (1e30, 0.05))  # 1e30: certain to diverge
-    x, y = blob_data(np.random.default_rng(0), 4)
+    x, y = blob_data(np.random.default_rng(0), 16)
     result = applications.search_check(tiny_supernet(), x, y)
-    assert result["search_ran"] and result["search_learning_rate"] == 0.05 and result["search_gates_moved"] == 2
-    (failed,) = result["search_failed_tries"]
-    assert failed.startswith("weight learning rate 1e+30: ") and "loss_full" in failed and failed.endswith("not finite")
-    cell = applications.search_cell({**result, "gates": 2})
-    assert cell == f"yes at weight lr 0.05 ({failed})"
+    assert result["search_ran"] and result["search_gates_moved"] == 2 and result["search_nonfinite"] == []
+    assert 0 < result["search_expected"] < 1 and applications.search_cell({**result, "gates": 2}) == "yes (batch 8)"
+    x[0, 0, 0, 0] = np.nan  # the first step's losses are NaN
+    result = applications.search_check(tiny_supernet(), x, y)
+    assert not result["search_ran"] and "loss_full" in result["search_nonfinite"]
+    assert applications.search_cell({**result, "gates": 2}).startswith("no (batch 8; ")
+    old = {"search_ran": True, "search_gates_moved": 3, "gates": 3}  # a row written before the batch was recorded
+    assert applications.search_cell(old) == "yes (batch 2)"
 
 
 def test_step_time_under_mixed_bfloat16():
