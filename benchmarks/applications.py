@@ -272,7 +272,7 @@ def write_page(path, rows, names, command):
     missing = [n for n in names if not any(r["model"] == n for r in rows)]
     table = report.markdown_table([table_row(r) for r in rows], COLUMNS)
     text = PAGE.format(table=table, width=WIDTH, tolerance=RELATIVE_TOLERANCE, command=command,
-                       steps=SEARCH_STEPS,
+                       steps=SEARCH_STEPS, load=" / ".join(f"{v:.1f}" for v in os.getloadavg()),
                        missing=f"\nNot measured yet: {', '.join(missing)}.\n" if missing else "")
     atomic_write_text(path, text)
 
@@ -357,7 +357,9 @@ continues where it stopped: the JSON file keeps every finished family.
 - "TFLite float32": the slim model converted by `dmcp_tf.export.export_tflite`, run by the
   TFLite interpreter; max abs difference to the Keras slim model's logits (ok: within the
   same tolerance).
-- "s": seconds for all of it on a shared 2-core machine.
+- "s": seconds for all of it (wall time; "stage_seconds" in the JSON splits it) on a 2-core
+  machine shared with other jobs (load average {load} when this page was written), so
+  they are upper bounds.
 
 In the test suite, the slow test `tests/test_applications.py` asserts full-width and
 sub-network exactness, MACs and parameters as predicted and TFLite float32 conversion for
