@@ -288,6 +288,8 @@ def parse_args(argv=None):
     parser.add_argument("--redo", default="", help="comma-separated families to measure again even if in the JSON")
     parser.add_argument("--merge", action="append", default=[],
                         help="another run's JSON file (same settings); its families replace these (repeatable)")
+    parser.add_argument("--redraw", action="store_true",
+                        help="measure nothing: write the JSON (with --merge) and the page from the families done")
     args = parser.parse_args(argv)
     args.names = [n.strip() for n in args.models.split(",") if n.strip()]
     args.stage_list = [s.strip() for s in args.stages.split(",") if s.strip()]
@@ -309,10 +311,11 @@ def main(argv=None):
         rows = [r for r in rows if r["model"] not in {m["model"] for m in merged}] + merged
     rows = [r for r in rows if r["model"] not in redo]
     command = " ".join(["python benchmarks/applications.py"] + [
-        a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith(("--merge", "--redo"))])
+        a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith(("--merge", "--redo", "--redraw"))])
     for name in args.names:
-        if any(r["model"] == name for r in rows):
-            print(f"[applications] {name}: in {json_path} already, skipped", flush=True)
+        if args.redraw or any(r["model"] == name for r in rows):
+            print(f"[applications] {name}: {'not measured (--redraw)' if args.redraw else 'done already'}, skipped",
+                  flush=True)
             continue
         row = Family(name, args.size or MODELS[name], args.stage_list, log=lambda m: print(m, flush=True)).run()
         rows.append(row)

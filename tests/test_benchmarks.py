@@ -131,6 +131,9 @@ def test_applications_table_resumes_and_records_failures(tmp_path, monkeypatch):
     merged = applications.main(["--models=MobileNet", "--size=32", "--stages=gates,full,subnet",
                                 f"--json_out={tmp_path / 'merged.json'}", f"--merge={tmp_path / 'apps.json'}"])
     assert merged == rows  # another run's families taken over, not measured again
+    assert applications.main(["--models=MobileNet,VGG16", "--size=32", "--stages=gates,full,subnet", "--redraw",
+                              f"--out={tmp_path / 'redrawn.md'}", f"--json_out={tmp_path / 'merged.json'}"]) == rows
+    assert "Not measured yet: VGG16." in (tmp_path / "redrawn.md").read_text()
     assert json.loads((tmp_path / "merged.json").read_text())["rows"] == rows
     with pytest.raises(SystemExit, match="other settings"):  # other stages: refused, the file kept
         applications.main(args[:2] + ["--stages=gates"] + args[3:])
