@@ -163,8 +163,10 @@ def search_cell(row):
     text = f"{yes_no(row, 'search_ran')} (batch {row.get('search_batch', FIRST_SEARCH_BATCH)}"
     if row.get("search_nonfinite"):
         text += f"; {', '.join(row['search_nonfinite'])} not finite"
-    elif not row["search_ran"]:
+    elif not row["search_ran"] and "search_nonfinite" in row:
         text += f"; {row['search_gates_moved']}/{row['gates']} gates moved"
+    elif not row["search_ran"]:  # rows written before the losses were recorded
+        text += "; a loss not finite or a gate unmoved: this row predates recording which"
     return text + ")"
 
 

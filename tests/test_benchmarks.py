@@ -164,6 +164,7 @@ def test_applications_search_runs_both_stages_and_says_when_a_loss_is_not_finite
     assert applications.search_cell({**result, "gates": 2}).startswith("no (batch 8; ")
     old = {"search_ran": True, "search_gates_moved": 3, "gates": 3}  # a row written before the batch was recorded
     assert applications.search_cell(old) == "yes (batch 2)"
+    assert "predates" in applications.search_cell({**old, "search_ran": False})
 
 
 def test_step_time_under_mixed_bfloat16():
