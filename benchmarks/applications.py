@@ -24,6 +24,8 @@ rewritten after every family. Progress goes to stdout:
         --json_out=docs/applications.json > /tmp/apps.log 2>&1 &
     python benchmarks/applications.py --models=MobileNetV2,EfficientNetB0   # a few, nothing written
     python benchmarks/applications.py --stages=gates --size=64                # the graph figures only
+    python benchmarks/applications.py --out=docs/applications.md --json_out=docs/applications.json \
+        --merge=/tmp/other_half.json --redraw     # a sweep split across processes, put together
 """
 
 import argparse
