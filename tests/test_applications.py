@@ -25,3 +25,17 @@ def test_family_is_exact_costed_as_predicted_and_converts_to_tflite(name):
     assert row["subnet_params"] == row["predicted_params"]
     assert row["tflite_ok"] and row["tflite_bytes"] > 0, row["tflite_diff"]
     assert row["prunable"] >= applications.LOW_SHARE
+
+
+def test_batch_norms_without_scale_get_random_statistics_too():  # InceptionV3's and InceptionResNetV2's
+    import keras
+    import numpy as np
+
+    from tests.helpers import randomize_batch_norm
+
+    inputs = keras.Input((4, 4, 3))
+    bn = keras.layers.BatchNormalization(scale=False, center=False)
+    model = keras.Model(inputs, bn(inputs))
+    randomize_batch_norm(model, np.random.default_rng(0))
+    assert [w.name for w in bn.weights] == ["moving_mean", "moving_variance"]
+    assert not np.allclose(bn.moving_mean.numpy(), 0) and not np.allclose(bn.moving_variance.numpy(), 1)
