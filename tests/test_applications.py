@@ -7,9 +7,12 @@ model through TFLite float32) at 32x32. The heavy families, and the 2-step
 search of every family, are covered by that script (docs/applications.md).
 """
 
+import keras
+import numpy as np
 import pytest
 
 from benchmarks import applications
+from tests.helpers import randomize_batch_norm
 
 CHEAP = ["MobileNet", "MobileNetV3Small", "EfficientNetB0"]
 
@@ -28,11 +31,6 @@ def test_family_is_exact_costed_as_predicted_and_converts_to_tflite(name):
 
 
 def test_batch_norms_without_scale_get_random_statistics_too():  # InceptionV3's and InceptionResNetV2's
-    import keras
-    import numpy as np
-
-    from tests.helpers import randomize_batch_norm
-
     inputs = keras.Input((4, 4, 3))
     bn = keras.layers.BatchNormalization(scale=False, center=False)
     model = keras.Model(inputs, bn(inputs))
