@@ -104,7 +104,8 @@ def graph_figures(graph):
     prunable = sum(f for (_, f), (_, s) in zip(full_layers, small_layers) if s != f)
     boundary = largest_boundary(graph)
     return {
-        "gates": len(graph.gates), "macs": report.format_count(full), "full_macs": full, "prunable": round(prunable / full, 3),
+        "gates": len(graph.gates), "macs": report.format_count(full), "full_macs": full,
+        "prunable": round(prunable / full, 3),
         "smallest": round(costs.MACS.of(graph, smallest) / full, 3),
         "boundary": "-" if boundary is None else
         f"{boundary[1]} channels, {boundary[0] / full:.1%} of MACs: {boundary[2]}",

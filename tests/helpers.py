@@ -31,7 +31,7 @@ def tiny_supernet(input_shape=(12, 12, 3), classes=4, gate_cls=MarkovGate, sync_
 
 
 def randomize_batch_norm(model, rng):
-    """Gives every batch norm non-trivial statistics (and scale and offset, where it has them), so rebuild tests see them."""
+    """Gives every batch norm non-trivial statistics (and scale and offset where it has them) for rebuild tests."""
     draws = {"gamma": lambda shape: rng.normal(1, 0.2, shape), "beta": lambda shape: rng.normal(0, 0.2, shape),
              "moving_mean": lambda shape: rng.normal(0, 0.2, shape),
              "moving_variance": lambda shape: rng.uniform(0.5, 2, shape)}
