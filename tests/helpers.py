@@ -31,14 +31,21 @@ def tiny_supernet(input_shape=(12, 12, 3), classes=4, gate_cls=MarkovGate, sync_
 
 
 def randomize_batch_norm(model, rng):
-    """Gives every batch norm non-trivial statistics, so rebuild tests see them."""
+    """Gives every batch norm non-trivial statistics (and scale and offset where it has them) for rebuild tests."""
+    draws = {"gamma": lambda shape: rng.normal(1, 0.2, shape), "beta": lambda shape: rng.normal(0, 0.2, shape),
+             "moving_mean": lambda shape: rng.normal(0, 0.2, shape),
+             "moving_variance": lambda shape: rng.uniform(0.5, 2, shape)}
     for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            gamma, beta, mean, var = layer.get_weights()
-            layer.set_weights([
-                rng.normal(1, 0.2, gamma.shape), rng.normal(0, 0.2, beta.shape),
-                rng.normal(0, 0.2, mean.shape), rng.uniform(0.5, 2, var.shape),
-            ])
+        if isinstance(layer, keras.layers.BatchNormalization):  # scale=False / center=False have fewer weights
+            layer.set_weights([draws[w.name](w.shape) for w in layer.weights])
+
+
+def unit_layer_scales(model):
+    """ConvNeXt scales each block's branch by 1e-6 at initialisation; 1 lets pruning its expansions show."""
+    for layer in model.layers:
+        if layer.name.endswith("_layer_scale"):
+            layer.set_weights([np.ones_like(w) for w in layer.get_weights()])
+    return model
 
 
 def blob_data(rng, n=256, input_shape=(12, 12, 3), classes=4):

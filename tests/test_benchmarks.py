@@ -8,7 +8,7 @@ import tensorflow as tf
 from benchmarks import accuracy, applications, common, latency, step_time
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.models import fashion_resnet
-from tests.helpers import learnable_fashion_mnist
+from tests.helpers import blob_data, learnable_fashion_mnist, tiny_supernet
 
 
 def _tiny(gate_kind="markov"):
@@ -105,15 +105,67 @@ def test_accuracy_benchmark_every_method_tiny(tmp_path):
     assert all(label in table for label in accuracy.METHODS.values()) and "Unpruned network" in table
 
 
-def test_applications_table_names_gates_shares_and_boundaries(tmp_path):
-    rows = applications.main(["--models=MobileNet", "--size=32", f"--out={tmp_path / 'apps.md'}"])
-    (row,) = rows
-    assert row["model"] == "MobileNet" and row["gates"] > 10
+def test_applications_table_resumes_and_records_failures(tmp_path, monkeypatch):
+    args = ["--models=MobileNet", "--size=32", "--stages=gates,full,subnet", f"--out={tmp_path / 'apps.md'}",
+            f"--json_out={tmp_path / 'apps.json'}"]
+    (row,) = applications.main(args)
+    assert row["model"] == "MobileNet" and row["gates"] > 10 and "error" not in row
     assert 0.9 <= row["prunable"] <= 1.0 and 0.0 < row["smallest"] < 0.1  # every conv shrinks, to a few percent
+    assert row["full_exact"] and row["subnet_exact"] and row["predicted"]
+    assert row["subnet_macs"] == row["predicted_macs"] < applications.costs.MACS.of(
+        applications.ChannelGraph(applications.build("MobileNet", 32)))
     table = (tmp_path / "apps.md").read_text()
-    assert "| MobileNet | 32x32 |" in table and "largest group kept whole" in table
+    assert "| MobileNet | 32x32 |" in table and "largest group kept whole" in table and "--json_out=" in table
+
+    def unbuildable(name, size):
+        raise RuntimeError(f"no {name} today")
+
+    monkeypatch.setattr(applications, "Family", None)  # a finished family is read back, not measured again
+    assert applications.main(args) == [row]
+    monkeypatch.undo()
+    monkeypatch.setattr(applications, "build", unbuildable)
+    rows = applications.main(args + ["--redo=MobileNet"])  # measured again: it fails, and says where
+    assert rows[0]["error"] == "gates: RuntimeError: no MobileNet today" and "full_exact" not in rows[0]
+    assert "gates: RuntimeError: no MobileNet today" in (tmp_path / "apps.md").read_text()
+    assert json.loads((tmp_path / "apps.json").read_text())["rows"] == rows
+    monkeypatch.setattr(applications, "Family", None)
+    merged = applications.main(["--models=MobileNet", "--size=32", "--stages=gates,full,subnet",
+                                f"--json_out={tmp_path / 'merged.json'}", f"--merge={tmp_path / 'apps.json'}"])
+    assert merged == rows  # another run's families taken over, not measured again
+    assert applications.main(["--models=MobileNet,VGG16", "--size=32", "--stages=gates,full,subnet", "--redraw",
+                              f"--out={tmp_path / 'redrawn.md'}", f"--json_out={tmp_path / 'merged.json'}"]) == rows
+    assert "Not measured yet: VGG16." in (tmp_path / "redrawn.md").read_text()
+    assert json.loads((tmp_path / "merged.json").read_text())["rows"] == rows
+    with pytest.raises(SystemExit, match="other settings"):  # other stages: refused, the file kept
+        applications.main(args[:2] + ["--stages=gates"] + args[3:])
     with pytest.raises(SystemExit):
         applications.main(["--models=NoSuchNet"])
+
+
+def test_applications_low_share_and_failures_are_explained_in_the_table():
+    low = applications.table_row({"model": "X", "prunable": 0.3, "boundary": "64 channels: a softmax mixes them"})
+    assert low["note"] == f"share below {applications.LOW_SHARE}: 64 channels: a softmax mixes them"
+    high = applications.table_row({"model": "Y", "prunable": 0.9, "boundary": "-", "subnet_diff": 3e-7,
+                                   "subnet_exact": True, "tflite_diff": 0.5, "tflite_ok": False,
+                                   "error": "search: ValueError: no"})
+    assert high["note"] == "search: ValueError: no" and high["search_ran"] is None
+    assert high["subnet_diff"] == "3.0e-07 (yes)" and high["tflite_diff"] == "5.0e-01 (no)"
+
+
+def test_applications_search_runs_both_stages_and_says_when_a_loss_is_not_finite():
+    import numpy as np
+
+    x, y = blob_data(np.random.default_rng(0), 16)
+    result = applications.search_check(tiny_supernet(), x, y)
+    assert result["search_ran"] and result["search_gates_moved"] == 2 and result["search_nonfinite"] == []
+    assert 0 < result["search_expected"] < 1 and applications.search_cell({**result, "gates": 2}) == "yes (batch 8)"
+    x[0, 0, 0, 0] = np.nan  # the first step's losses are NaN
+    result = applications.search_check(tiny_supernet(), x, y)
+    assert not result["search_ran"] and "loss_full" in result["search_nonfinite"]
+    assert applications.search_cell({**result, "gates": 2}).startswith("no (batch 8; ")
+    old = {"search_ran": True, "search_gates_moved": 3, "gates": 3}  # a row written before the batch was recorded
+    assert applications.search_cell(old) == "yes (batch 2)"
+    assert "predates" in applications.search_cell({**old, "search_ran": False})
 
 
 def test_step_time_under_mixed_bfloat16():

@@ -9,7 +9,7 @@ from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.channels.rebuild import rebuild
 from dmcp_tf.channels.slicing import SlicedForward
 from dmcp_tf.search.gates import ChannelGate
-from tests.helpers import blob_data
+from tests.helpers import blob_data, unit_layer_scales
 from tests.test_autogate import WIDTH, conv_bn, gate_of, gated_exactly, model_of
 from tests.test_slicing import float64, masked_and_sliced  # noqa: F401 (float64 is a fixture)
 
@@ -197,14 +197,6 @@ BOUNDARIES = {  # a boundary analyze() must name in each
 }
 
 
-def unit_layer_scales(model):
-    """ConvNeXt scales each block's branch by 1e-6 at initialisation; 1 lets pruning its expansions show."""
-    for layer in model.layers:
-        if layer.name.endswith("_layer_scale"):
-            layer.set_weights([np.ones_like(w) for w in layer.get_weights()])
-    return model
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(APPLICATIONS))
 def test_keras_applications_with_operations_and_squeeze_excitation(name):
@@ -217,6 +209,19 @@ def test_keras_applications_with_operations_and_squeeze_excitation(name):
     assert "not a keras operation type" not in text  # every keras operation in these models is understood
     if name.startswith("EfficientNet"):  # the squeeze-excitation prunes with its block (V2 has it from block 4)
         assert gate_of(graph, "block4a_se_expand") is gate_of(graph, "block4a_expand_conv") is not None
-    if name == "ConvNeXtTiny":  # the inner 4x expansions are prunable; LayerNormalization stays whole
-        assert gate_of(graph, "convnext_tiny_stage_0_block_0_pointwise_conv_1") is not None
-        assert gate_of(graph, "convnext_tiny_stage_0_block_0_pointwise_conv_2") is None
+    if name == "ConvNeXtTiny":
+        assert_convnext_expansions_prunable(graph)
+
+
+def assert_convnext_expansions_prunable(graph):
+    """Every block's inner 4x expansion (Dense C -> 4C -> C) has its own gate; the LayerNorm'd C stays whole."""
+    blocks = [f"convnext_tiny_stage_{s}_block_{b}" for s, n in enumerate((3, 3, 9, 3)) for b in range(n)]
+    assert [g.name for g in graph.gates] == [f"{block}_pointwise_conv_1_gate" for block in blocks]
+    for block in blocks:
+        assert gate_of(graph, f"{block}_pointwise_conv_2") is None
+    config = {g.name: g.channels // 2 for g in graph.gates}
+    slim = rebuild(graph.model, config, graph=graph)
+    for block in blocks:
+        expand, project = (slim.get_layer(f"{block}_pointwise_conv_{i}").kernel.shape for i in (1, 2))
+        channels = graph.model.get_layer(f"{block}_pointwise_conv_1").units
+        assert expand[1] == project[0] == channels // 2 and project[1] == channels // 4
