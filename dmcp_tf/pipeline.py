@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from dmcp_tf import baselines, calibration, costs, distributed, export, pretrained, report, sampling, training
+from dmcp_tf import latency as latency_lib
 from dmcp_tf import trajectory as trajectory_lib
 from dmcp_tf import config as config_lib
 from dmcp_tf import data as data_lib
@@ -46,6 +47,7 @@ OUTPUTS = {
     "retrain": ("slim.keras", "retrain.json"),
     "eval": ("eval.json",),
     "export": ("export", "export.json"),
+    "latency_table": ("latency_table.json",),  # --mode=latency_table only; the step's JSON is the table
 }
 INPUTS = {"sample": ("supernet.keras",), "retrain": ("supernet.keras", "channels.json"),
           "eval": ("supernet.keras", "slim.keras"), "export": ("supernet.keras", "slim.keras")}
@@ -133,7 +135,8 @@ class Pipeline:
     def preflight(self, steps):
         """Raises `PipelineError`/`ValueError` for anything that would fail later."""
         config_lib.validate(self.config)
-        self.budget = costs.Budget.parse(self.config.search.budget)  # read from here on
+        latency = latency_lib.configured_cost(self.config.search)
+        self.budget = costs.Budget.parse(self.config.search.budget, latency=latency)  # read from here on
         if self.multi_worker and self.strategy.num_replicas_in_sync > self.config.data.batch_size:
             raise PipelineError(f"data.batch_size {self.config.data.batch_size} is smaller than the number of "
                                 f"replicas ({self.strategy.num_replicas_in_sync}).")
@@ -563,6 +566,12 @@ class Pipeline:
             }
             self.log(f"{label} {quantization}: {results[f'{label}_{quantization}']}")
         return results
+
+    def _latency_table(self):
+        """Measures the supernet's per-layer TFLite latency (`latency.measure_latency_table`); returns the table."""
+        return latency_lib.measure_latency_table(
+            self._new_supernet(), quantizations=config_lib.quantizations(self.config),
+            threads=self.config.export.latency_threads, log=self.log).to_json()
 
     # --- report -------------------------------------------------------------
     def _load_json(self, name):
