@@ -209,8 +209,8 @@ class Budget:
         cost = COSTS.get(kind.strip().lower() or "macs")
         match = _NUMBER.fullmatch(amount)
         unit = match.group(2) if match else None
-        latency_unit = unit in ("ms", "x") if cost is LATENCY else unit != "ms"  # milliseconds are latency's only
-        if cost is None or not match or float(match.group(1)) <= 0 or not latency_unit:
+        unit_fits = unit in ("ms", "x") if cost is LATENCY else unit != "ms"  # milliseconds are latency's only
+        if cost is None or not match or float(match.group(1)) <= 0 or not unit_fits:
             raise ValueError(f"Cannot read the budget {budget!r}. Write {BUDGET_FORMS}; kinds: {', '.join(COSTS)}.")
         if cost is LATENCY:
             if latency is None:

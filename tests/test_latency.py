@@ -229,3 +229,27 @@ def test_flops_mode_prints_latency_given_a_table(tmp_path):
     assert code == 2 and "needs a measured latency table" in out and "--config.search.latency_table=PATH" in out
     code, out = main("--mode=flops", f"--config.search.latency_table={tmp_path / 'none.json'}")
     assert code == 2 and "No latency table at" in out
+
+
+def test_latency_table_step_writes_the_table_a_latency_budget_reads(tmp_path, monkeypatch):
+    from dmcp_tf import pipeline  # noqa: PLC0415
+    from dmcp_tf.configs import fashion_mnist  # noqa: PLC0415
+    from tests.helpers import learnable_fashion_mnist  # noqa: PLC0415
+
+    monkeypatch.setattr(latency, "measure_latency_table",  # measuring is tested above: here the step's wiring
+                        lambda supernet, **kwargs: synthetic_table(ChannelGraph(supernet), curved_ms))
+    config = fashion_mnist.get_config()
+    (tmp_path / "data").mkdir()
+    config.data.data_dir = str(learnable_fashion_mnist(tmp_path / "data", train=256, test=64))
+    config.model.options.channels = (16, 32, 64)
+    run_dir = tmp_path / "run"
+    pipeline.Pipeline(config, str(run_dir), log=lambda *a: None).run(("latency_table",))
+    table = latency.load_latency_table(run_dir / "latency_table.json")
+    assert table.quantizations == ["float32"] and table.model == "fashion_resnet"
+    with pytest.raises(pipeline.PipelineError, match="already holds latency_table.json"):
+        pipeline.Pipeline(config, str(run_dir), log=lambda *a: None).preflight(["latency_table"])
+    config.search.latency_table = str(run_dir / "latency_table.json")
+    config.search.budget = "latency:0.5x"
+    runner = pipeline.Pipeline(config, str(tmp_path / "search"), log=lambda *a: None)
+    runner.preflight(["search"])
+    assert runner.budget.cost.name == "latency" and runner.budget.cost.table.path == config.search.latency_table
