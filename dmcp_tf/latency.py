@@ -79,6 +79,7 @@ FILE_NAME = "latency_table.json"
 FUSED_LAYERS = (keras.layers.BatchNormalization, keras.layers.ReLU, keras.layers.Dropout,
                 keras.layers.SpatialDropout2D, keras.layers.Flatten, keras.layers.Reshape, ChannelGate)
 FUSED_ACTIVATIONS = ("linear", "relu", "relu6")
+CALIBRATION_WIDTHS = (0.0, 0.35, 0.7, 1.0)  # uniform width fractions of the whole networks a table is fitted to
 
 
 class LatencyTableError(ValueError):
@@ -392,7 +393,7 @@ def _grid_ms(measured, key, grid_in, grid_out, quantization):
 
 
 def measure_latency_table(supernet, *, quantizations=("float32", "int8"), threads=1, points=4, rounds=5, runs=20,
-                          warmup=3, calibration_widths=(0.0, 0.35, 0.7, 1.0), path=None, keep_models=None,
+                          warmup=3, calibration_widths=CALIBRATION_WIDTHS, path=None, keep_models=None,
                           seed=0, log=print):
     """Measures the per-layer TFLite latency of a gated supernet (see the module docstring).
 
@@ -451,35 +452,70 @@ def calibrate(supernet, graph, table, widths, directory, *, threads=1, rounds=5,
               log=print):
     """Fits `scale` and `overhead_ms` per quantization: measured whole networks against the per-layer sums.
 
-    The networks are the supernet at the uniform width fractions `widths` (0: the
-    smallest sub-network), converted into `directory`. With one network only the
-    overhead is fitted.
+    The networks are `calibration_networks`, converted into `directory`; the fit is `fit_calibration`.
 
     Returns:
         The table's `calibration` (quantization -> `{"scale", "overhead_ms", "networks"}`).
     """
+    configs, files = calibration_networks(supernet, graph, widths, directory, table.quantizations, seed=seed, log=log)
+    measured = _interleaved_ms(files, threads=threads, rounds=rounds, runs=runs, warmup=warmup)
+    return calibration_of(table, graph, configs, measured, log=log)
+
+
+def calibration_networks(supernet, graph, widths, directory, quantizations, *, seed=0, log=print):
+    """The whole networks a calibration times: the supernet at the uniform width fractions `widths`.
+
+    0 is the smallest sub-network. Their `.tflite` files go into `directory` (files
+    already there are used again).
+
+    Returns:
+        `(configs, files)`: label ("width 0.35") -> configuration, and (label, quantization) -> path.
+    """
     from dmcp_tf.rebuild import rebuild  # noqa: PLC0415
 
-    uncalibrated = dataclasses.replace(table, calibration={})
-    configs = {f"width {w:g}": baselines.scaled_config(graph, {g.name: w for g in graph.gates}) for w in widths}
+    configs = {f"width {w:g}": _uniform_config(graph, w) for w in widths}
     rng = np.random.default_rng(seed)
     files = {}
     for label, config in configs.items():
         log(f"[latency_table] converting the whole network at {label} (calibration)")
         paths = _convert(lambda c=config: rebuild(supernet, c, copy_weights=False, graph=graph), directory,
-                         f"{supernet.name}_{label.replace(' ', '_')}", table.quantizations, rng)
+                         f"{supernet.name}_{label.replace(' ', '_')}", quantizations, rng)
         files.update({(label, q): p for q, p in paths.items()})
-    measured = _interleaved_ms(files, threads=threads, rounds=rounds, runs=runs, warmup=warmup)
+    return configs, files
+
+
+def calibration_of(table, graph, configs, measured, log=print):
+    """The calibration of `table` from whole networks: label -> configuration, (label, quantization) -> ms."""
+    uncalibrated = dataclasses.replace(table, calibration={})
     calibration = {}
     for q in table.quantizations:
         sums = np.array([costs.Latency(uncalibrated, q).of(graph, configs[label]) for label in configs])
         times = np.array([measured[label, q] for label in configs])
-        scale, overhead = np.polyfit(sums, times, 1) if len(configs) > 1 else (1.0, times[0] - sums[0])
+        scale, overhead = fit_calibration(sums, times)
         calibration[q] = {"scale": round(float(scale), 5), "overhead_ms": round(float(overhead), 5), "networks": [
             {"label": label, "measured_ms": round(float(t), 5), "layer_sum_ms": round(float(s), 5)}
             for label, t, s in zip(configs, times, sums)]}
         log(f"[latency_table] {q}: whole network = {scale:.4f} x layer sum + {overhead:.4f} ms")
     return calibration
+
+
+def fit_calibration(sums, times):
+    """`(scale, overhead_ms)` with `times ~ scale * sums + overhead_ms` in least squares of the relative error.
+
+    `sums` are the per-layer sums of whole networks, `times` their measured latency;
+    from one network, only the overhead (scale 1).
+    """
+    sums, times = np.asarray(sums, np.float64), np.asarray(times, np.float64)
+    if len(sums) == 1:
+        return 1.0, float(times[0] - sums[0])
+    scale, overhead = np.polyfit(sums, times, 1, w=1.0 / times)
+    return float(scale), float(overhead)
+
+
+def _uniform_config(graph, fraction):
+    """Every gate at `fraction` of its channels (`baselines.scaled_config`), at least its always-kept prefix."""
+    scaled = baselines.scaled_config(graph, {g.name: fraction for g in graph.gates})
+    return {g.name: max(g.prefix, scaled[g.name]) for g in graph.gates}
 
 
 def runtime_info(threads):
