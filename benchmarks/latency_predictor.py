@@ -189,7 +189,7 @@ def main(argv=None):
         rows.sort(key=lambda r: r["index"])
         save(out, settings, rows, graph, table, calibration_configs)
         log(f"[latency_predictor] {len(rows)}/{args.networks} sub-networks measured; errors so far {errors(rows)}")
-    save(out, settings, rows, graph, table, calibration_configs)  # predictions follow the table (measured again, or refitted)
+    save(out, settings, rows, graph, table, calibration_configs)  # predictions follow the table, if refitted
     print("\n" + results_table(rows))
     for kind, e in errors(rows).items():
         print(f"{kind}: median |error| {100 * e['median']:.1f}%, worst {100 * e['worst']:.1f}% over {e['count']}")

@@ -14,18 +14,18 @@ batch 1, `threads` threads), float32 and int8, every model once per round in tur
 with the table interpolated piecewise-linearly in each channel count (bilinear for a
 layer with separate input and output channels; exact at grid points, and exact
 everywhere for costs of the form a c_in c_out + b c_in + c c_out + d, which a
-convolution's nearly are). `scale` and `overhead_ms` are fitted (least squares)
-from the measured latency of whole networks, uniformly narrowed sub-networks of the
-supernet from the smallest to the full one: they absorb what the per-layer sum does
-not explain (one invoke's fixed cost, the ops left out, caches that a whole network
-shares).
+convolution's nearly are). `scale` and `overhead_ms` are fitted (least squares of
+the relative error, `fit_calibration`) to the measured latency of whole networks,
+uniformly narrowed sub-networks of the supernet from the smallest to the full one
+(`calibration_networks`): they absorb what the per-layer sum does not explain (one
+invoke's fixed cost, the ops left out, caches that a whole network shares).
 
 File format (`latency_table.json`, JSON):
 
     {
       "format": "dmcp_tf.latency_table", "version": 1,
       "model": "mobilenet_v2_1.5", "input_shape": [224, 224, 3],
-      "runtime": {"name": "ai_edge_litert 2.3.0 (XNNPACK)", "threads": 1, "batch": 1, "host": "..."},
+      "runtime": {"name": "ai_edge_litert 2.3.0 (XNNPACK)", "threads": 1, "clock": "cpu", "batch": 1, ...},
       "quantizations": ["float32", "int8"],
       "calibration": {"float32": {"scale": 1.02, "overhead_ms": 0.31,
                                   "networks": [{"label": "width 1", "measured_ms": 15.7, "layer_sum_ms": 15.1}]},
