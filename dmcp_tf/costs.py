@@ -4,13 +4,16 @@ A cost kind (`Cost`) gives, for a `ChannelGraph`, the cost of a configuration
 (`of`, NumPy arrays of configurations too), the expected cost as a
 differentiable function of the gates' parameters (`expected`) and a per-layer
 breakdown (`per_layer`). Kinds, by name in `COSTS`: `macs` (multiply-accumulates
-of conv and dense layers, the paper's FLOPs) and `params` (weights, gates
-excluded). A new kind is one subclass that says what one layer call costs.
+of conv and dense layers, the paper's FLOPs), `params` (weights, gates
+excluded) and `latency` (TFLite milliseconds from a measured per-layer table,
+`latency.py`; it needs the table, so `COSTS` names it without one). A new kind
+is one subclass that says what one layer call costs.
 
 A `Budget` is a kind and a target, read once from text:
 
     "210M", "2.8G", "0.5x"          MACs (absolute, or a fraction of the full network)
     "macs:210M", "params:1.5M", "params:0.4x"
+    "latency:3.2ms", "latency:0.5x"   TFLite latency (given a `Latency` kind with its table)
 
 The budget loss (`budget_loss`) is the authors' piecewise-log loss, computed in
 millions of the budget's unit (their MFLOPs).
@@ -25,7 +28,7 @@ from keras import ops
 from dmcp_tf.run.report import format_count
 
 _MULTIPLIERS = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
-_NUMBER = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKmMgGtT]?|x)\s*")
+_NUMBER = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKmMgGtT]?|x|ms)\s*")
 
 
 class Cost:
@@ -35,10 +38,7 @@ class Cost:
 
     def of(self, graph, config=None):
         """The cost under `config` (gate name -> kept channels, ints or arrays); the full network by default."""
-        total = self._total(graph, lambda layout: graph.count(layout, config))
-        if isinstance(total, np.ndarray):
-            return np.round(total).astype(np.int64)
-        return int(round(total))
+        return self._rounded(self._total(graph, lambda layout: graph.count(layout, config)))
 
     def expected(self, graph):
         """The expected cost (a scalar tensor), differentiable in every gate's alpha."""
@@ -53,6 +53,16 @@ class Cost:
 
     def format(self, value):
         return f"{format_count(value)} {self.unit}"
+
+    def amount(self, value):
+        """`value` as a budget string writes it (`"210.0M"`)."""
+        return format_count(value)
+
+    def _rounded(self, total):
+        """A count: whole numbers (ints, or int64 arrays for arrays of configurations)."""
+        if isinstance(total, np.ndarray):
+            return np.round(total).astype(np.int64)
+        return int(round(total))
 
     def _total(self, graph, count):
         total = self._fixed(graph)
@@ -112,10 +122,58 @@ class Params(Cost):
         return total
 
 
-MACS, PARAMS = Macs(), Params()
-COSTS = {cost.name: cost for cost in (MACS, PARAMS)}
+class Latency(Cost):
+    """TFLite latency in milliseconds, from a measured per-layer table (`latency.LatencyTable`).
+
+    `scale * sum of the table, interpolated at each timed layer call's (input,
+    output) channels, + overhead_ms` (the table's whole-network calibration);
+    the expected latency interpolates at the expected channels, differentiably.
+
+    Args:
+        table: a `latency.LatencyTable` measured for the supernet (`latency.load_latency_table`).
+        quantization: which of its times: "float32" or "int8".
+    """
+
+    name, unit = "latency", "ms"
+
+    def __init__(self, table=None, quantization="float32"):
+        self.table, self.quantization = table, quantization
+
+    def format(self, value):
+        return f"{value:.4g} ms" + (f" ({self.quantization})" if self.quantization != "float32" else "")
+
+    def amount(self, value):
+        return f"{value:g}ms"
+
+    def _rounded(self, total):
+        return np.asarray(total, np.float64) if isinstance(total, np.ndarray) else float(total)
+
+    def _records(self, graph):
+        from dmcp_tf.deploy.latency import timed_records  # noqa: PLC0415 (latency.py measures with this module)
+
+        if self.table is None:
+            raise ValueError(LATENCY_NEEDS_TABLE)
+        self.table.check(graph, self.quantization)
+        return timed_records(graph)
+
+    def _fixed(self, graph):
+        return self.table.overhead_ms(self.quantization)
+
+    def _layer(self, graph, record, count):
+        entry = self.table.layers[record.layer.name]
+        ms = entry.predict(self.quantization, count(record.in_layout), count(record.out_layout))
+        return self.table.scale(self.quantization) * ms
+
+
+MACS, PARAMS, LATENCY = Macs(), Params(), Latency()
+COSTS = {cost.name: cost for cost in (MACS, PARAMS, LATENCY)}
 BUDGET_FORMS = ('"210M", "2.8G" or "0.5x" (MACs: absolute or a fraction of the full network), '
-                '"macs:210M", "params:1.5M", "params:0.4x", or a plain number of MACs')
+                '"macs:210M", "params:1.5M", "params:0.4x", "latency:3.2ms", "latency:0.5x" '
+                '(with a latency table), or a plain number of MACs')
+LATENCY_NEEDS_TABLE = (
+    "A latency budget needs a measured latency table: write one with python main.py --mode=latency_table "
+    "(or dmcp_tf.deploy.latency.measure_latency_table) and pass it with --config.search.latency_table=PATH "
+    "(in Python: Budget.parse(text, latency=dmcp_tf.deploy.latency.latency_cost(PATH))).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,11 +190,16 @@ class Budget:
     relative: bool = False
 
     @classmethod
-    def parse(cls, budget):
+    def parse(cls, budget, latency=None):
         """A `Budget` from text (`BUDGET_FORMS`), a number of MACs, or a `Budget`.
 
+        Args:
+            budget: the text, number or `Budget`.
+            latency: the `Latency` kind (with its table) that a latency budget is of.
+
         Raises:
-            ValueError: the text is none of the forms; the message lists them.
+            ValueError: the text is none of the forms (the message lists them), or a
+                latency budget comes without `latency` (the message says how to measure a table).
         """
         if isinstance(budget, Budget):
             return budget
@@ -145,12 +208,18 @@ class Budget:
         kind, _, amount = str(budget).rpartition(":")
         cost = COSTS.get(kind.strip().lower() or "macs")
         match = _NUMBER.fullmatch(amount)
-        if cost is None or not match or float(match.group(1)) <= 0:
+        unit = match.group(2) if match else None
+        unit_fits = unit in ("ms", "x") if cost is LATENCY else unit != "ms"  # milliseconds are latency's only
+        if cost is None or not match or float(match.group(1)) <= 0 or not unit_fits:
             raise ValueError(f"Cannot read the budget {budget!r}. Write {BUDGET_FORMS}; kinds: {', '.join(COSTS)}.")
-        value, unit = float(match.group(1)), match.group(2)
+        if cost is LATENCY:
+            if latency is None:
+                raise ValueError(f"Budget {budget!r}: {LATENCY_NEEDS_TABLE}")
+            cost = latency
+        value = float(match.group(1))
         if unit == "x":
             return cls(cost, value, relative=True)
-        return cls(cost, value * _MULTIPLIERS[unit.upper()])
+        return cls(cost, value * _MULTIPLIERS.get(unit.upper(), 1.0))
 
     def target(self, graph):
         """The target in the kind's unit for the supernet of `graph`."""
@@ -172,7 +241,7 @@ class Budget:
         return target
 
     def __str__(self):
-        amount = f"{self.value:g}x" if self.relative else format_count(self.value)
+        amount = f"{self.value:g}x" if self.relative else self.cost.amount(self.value)
         return f"{self.cost.name}:{amount}"
 
 

@@ -94,9 +94,10 @@ def test_budget_texts(text, kind, value, relative):
     assert Budget.parse(budget) is budget and Budget.parse(str(budget)).cost is budget.cost
 
 
-@pytest.mark.parametrize("text", ["fast", "latency:3ms", "params:", "0x", "-1M", "params:1.5Q", True])
+@pytest.mark.parametrize("text", ["fast", "latency:3", "macs:3ms", "params:", "0x", "-1M", "params:1.5Q", True])
 def test_unreadable_budgets_list_the_forms(text):
-    with pytest.raises(ValueError, match="Cannot read the budget.*params:1.5M.*kinds: macs, params"):
+    with pytest.raises(ValueError, match="Cannot read the budget.*params:1.5M.*latency:3.2ms.*kinds: macs, params, "
+                                         "latency"):
         Budget.parse(text)
 
 

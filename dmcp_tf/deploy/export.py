@@ -219,17 +219,43 @@ def tflite_latency_ms(tflite_path, *, threads=1, runs=50, warmup=5):
         runs: Timed invokes.
         warmup: Untimed invokes before timing.
     """
+    return latency_timer(tflite_path, threads=threads, runs=runs, warmup=warmup)()
+
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def latency_timer(tflite_path, *, threads=1, runs=50, warmup=5, clock="wall"):
+    """A callable that measures `tflite_latency_ms` again on one interpreter, kept between calls.
+
+    For interleaved timing of several models: each call runs `warmup` untimed and
+    `runs` timed invokes on zero inputs and returns the median in ms. `clock="cpu"`
+    times the calling thread's CPU time instead of wall time: with 1 thread the
+    interpreter computes in that thread, so this is the invoke's time without the
+    waits for a CPU that other processes on a busy machine cause.
+
+    Raises:
+        ValueError: an unknown `clock`, or "cpu" with more than 1 thread (the other threads' work would be missed).
+    """
+    if clock not in CLOCKS or (clock == "cpu" and threads != 1):
+        raise ValueError(f"clock must be one of {sorted(CLOCKS)} (\"cpu\" with threads=1 only), got {clock!r} "
+                         f"with threads={threads}.")
+    now = CLOCKS[clock]
     interpreter = _interpreter(tflite_path, threads)
-    detail = interpreter.get_input_details()[0]
-    interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
-    for _ in range(warmup):
-        interpreter.invoke()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        interpreter.invoke()
-        times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
+    for detail in interpreter.get_input_details():
+        interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
+
+    def measure():
+        for _ in range(warmup):
+            interpreter.invoke()
+        times = []
+        for _ in range(runs):
+            start = now()
+            interpreter.invoke()
+            times.append(now() - start)
+        return 1000.0 * statistics.median(times)
+
+    return measure
 
 
 def _interpreter(tflite_path, threads=None):

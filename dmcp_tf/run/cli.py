@@ -9,7 +9,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-MODES = ("all", "search", "sample", "retrain", "eval", "export", "flops")
+MODES = ("all", "search", "sample", "retrain", "eval", "export", "flops", "latency_table")
 
 FLAGS = flags.FLAGS
 
@@ -21,7 +21,8 @@ def define_flags():
         "Config file (configs/<name>.py[:argument]); override keys with --config.<key>=<value>.",
         lock_config=True,
     )
-    flags.DEFINE_enum("mode", "all", MODES, "Pipeline step to run; `all` runs search, sample, retrain, eval, export.")
+    flags.DEFINE_enum("mode", "all", MODES, "Pipeline step to run; `all` runs search, sample, retrain, eval, export; "
+                      "`latency_table` measures the supernet's per-layer TFLite latency into the run directory.")
     flags.DEFINE_string("run_dir", None, "Run directory (default: runs/<config.name>).")
     flags.DEFINE_bool("overwrite", False, "Allow replacing outputs that already exist in the run directory.")
     flags.DEFINE_string("data_dir", None, "Shortcut for --config.data.data_dir.")
@@ -43,12 +44,16 @@ def _strategy(name):
 
 
 def _flops(config):
-    """Prints the MACs and parameters of the supernet and its budget, or of a channel configuration or paper structure."""
+    """Prints the MACs, parameters (and latency, given a table) of the supernet and its budget, or of a channel
+    configuration or paper structure."""
     from dmcp_tf import costs, models, sampling  # noqa: PLC0415 (after flag parsing: --help stays fast)
     from dmcp_tf.channels.graph import ChannelGraph  # noqa: PLC0415
+    from dmcp_tf.deploy import latency  # noqa: PLC0415
+
+    kinds = [costs.MACS, costs.PARAMS]
 
     def describe(graph, config=None):
-        values = {kind: kind.of(graph, config) for kind in costs.COSTS.values()}
+        values = {kind: kind.of(graph, config) for kind in kinds}
         return ", ".join(f"{kind.format(value)} ({value})" for kind, value in values.items())
 
     if FLAGS.structure:
@@ -62,7 +67,8 @@ def _flops(config):
     supernet = models.build_supernet(config.model.name, input_shape=shape, num_classes=classes,
                                      gate_kind=config.model.gate_kind, **config.model.options.to_dict())
     graph = ChannelGraph(supernet)
-    budget = costs.Budget.parse(config.search.budget)
+    kinds += latency.latency_costs(config.search.latency_table)
+    budget = costs.Budget.parse(config.search.budget, latency=latency.configured_cost(config.search))
     print(f"{supernet.name}: {describe(graph)}, {len(graph.gates)} gates; smallest sub-network "
           f"{describe(graph, graph.smallest_config())}; budget {config.search.budget} = "
           f"{budget.cost.format(budget.target(graph))}")

@@ -43,7 +43,10 @@ def base_config():
     c.model.options = ml_collections.ConfigDict()  # keyword arguments of the model builder
 
     c.search = ml_collections.ConfigDict()
-    c.search.budget = "0.5x"      # MACs "210M", "2.8G", a fraction "0.5x"; "params:1.5M", "params:0.4x"
+    c.search.budget = "0.5x"      # MACs "210M", "2.8G", a fraction "0.5x"; "params:1.5M", "params:0.4x";
+                                  # "latency:3.2ms", "latency:0.5x" with a latency table:
+    c.search.latency_table = ""   # latency_table.json (--mode=latency_table writes one; dmcp_tf/deploy/latency.py)
+    c.search.latency_quantization = "float32"  # which of the table's times a latency budget means ("int8")
     c.search.epochs = 2
     c.search.steps_per_epoch = 0  # 0: one pass over the training data
     c.search.warmup_fraction = 0.5
@@ -124,8 +127,14 @@ def validate(config):
         fail("model.name", f"unknown model {config.model.name!r}; choose one of {sorted(SUPERNETS)}.")
     if config.model.gate_kind not in GATE_TYPES:
         fail("model.gate_kind", f"unknown gate kind {config.model.gate_kind!r}; choose one of {sorted(GATE_TYPES)}.")
+    from dmcp_tf.deploy.latency import configured_cost  # noqa: PLC0415 (reads the table file, if one is named)
+
     try:
-        budget = costs.Budget.parse(config.search.budget)
+        latency = configured_cost(config.search)
+    except ValueError as error:
+        fail("search.latency_table", str(error))
+    try:
+        budget = costs.Budget.parse(config.search.budget, latency=latency)
     except ValueError as error:
         fail("search.budget", str(error))
     if config.mixed_precision not in DTYPE_POLICIES:

@@ -27,6 +27,7 @@ OUTPUTS = {
     "retrain": ("slim.keras", "retrain.json"),
     "eval": ("eval.json",),
     "export": ("export", "export.json"),
+    "latency_table": ("latency_table.json",),  # --mode=latency_table only (not in STEPS); its JSON is the table
 }
 INPUTS = {"sample": ("supernet.keras",), "retrain": ("supernet.keras", "channels.json"),
           "eval": ("supernet.keras", "slim.keras"), "export": ("supernet.keras", "slim.keras")}

@@ -1,0 +1,22 @@
+"""The latency_table step (`--mode=latency_table`): the supernet's per-layer TFLite latency (`latency_table.json`).
+
+The table it writes is what `--config.search.latency_table` reads for a latency
+budget (`dmcp_tf/deploy/latency.py` describes the file and how to measure it on a phone).
+"""
+
+from dmcp_tf.deploy import latency
+from dmcp_tf.models import build_supernet
+from dmcp_tf.run import config as config_lib
+
+
+def run(ctx):
+    """Measures every gated layer of a fresh supernet of `config.model`; returns the table (`latency_table.json`).
+
+    Args:
+        ctx: the `RunContext`.
+    """
+    m = ctx.config.model
+    supernet = build_supernet(m.name, input_shape=ctx.data.input_shape, num_classes=ctx.data.num_classes,
+                              gate_kind=m.gate_kind, **m.options.to_dict())
+    return latency.measure_latency_table(supernet, quantizations=config_lib.quantizations(ctx.config),
+                                         threads=ctx.config.export.latency_threads, log=ctx.log).to_json()
