@@ -1,4 +1,5 @@
-"""A gated model (supernet.keras) loaded without dmcp_tf: Keras' error says to import it."""
+"""Saved models in a fresh Python without dmcp_tf: a gated one (supernet.keras) says to import it; the
+portable copy (slim.keras) loads compiled, without a warning."""
 
 import os
 import subprocess
@@ -7,15 +8,16 @@ import sys
 import keras
 import numpy as np
 
-from dmcp_tf import gates
+from dmcp_tf import gates, training
 from tests.helpers import tiny_supernet
 
 # In a fresh Python: load with plain Keras (safe mode, compile on: the defaults), report what happened.
 LOAD = """
-import sys, keras
+import sys, warnings, keras
+warnings.simplefilter("error")  # a warning fails the load
 try:
-    keras.saving.load_model(sys.argv[1], safe_mode=True)
-    print("LOADED")
+    model = keras.saving.load_model(sys.argv[1], safe_mode=True)
+    print("LOADED", "compiled" if model.compiled else "not compiled")
 except Exception as error:
     print(type(error).__name__, str(error))
 print("dmcp_tf imported:", "dmcp_tf" in sys.modules)
@@ -55,3 +57,12 @@ def test_the_hint_is_saved_and_dropped_again_when_loaded(tmp_path):
     x = np.random.default_rng(0).normal(size=(2, 12, 12, 3)).astype("float32")
     np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
     assert loaded.get_layer("g1").get_config() == gate.get_config()
+
+
+def test_the_portable_copy_loads_compiled_without_a_warning(tmp_path):
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Dense(8, activation="relu")(inputs)))
+    path = tmp_path / "slim.keras"
+    training.portable_copy(model).save(path)
+    out = load_in_fresh_python(path)
+    assert "LOADED compiled" in out and "dmcp_tf imported: False" in out, out
