@@ -152,6 +152,7 @@ def _tensorflow_error_message(error, data=None):
     if tf is None:
         return None
     detail = str(getattr(error, "message", error)).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    detail = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", detail)  # where in TensorFlow: nothing to act on
     kept = "Finished steps and checkpoints are kept: rerun the same command afterwards and it resumes."
     if isinstance(error, tf.errors.InvalidArgumentError) and "Iterator" in str(error):  # from the input pipeline
         decoding = _image_decoding_error(str(error))

@@ -110,3 +110,15 @@ def test_other_os_errors_keep_their_text(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         cli._main(["main.py"])
     assert capsys.readouterr().err == "error: [Errno 2] No such file: '/a/b'\n"
+
+
+def test_a_full_disk_while_saving_a_checkpoint_names_the_file_without_tensorflows_function_node(monkeypatch, capsys):
+    text = ("{{function_node __wrapped__SaveV2_dtypes_92_device_/job:localhost/replica:0/task:0/device:CPU:0}} "
+            "/runs/x/checkpoints/search/.tmp-ckpt-000000008-r9/state_temp/part-00000; No space left on device [Op:SaveV2]")
+    monkeypatch.setattr(cli, "run", lambda argv: (_ for _ in ()).throw(tf.errors.ResourceExhaustedError(None, None, text)))
+    with pytest.raises(SystemExit) as stopped:
+        cli._main(["main.py"])
+    assert stopped.value.code == 2
+    message = capsys.readouterr().err
+    assert message.startswith("error: TensorFlow ran out of a resource (/runs/x/checkpoints/search/") and \
+        "No space left on device [Op:SaveV2]): a full disk while saving" in message and "function_node" not in message
