@@ -488,3 +488,33 @@ DATASET_SHAPES = {
     "imagenet2012": lambda image_size: ((image_size or 224, image_size or 224, 3), 1000),
     "image_folder": _image_folder_spec,
 }
+
+
+# First bytes of the formats TensorFlow decodes (tf.io.decode_image; JPEG XL as a codestream or a container).
+_IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"\xff\x0a",
+                     b"\x00\x00\x00\x0cJXL \r\n\x87\n")
+_IMAGE_FOLDER_EXTENSIONS = (".jpg", ".jpeg", ".png")  # what tfds.ImageFolder reads
+
+
+def undecodable_images(data_dir, limit=5):
+    """Files of an image folder (`data_dir/{train,test}/<class>/`) that are no image by their first bytes.
+
+    TensorFlow's decoding error does not name the file; this names up to `limit`
+    of them (it reads 12 bytes of each image file, so run it after a failure, not
+    before every run). A file that starts like an image but is damaged later is not found.
+    """
+    found = []
+    for split in ("train", "test"):
+        for folder, _, files in sorted(os.walk(os.path.join(data_dir, split))):
+            for name in sorted(files):
+                if not name.lower().endswith(_IMAGE_FOLDER_EXTENSIONS):
+                    continue
+                path = os.path.join(folder, name)
+                with open(path, "rb") as f:
+                    head = f.read(12)
+                riff_webp = head[:4] == b"RIFF" and head[8:12] == b"WEBP"
+                if not riff_webp and not head.startswith(_IMAGE_SIGNATURES):
+                    found.append(path)
+                    if len(found) >= limit:
+                        return found
+    return found

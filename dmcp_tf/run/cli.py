@@ -1,6 +1,8 @@
 """Command line: flags -> config -> pipeline steps (`main.py` and the `dmcp` command)."""
 
+import errno
 import os
+import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: keep the console readable
@@ -110,13 +112,37 @@ def run(argv):
 def _main(argv):
     try:
         run(argv)
-    except (ValueError, OSError, RuntimeError) as error:
+    except OSError as error:
+        _fail(_os_error_message(error))
+    except (ValueError, RuntimeError) as error:
         _fail(str(error))
     except Exception as error:  # TensorFlow's own errors are not Python's: map those a user can fix
-        message = _tensorflow_error_message(error)
+        message = _tensorflow_error_message(error, _data_config())
         if message is None:
             raise
         _fail(message)
+
+
+def _os_error_message(error):
+    """An OSError as one line: no permission or no space says what to do; a temporary file is named by its folder."""
+    path = str(error.filename) if error.filename else None
+    if path is None or error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+        return str(error)
+    if os.path.basename(path).startswith(".tmp-") or ".tmp" in os.path.basename(path):
+        path = f"the folder {os.path.dirname(path)} (writing a file into it)"
+    kept = "Finished steps and checkpoints are kept: rerun the same command afterwards and it resumes."
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{error.strerror}: {path}. Free disk space (or use another --run_dir). {kept}"
+    return (f"{error.strerror}: {path}. Make it writable (a read-only run directory cannot be resumed) or use "
+            f"another --run_dir. {kept}")
+
+
+def _data_config():
+    """The config's data section, or None where the flags are not parsed (to name a bad input file)."""
+    try:
+        return FLAGS.config.data
+    except (flags.Error, AttributeError):
+        return None
 
 
 def _fail(message):
@@ -124,13 +150,21 @@ def _fail(message):
     sys.exit(2)
 
 
-def _tensorflow_error_message(error):
-    """What to do about a TensorFlow error a user can fix (disk full, no permission, a damaged file), or None."""
+def _tensorflow_error_message(error, data=None):
+    """What to do about a TensorFlow error a user can fix (disk full, no permission, a damaged file), or None.
+
+    `data` is the config's data section (to name an image the input pipeline could not decode).
+    """
     tf = sys.modules.get("tensorflow")
     if tf is None:
         return None
     detail = str(getattr(error, "message", error)).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    detail = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", detail)  # where in TensorFlow: nothing to act on
     kept = "Finished steps and checkpoints are kept: rerun the same command afterwards and it resumes."
+    if isinstance(error, tf.errors.InvalidArgumentError) and "Iterator" in str(error):  # from the input pipeline
+        decoding = _image_decoding_error(str(error))
+        if decoding:
+            return _undecodable_image_message(decoding, data, kept)
     if isinstance(error, tf.errors.ResourceExhaustedError):
         return (f"TensorFlow ran out of a resource ({detail}): a full disk while saving, or memory. Free disk "
                 f"space (or lower data.batch_size if memory ran out). {kept}")
@@ -140,6 +174,37 @@ def _tensorflow_error_message(error):
         return (f"A file is damaged ({detail}): delete it (a damaged checkpoint: its step's checkpoints folder) and "
                 f"rerun the same command.")
     return None
+
+
+def _image_decoding_error(text):
+    """TensorFlow's reason in the text of an image decoding error ("Unknown image file format. ..."), or None.
+
+    The text differs by where the iterator ran (eagerly, in a function, in Keras'
+    multi-step function); the reason is its first line that speaks of an image
+    and is no node or iterator name.
+    """
+    for line in text.splitlines():
+        line = re.split(r"\}\} |Iterator::\S+: ", line)[-1].strip()
+        if re.search(r"image|jpe?g|png|gif|bmp|webp", line, re.IGNORECASE) and not line.startswith(("Detected at", "[[")):
+            return line
+    return None
+
+
+def _undecodable_image_message(detail, data, kept):
+    """The input pipeline could not decode an image: name the files that are no image, if any."""
+    from dmcp_tf import data as data_lib  # noqa: PLC0415
+
+    folder = data is not None and data.name == "image_folder" and data.data_dir and os.path.isdir(data.data_dir)
+    where = data.data_dir if folder else "the data set"
+    bad = data_lib.undecodable_images(data.data_dir) if folder else []
+    if bad:
+        more = " (the first 5; there may be more)" if len(bad) >= 5 else ""
+        return (f"An image in {where} cannot be decoded ({detail}). Not a JPEG, PNG, GIF, BMP or WebP image by "
+                f"its first bytes{more}: {', '.join(bad)}. Remove or replace it. {kept}")
+    found = ("every image file starts like an image, so one is damaged further in" if folder
+             else "check the data set's files for a damaged or non-image one")
+    return (f"An image in {where} cannot be decoded ({detail}); TensorFlow does not say which file: {found}. "
+            f"Remove or replace it. {kept}")
 
 
 def _parse_flags(argv):

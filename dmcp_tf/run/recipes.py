@@ -92,11 +92,13 @@ def portable_copy(model):
 
     The same layers and weights, compiled with Keras' own sparse cross-entropy
     and accuracy (the training's loss and optimizer are dmcp_tf functions; their
-    state lives in the checkpoints, not in the deliverable).
+    state lives in the checkpoints, not in the deliverable). The optimizer is plain
+    SGD, which has no per-variable state: Keras' default (RMSprop), saved unbuilt,
+    made every load warn "Skipping variable loading for optimizer".
     """
     copy = keras.Model.from_config(model.get_config())
     copy.set_weights(model.get_weights())
-    copy.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=not ends_in_softmax(model)),
+    copy.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=not ends_in_softmax(model)),
                  metrics=["accuracy"])
     return copy
 

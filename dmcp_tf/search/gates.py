@@ -20,6 +20,10 @@ import numpy as np
 from keras import ops
 
 FULL = "full"
+# Saved in every gate's config (`ChannelGate.get_config`), for whoever loads a
+# gated model without dmcp_tf.
+LOAD_HINT = ("import dmcp_tf before keras.saving.load_model: this layer is a DMCP channel gate (dmcp_tf.gates); "
+             "the pruned slim.keras of a run loads without it")
 SUBNET = "subnet"
 SCALE = "scale"
 
@@ -242,10 +246,19 @@ class ChannelGate(keras.layers.Layer):
         return inputs * ops.cast(mask, inputs.dtype)
 
     def get_config(self):
-        config = super().get_config()
+        # First in the saved config: Keras prints the config of a class it cannot
+        # find ("Could not locate class 'MarkovGate' ... Full object config: {...}"),
+        # so a supernet loaded without dmcp_tf says what to do.
+        config = {"requires": LOAD_HINT, **super().get_config()}
         config.update(width=self.width, min_channels=self.min_channels, group_size=self.group_size,
                       initial_alpha=self.initial_alpha, channel_multiple=self.channel_multiple)
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config.pop("requires", None)  # the hint above (absent from files saved before it)
+        return super().from_config(config)
 
 
 @keras.saving.register_keras_serializable(package="dmcp_tf")
