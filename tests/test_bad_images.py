@@ -7,7 +7,7 @@ import tensorflow as tf
 from ml_collections import ConfigDict
 from PIL import Image
 
-from dmcp_tf import cli
+from dmcp_tf.run import cli
 from dmcp_tf.data import undecodable_images
 
 

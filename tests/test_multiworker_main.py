@@ -156,7 +156,7 @@ def result(run_dir):
 
     import dmcp_tf  # noqa: F401, PLC0415 (the supernet's layers)
     from dmcp_tf import sampling  # noqa: PLC0415
-    from dmcp_tf.graph import ChannelGraph  # noqa: PLC0415
+    from dmcp_tf.channels.graph import ChannelGraph  # noqa: PLC0415
 
     search = json.loads((run_dir / "search.json").read_text())
     supernet = keras.saving.load_model(run_dir / "supernet.keras", compile=False)

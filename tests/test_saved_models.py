@@ -8,7 +8,8 @@ import sys
 import keras
 import numpy as np
 
-from dmcp_tf import gates, training
+from dmcp_tf.run import recipes
+from dmcp_tf.search import gates
 from tests.helpers import tiny_supernet
 
 # In a fresh Python: load with plain Keras (safe mode, compile on: the defaults), report what happened.
@@ -63,6 +64,6 @@ def test_the_portable_copy_loads_compiled_without_a_warning(tmp_path):
     inputs = keras.Input((4,))
     model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Dense(8, activation="relu")(inputs)))
     path = tmp_path / "slim.keras"
-    training.portable_copy(model).save(path)
+    recipes.portable_copy(model).save(path)
     out = load_in_fresh_python(path)
     assert "LOADED compiled" in out and "dmcp_tf imported: False" in out, out

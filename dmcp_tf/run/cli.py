@@ -40,7 +40,7 @@ def define_flags():
 
 
 def _strategy(name):
-    from dmcp_tf import distributed  # noqa: PLC0415 (after flag parsing: --help stays fast)
+    from dmcp_tf.run import distributed  # noqa: PLC0415 (after flag parsing: --help stays fast)
 
     return distributed.make_strategy(name)
 

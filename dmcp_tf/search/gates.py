@@ -22,7 +22,7 @@ from keras import ops
 FULL = "full"
 # Saved in every gate's config (`ChannelGate.get_config`), for whoever loads a
 # gated model without dmcp_tf.
-LOAD_HINT = ("import dmcp_tf before keras.saving.load_model: this layer is a DMCP channel gate (dmcp_tf.gates); "
+LOAD_HINT = ("import dmcp_tf before keras.saving.load_model: this layer is a DMCP channel gate (dmcp_tf.search.gates); "
              "the pruned slim.keras of a run loads without it")
 SUBNET = "subnet"
 SCALE = "scale"
