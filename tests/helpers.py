@@ -4,6 +4,7 @@ import gzip
 
 import keras
 import numpy as np
+import pytest
 
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.channels.rebuild import rebuild
@@ -127,3 +128,17 @@ def assert_rebuild_exact(model, rng, trials=2, atol=1e-5, draw=random_config):
         assert slim_graph.flops() == graph.flops(config)
         assert slim.count_params() == graph.params(config)
     return graph
+
+
+def main_exit_message(monkeypatch, capsys, error):
+    """What `main.py` prints when its run raises `error`; asserts that it exits with code 2."""
+    from dmcp_tf.run import cli  # noqa: PLC0415
+
+    def run(argv):
+        raise error
+
+    monkeypatch.setattr(cli, "run", run)
+    with pytest.raises(SystemExit) as stopped:
+        cli._main(["main.py"])
+    assert stopped.value.code == 2
+    return capsys.readouterr().err

@@ -9,6 +9,7 @@ from PIL import Image
 
 from dmcp_tf.run import cli
 from dmcp_tf.data import undecodable_images
+from tests.helpers import main_exit_message
 
 
 @pytest.fixture
@@ -93,32 +94,19 @@ def test_a_file_damaged_after_its_header_is_not_named_but_explained(folder):
      "/runs/x (writing a file into it). Free disk space"),
 ])
 def test_no_permission_or_space_names_the_run_directory_not_a_temporary_file(monkeypatch, capsys, error, named):
-    def run(argv):
-        raise error
-
-    monkeypatch.setattr(cli, "run", run)
-    with pytest.raises(SystemExit) as stopped:
-        cli._main(["main.py"])
-    assert stopped.value.code == 2
-    message = capsys.readouterr().err
+    message = main_exit_message(monkeypatch, capsys, error)
     assert named in message and "rerun the same command" in message, message
     assert "uknyf1ox" not in message and "slim.keras.tmp" not in message  # temporary names mean nothing to a user
 
 
 def test_other_os_errors_keep_their_text(monkeypatch, capsys):
-    monkeypatch.setattr(cli, "run", lambda argv: (_ for _ in ()).throw(FileNotFoundError(2, "No such file", "/a/b")))
-    with pytest.raises(SystemExit):
-        cli._main(["main.py"])
-    assert capsys.readouterr().err == "error: [Errno 2] No such file: '/a/b'\n"
+    message = main_exit_message(monkeypatch, capsys, FileNotFoundError(2, "No such file", "/a/b"))
+    assert message == "error: [Errno 2] No such file: '/a/b'\n"
 
 
 def test_a_full_disk_while_saving_a_checkpoint_names_the_file_without_tensorflows_function_node(monkeypatch, capsys):
     text = ("{{function_node __wrapped__SaveV2_dtypes_92_device_/job:localhost/replica:0/task:0/device:CPU:0}} "
             "/runs/x/checkpoints/search/.tmp-ckpt-000000008-r9/state_temp/part-00000; No space left on device [Op:SaveV2]")
-    monkeypatch.setattr(cli, "run", lambda argv: (_ for _ in ()).throw(tf.errors.ResourceExhaustedError(None, None, text)))
-    with pytest.raises(SystemExit) as stopped:
-        cli._main(["main.py"])
-    assert stopped.value.code == 2
-    message = capsys.readouterr().err
+    message = main_exit_message(monkeypatch, capsys, tf.errors.ResourceExhaustedError(None, None, text))
     assert message.startswith("error: TensorFlow ran out of a resource (/runs/x/checkpoints/search/") and \
         "No space left on device [Op:SaveV2]): a full disk while saving" in message and "function_node" not in message

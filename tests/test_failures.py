@@ -12,7 +12,7 @@ from dmcp_tf.configs import fashion_mnist
 from dmcp_tf.run import cli
 from dmcp_tf.run.pipeline import Pipeline, PipelineError
 from dmcp_tf.search.gates import MarkovGate
-from tests.helpers import FASHION_FILES, learnable_fashion_mnist, tiny_supernet
+from tests.helpers import FASHION_FILES, learnable_fashion_mnist, main_exit_message, tiny_supernet
 
 
 def test_a_damaged_gzip_stream_is_named(tmp_path):
@@ -46,14 +46,7 @@ def test_a_damaged_model_file_names_itself_and_the_step_that_rewrites_it(tmp_pat
     (tf.errors.DataLossError(None, None, "truncated record at 1234"), "A file is damaged"),
 ])
 def test_tensorflow_file_errors_end_with_exit_2_and_advice(monkeypatch, capsys, error, named):
-    def run(argv):
-        raise error
-
-    monkeypatch.setattr(cli, "run", run)
-    with pytest.raises(SystemExit) as stopped:
-        cli._main(["main.py"])
-    assert stopped.value.code == 2
-    message = capsys.readouterr().err
+    message = main_exit_message(monkeypatch, capsys, error)
     assert named in message and error.message.splitlines()[0] in message
 
 
