@@ -25,7 +25,16 @@ import re
 import numpy as np
 from keras import ops
 
-from dmcp_tf.run.report import format_count
+_UNITS = (("G", 1e9), ("M", 1e6), ("K", 1e3))
+
+
+def format_count(n):
+    """Formats a count readably: `672832704` -> `"672.8M"`, `12` -> `"12"`."""
+    for suffix, scale in _UNITS:
+        if abs(n) >= scale:
+            return f"{n / scale:.1f}{suffix}"
+    return f"{n:.0f}"
+
 
 _MULTIPLIERS = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 _NUMBER = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKmMgGtT]?|x|ms)\s*")
@@ -35,6 +44,7 @@ class Cost:
     """A cost kind; subclasses say what one recorded layer call costs (`_layer`) and what is fixed."""
 
     name = unit = ""
+    axis = (1e6, "millions of {unit}")  # a plot axis: values divided by the first, labelled by the second
 
     def of(self, graph, config=None):
         """The cost under `config` (gate name -> kept channels, ints or arrays); the full network by default."""
@@ -135,6 +145,7 @@ class Latency(Cost):
     """
 
     name, unit = "latency", "ms"
+    axis = (1.0, "{unit}")
 
     def __init__(self, table=None, quantization="float32"):
         self.table, self.quantization = table, quantization

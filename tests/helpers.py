@@ -1,6 +1,8 @@
 """Tiny models and data shared by the tests."""
 
+import contextlib
 import gzip
+import io
 
 import keras
 import numpy as np
@@ -142,3 +144,30 @@ def main_exit_message(monkeypatch, capsys, error):
         cli._main(["main.py"])
     assert stopped.value.code == 2
     return capsys.readouterr().err
+
+
+def main_in_process(*args):
+    """`main.py *args` in this process: (exit code, stdout + stderr).
+
+    For runs that end before training (bad input, `--mode=flops`): they test
+    what main.py does with its flags without the seconds of a new Python
+    importing TensorFlow. The command line is defined afresh (`cli.define_flags`
+    on new flag values) and parsed as `main.py` parses it (`cli._parse_flags`).
+    """
+    from absl import flags  # noqa: PLC0415
+
+    from dmcp_tf.run import cli  # noqa: PLC0415
+
+    argv = ["main.py", *args]
+    fresh = flags.FlagValues()
+    cli.define_flags(fresh, argv)
+    out, code, global_flags = io.StringIO(), 0, cli.FLAGS
+    cli.FLAGS = fresh
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            cli._main(cli._parse_flags(argv))
+    except SystemExit as stopped:
+        code = stopped.code
+    finally:
+        cli.FLAGS = global_flags
+    return code, out.getvalue()

@@ -232,12 +232,12 @@ def test_keras_application_search_rebuild_and_tflite(tmp_path):
 
     keras.utils.set_random_seed(0)
     backbone = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.5, weights=None, classes=4)
-    x, y = blob_data(np.random.default_rng(0), 512, (32, 32, 3))
+    x, y = blob_data(np.random.default_rng(0), 256, (32, 32, 3))
     model = make_supernet(backbone, budget="0.5x", total_steps=32, warmup_fraction=0.25)
     assert model.outputs_probabilities  # keras.applications end in a softmax
     model.compile(weight_optimizer=default_weight_optimizer(32, 0.05), arch_optimizer=default_arch_optimizer(24, 2.0, 0.5))
     model.initialize_gates("budget")  # a search of a few dozen steps starts at the budget, not below it
-    model.fit(x, y, batch_size=32, epochs=2, verbose=0)
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0)
     config = sampling.expected_config(model.graph)
     slim = rebuild(model.supernet, config)
     slim_flops = ChannelGraph(slim).flops()

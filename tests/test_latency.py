@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import keras
@@ -163,6 +164,19 @@ def test_a_table_of_another_supernet_is_refused(graph):
         costs.Latency(table).of(graph)
 
 
+def test_calibration_fits_scale_and_overhead_and_keeps_the_overhead_non_negative():
+    sums = np.array([1.0, 3.0, 7.0, 13.0])
+    scale, overhead = latency.fit_calibration(sums, 1.3 * sums + 0.2)  # a straight line: found exactly
+    assert scale == pytest.approx(1.3) and overhead == pytest.approx(0.2)
+    times = np.array([1.1, 3.9, 10.1, 17.2])  # growing faster than the sums: the line's overhead would be < 0
+    assert np.polyfit(sums, times, 1, w=1 / times)[1] < 0
+    scale, overhead = latency.fit_calibration(sums, times)
+    assert overhead == 0.0
+    relative_error = lambda k: ((k * sums / times - 1) ** 2).sum()  # noqa: E731
+    assert relative_error(scale) < min(relative_error(scale * 0.99), relative_error(scale * 1.01))  # its minimum
+    assert latency.fit_calibration([2.0], [2.5]) == (1.0, 0.5)  # one network: only the overhead
+
+
 def test_latency_budget_texts(graph):
     cost = costs.Latency(synthetic_table(graph))
     absolute, relative = Budget.parse("latency:3.2ms", latency=cost), Budget.parse(" Latency : 0.5x", latency=cost)
@@ -210,14 +224,26 @@ def test_measured_table_of_a_tiny_model(tmp_path):
     assert "out" not in data["layers"]["pool"] and data["layers"]["head"]["out"] == [4]
     for entry in data["layers"].values():
         assert all(np.all(np.asarray(ms) > 0) for ms in entry["ms"].values())
+    graph = ChannelGraph(model)
+    uncalibrated = dataclasses.replace(table, calibration={})
+    networks = {"width 0": graph.smallest_config(), "width 1": None}
     for q in ("float32", "int8"):
-        assert [n["label"] for n in data["calibration"][q]["networks"]] == ["width 0", "width 1"]
-        assert all(n["measured_ms"] > 0 for n in data["calibration"][q]["networks"])
-        assert costs.Latency(table, q).of(ChannelGraph(model)) > 0
+        recorded = data["calibration"][q]
+        assert [n["label"] for n in recorded["networks"]] == list(networks)
+        assert all(n["measured_ms"] > 0 for n in recorded["networks"])
+        # The predictor, as measured and recorded in this one run: its layer sums are the
+        # table's at each whole network, scaled and offset by the recorded calibration.
+        sums = [costs.Latency(uncalibrated, q).of(graph, networks[n["label"]]) for n in recorded["networks"]]
+        np.testing.assert_allclose(sums, [n["layer_sum_ms"] for n in recorded["networks"]], rtol=1e-3, atol=1e-5)
+        assert recorded["scale"] > 0 and recorded["overhead_ms"] >= 0
+        for n, total in zip(recorded["networks"], sums):
+            predicted = costs.Latency(table, q).of(graph, networks[n["label"]])
+            assert predicted == pytest.approx(recorded["scale"] * total + recorded["overhead_ms"], rel=1e-6)
 
 
 def test_flops_mode_prints_latency_given_a_table(tmp_path):
-    from tests.test_pipeline import fashion_mnist_supernet, main  # noqa: PLC0415
+    from tests.helpers import main_in_process as main  # noqa: PLC0415
+    from tests.test_pipeline import fashion_mnist_supernet  # noqa: PLC0415
 
     graph = ChannelGraph(fashion_mnist_supernet())
     path = latency.save_latency_table(tmp_path / "latency_table.json", synthetic_table(graph, curved_ms))
@@ -251,7 +277,17 @@ def test_latency_table_step_writes_the_table_a_latency_budget_reads(tmp_path, mo
         pipeline.Pipeline(config, str(run_dir), log=lambda *a: None).preflight(["latency_table"])
     config.search.latency_table = str(run_dir / "latency_table.json")
     config.search.budget = "latency:0.5x"
-    runner = pipeline.Pipeline(config, str(tmp_path / "search"), log=lambda *a: None)
-    runner.preflight(["search"])
+    runner = pipeline.Pipeline(config, str(run_dir), log=lambda *a: None)  # the table's own run directory
+    runner.preflight(["search"])  # other search settings: accepted while the directory holds only the table
+    runner.dir.begin(config, ["search"])
+    assert json.loads((run_dir / "config.json").read_text())["search"]["budget"] == "latency:0.5x"
+    (run_dir / ".search.started").write_text("")  # once a search started there, its settings are the directory's
+    config.search.budget = "latency:0.4x"
+    with pytest.raises(pipeline.PipelineError, match="belongs to another config.*search"):
+        pipeline.Pipeline(config, str(run_dir), log=lambda *a: None).preflight(["search"])
+    config.model.options.channels = (8, 32, 64)
+    (run_dir / ".search.started").unlink()
+    with pytest.raises(pipeline.PipelineError, match="belongs to another config.*model"):  # another supernet
+        pipeline.Pipeline(config, str(run_dir), log=lambda *a: None).preflight(["search"])
     budget = runner.context.budget
     assert budget.cost.name == "latency" and budget.cost.table.path == config.search.latency_table

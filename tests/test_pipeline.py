@@ -13,7 +13,7 @@ from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.configs import fashion_mnist
 from dmcp_tf.run import report
 from dmcp_tf.search import baselines, trajectory
-from tests.helpers import learnable_fashion_mnist
+from tests.helpers import learnable_fashion_mnist, main_in_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
@@ -121,7 +121,7 @@ def test_a_report_this_run_did_not_write_is_not_replaced(tmp_path, data_dir):
 
 
 def test_missing_data_dir_stops_before_anything_is_written(tmp_path):
-    code, out = main("--data_dir=/no/such/folder", f"--run_dir={tmp_path / 'run'}")
+    code, out = main_in_process("--data_dir=/no/such/folder", f"--run_dir={tmp_path / 'run'}")
     assert code == 2
     assert "/no/such/folder" in out and "does not exist" in out
     assert not (tmp_path / "run").exists()
@@ -134,7 +134,7 @@ def test_unknown_config_key_is_named():
 
 
 def test_impossible_budget_stops_before_training(tmp_path, data_dir):
-    code, out = main(f"--data_dir={data_dir}", f"--run_dir={tmp_path / 'run'}", "--config.search.budget=2x")
+    code, out = main_in_process(f"--data_dir={data_dir}", f"--run_dir={tmp_path / 'run'}", "--config.search.budget=2x")
     assert code == 2
     assert "outside what the supernet can reach" in out and "Epoch" not in out
     assert not (tmp_path / "run").exists()
@@ -152,7 +152,7 @@ def test_run_directory_of_another_config_is_refused(tmp_path, data_dir):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "config.json").write_text(other.to_json())
-    code, out = main(f"--data_dir={data_dir}", f"--run_dir={run_dir}")
+    code, out = main_in_process(f"--data_dir={data_dir}", f"--run_dir={run_dir}")
     assert code == 2
     assert "belongs to another config" in out and "model" in out
     assert json.loads((run_dir / "config.json").read_text()) == json.loads(other.to_json())
@@ -176,14 +176,14 @@ def test_existing_outputs_are_not_overwritten(tmp_path, data_dir):
     run_dir.mkdir()
     (run_dir / "config.json").write_text(fashion_mnist.get_config().to_json())
     (run_dir / "channels.json").write_text("keep me")
-    code, out = main(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--mode=sample")
+    code, out = main_in_process(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--mode=sample")
     assert code == 2
     assert "channels.json" in out and "--overwrite" in out
     assert (run_dir / "channels.json").read_text() == "keep me"
 
 
 def test_a_step_without_its_inputs_says_which_step_to_run_first(tmp_path):
-    code, out = main(f"--run_dir={tmp_path}", "--mode=retrain")
+    code, out = main_in_process(f"--run_dir={tmp_path}", "--mode=retrain")
     assert code == 2
     assert "supernet.keras" in out and "--mode=all" in out
 
@@ -196,17 +196,17 @@ def fashion_mnist_supernet():
 
 
 def test_flops_mode_counts_supernet_and_paper_structures(tmp_path):
-    code, out = main("--mode=flops", "--config=" + os.path.join(ROOT, "configs", "mobilenet_v2_imagenet.py") + ":210M")
+    code, out = main_in_process("--mode=flops", "--config=" + os.path.join(ROOT, "configs", "mobilenet_v2_imagenet.py") + ":210M")
     assert code == 0, out
     assert "672.8M MACs" in out and "params" in out and "budget 210M = 210.0M MACs" in out
-    code, out = main("--mode=flops", "--structure=resnet50_2.8G")
+    code, out = main_in_process("--mode=flops", "--structure=resnet50_2.8G")
     assert code == 0, out
     assert "2.8G MACs (2832777865)" in out
     channels = tmp_path / "channels.json"
     graph = ChannelGraph(fashion_mnist_supernet())
     half = {g.name: g.channels // 2 for g in graph.gates}
     channels.write_text(json.dumps(half))
-    code, out = main("--mode=flops", f"--channels={channels}", "--config.search.budget=params:0.5x")
+    code, out = main_in_process("--mode=flops", f"--channels={channels}", "--config.search.budget=params:0.5x")
     assert code == 0, out
     assert f"{channels}: " in out and f"({graph.flops(half)})" in out and f"({graph.params(half)})" in out
     assert f"budget params:0.5x = {report.format_count(0.5 * graph.params())} params" in out
@@ -222,7 +222,7 @@ def test_flops_mode_counts_supernet_and_paper_structures(tmp_path):
     ("search.train_weights", "False", "--config.search.initial_weights"),
 ])
 def test_bad_search_settings_are_named_before_training(tmp_path, data_dir, key, value, named):
-    code, out = main(f"--data_dir={data_dir}", f"--run_dir={tmp_path / 'run'}", f"--config.{key}={value}")
+    code, out = main_in_process(f"--data_dir={data_dir}", f"--run_dir={tmp_path / 'run'}", f"--config.{key}={value}")
     assert code == 2 and key in out and named in out and "Traceback" not in out
     assert not (tmp_path / "run").exists()
 
@@ -292,20 +292,20 @@ def test_a_diverging_search_or_retraining_stops_at_once_and_writes_no_result(tmp
 def test_bad_channel_files_are_named(tmp_path, content, named):
     path = tmp_path / "channels.json"
     path.write_text(content)
-    code, out = main("--mode=flops", f"--channels={path}")
+    code, out = main_in_process("--mode=flops", f"--channels={path}")
     assert code == 2 and named in out and "Traceback" not in out, out
     if "valid JSON" in named:
         assert str(path) in out
 
 
 def test_channels_flag_outside_flops_mode_is_refused(tmp_path):
-    code, out = main("--mode=search", "--channels=x.json", f"--run_dir={tmp_path / 'run'}")
+    code, out = main_in_process("--mode=search", "--channels=x.json", f"--run_dir={tmp_path / 'run'}")
     assert code == 2 and "only apply to --mode=flops" in out
     assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("key, value", [("seed", "-1"), ("sample.tolerance", "-1")])
 def test_bad_seed_or_tolerance_is_named_before_anything_is_written(tmp_path, data_dir, key, value):
-    code, out = main(f"--data_dir={data_dir}", f"--run_dir={tmp_path / 'run'}", f"--config.{key}={value}")
+    code, out = main_in_process(f"--data_dir={data_dir}", f"--run_dir={tmp_path / 'run'}", f"--config.{key}={value}")
     assert code == 2 and f"`{key}`" in out, out
     assert not (tmp_path / "run").exists()

@@ -504,12 +504,19 @@ def fit_calibration(sums, times):
     """`(scale, overhead_ms)` with `times ~ scale * sums + overhead_ms` in least squares of the relative error.
 
     `sums` are the per-layer sums of whole networks, `times` their measured latency;
-    from one network, only the overhead (scale 1).
+    from one network, only the overhead (scale 1). The overhead is kept >= 0: a
+    negative one says that whole networks grow faster than their layers' sum (on a
+    CPU, float32 weights that no longer fit in the caches), which a straight line
+    through the calibration networks extrapolates badly to networks between them;
+    the scale alone fits those better (measured: docs/benchmarks.md, section 6).
     """
     sums, times = np.asarray(sums, np.float64), np.asarray(times, np.float64)
     if len(sums) == 1:
         return 1.0, float(times[0] - sums[0])
     scale, overhead = np.polyfit(sums, times, 1, w=1.0 / times)
+    if overhead < 0:
+        ratios = sums / times  # minimises sum((scale * s / t - 1)^2)
+        scale, overhead = ratios.sum() / (ratios ** 2).sum(), 0.0
     return float(scale), float(overhead)
 
 

@@ -16,27 +16,33 @@ MODES = ("all", "search", "sample", "retrain", "eval", "export", "flops", "laten
 FLAGS = flags.FLAGS
 
 
-def define_flags():
-    """Defines the command line (the config flag already reads --config.* overrides from argv)."""
+def define_flags(flag_values=FLAGS, argv=None):
+    """Defines the command line (the config flag reads --config.* overrides from `argv`, default sys.argv).
+
+    A `flag_values` other than absl's global `FLAGS` (with the `argv` it will parse) runs
+    the command line in a process that already ran one (the tests).
+    """
     config_flags.DEFINE_config_file(
         "config", os.path.join(CONFIG_DIR, "fashion_mnist.py"),
         "Config file (configs/<name>.py[:argument]); override keys with --config.<key>=<value>.",
-        lock_config=True,
+        lock_config=True, flag_values=flag_values, sys_argv=argv,
     )
+    fv = {"flag_values": flag_values}
     flags.DEFINE_enum("mode", "all", MODES, "Pipeline step to run; `all` runs search, sample, retrain, eval, export; "
-                      "`latency_table` measures the supernet's per-layer TFLite latency into the run directory.")
-    flags.DEFINE_string("run_dir", None, "Run directory (default: runs/<config.name>).")
-    flags.DEFINE_bool("overwrite", False, "Allow replacing outputs that already exist in the run directory.")
-    flags.DEFINE_string("data_dir", None, "Shortcut for --config.data.data_dir.")
+                      "`latency_table` measures the supernet's per-layer TFLite latency into the run directory.", **fv)
+    flags.DEFINE_string("run_dir", None, "Run directory (default: runs/<config.name>).", **fv)
+    flags.DEFINE_bool("overwrite", False, "Allow replacing outputs that already exist in the run directory.", **fv)
+    flags.DEFINE_string("data_dir", None, "Shortcut for --config.data.data_dir.", **fv)
     flags.DEFINE_enum("strategy", "auto", ("auto", "default", "mirrored", "multi_worker"),
                       "Distribution: `mirrored` uses every visible GPU of this machine; `multi_worker` trains on "
                       "the machines listed in TF_CONFIG (start the same command on each; the run directory must "
                       "be shared); `auto` picks multi_worker when TF_CONFIG lists several tasks, else mirrored "
-                      "when several GPUs are visible, else one device.")
+                      "when several GPUs are visible, else one device.", **fv)
     flags.DEFINE_bool("deterministic", False, "TensorFlow op determinism and fixed seeds: two runs of the same "
-                      "config give identical results (slower on GPUs).")
-    flags.DEFINE_string("channels", None, "With --mode=flops: a channels.json to count.")
-    flags.DEFINE_string("structure", None, "With --mode=flops: a paper structure, e.g. mobilenet_v2_210M or resnet50_2.8G.")
+                      "config give identical results (slower on GPUs).", **fv)
+    flags.DEFINE_string("channels", None, "With --mode=flops: a channels.json to count.", **fv)
+    flags.DEFINE_string("structure", None, "With --mode=flops: a paper structure, e.g. mobilenet_v2_210M or "
+                        "resnet50_2.8G.", **fv)
 
 
 def _strategy(name):

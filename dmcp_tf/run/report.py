@@ -12,19 +12,10 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from dmcp_tf import costs
+from dmcp_tf.costs import format_count
 from dmcp_tf.io_utils import atomic_write_bytes, atomic_write_text
 from dmcp_tf.search.trajectory import budget_verdict, verdict
-
-_UNITS = (("G", 1e9), ("M", 1e6), ("K", 1e3))
-
-
-def format_count(n):
-    """Formats a count readably: `672832704` -> `"672.8M"`, `12` -> `"12"`."""
-    for suffix, scale in _UNITS:
-        if abs(n) >= scale:
-            return f"{n / scale:.1f}{suffix}"
-    return f"{n:.0f}"
-
 
 def _format_cell(value):
     """Text of one table cell: `None` -> `"-"`, floats to 4 significant digits."""
@@ -183,7 +174,7 @@ def _save_png(figure, path, dpi=120):
     return os.fspath(path)
 
 
-def plot_cost_histogram(values, budget, path, *, tolerance=0.01, title=None, unit="MACs"):
+def plot_cost_histogram(values, budget, path, *, tolerance=0.01, title=None, cost=None):
     """Histogram of the costs of sampled structures (DMCP paper, Fig. 6, in MACs).
 
     Args:
@@ -192,33 +183,35 @@ def plot_cost_histogram(values, budget, path, *, tolerance=0.01, title=None, uni
         path: destination PNG file.
         tolerance: relative half-width of the band.
         title: plot title; a default names the sample count.
-        unit: the cost's unit (`Cost.unit`).
+        cost: the cost kind of `values` (`costs.Cost`: its unit, axis and formatting); MACs by default.
 
     Returns:
         `path`.
     """
+    cost = cost or costs.MACS
+    scale, label = cost.axis
     stats = histogram_summary(values, budget, tolerance)
     figure = _new_figure(8, 4.5)
     axes = figure.add_subplot()
-    axes.hist(np.asarray(values) / 1e6, bins=40, color="tab:blue", alpha=0.75, label="sampled structures")
+    axes.hist(np.asarray(values) / scale, bins=40, color="tab:blue", alpha=0.75, label="sampled structures")
     axes.axvspan(
-        budget * (1 - tolerance) / 1e6,
-        budget * (1 + tolerance) / 1e6,
+        budget * (1 - tolerance) / scale,
+        budget * (1 + tolerance) / scale,
         color="tab:green",
         alpha=0.2,
         label=f"budget ± {100 * tolerance:g}% ({100 * stats['within_budget_fraction']:.1f}% of samples)",
     )
-    axes.axvline(budget / 1e6, color="tab:green", linewidth=2, label=f"budget {format_count(budget)}")
+    axes.axvline(budget / scale, color="tab:green", linewidth=2, label=f"budget {cost.format(budget)}")
     axes.axvline(
-        stats["mean"] / 1e6,
+        stats["mean"] / scale,
         color="tab:red",
         linestyle="--",
         linewidth=2,
-        label=f"mean {format_count(stats['mean'])} (std {format_count(stats['std'])})",
+        label=f"mean {cost.format(stats['mean'])} (std {cost.format(stats['std'])})",
     )
-    axes.set_xlabel(f"millions of {unit}")
+    axes.set_xlabel(label.format(unit=cost.unit))
     axes.set_ylabel("number of structures")
-    axes.set_title(title or f"{unit} of {len(values)} sampled structures")
+    axes.set_title(title or f"{cost.unit} of {len(values)} sampled structures")
     axes.legend()
     return _save_png(figure, path)
 

@@ -33,6 +33,9 @@ INPUTS = {"sample": ("supernet.keras",), "retrain": ("supernet.keras", "channels
           "eval": ("supernet.keras", "slim.keras"), "export": ("supernet.keras", "slim.keras")}
 # Config sections that define the supernet: a run directory belongs to one of them.
 IDENTITY = ("data.name", "data.image_size", "mixed_precision", "model", "search")
+# A latency table depends on the supernet alone: a run directory that holds only a table
+# may start a run with other settings (a latency budget that reads the table, say).
+TABLE_IDENTITY = ("data.name", "data.image_size", "model")
 # Keys inside those sections that do not change results (may differ on a resumed run).
 NOT_IDENTITY = ("search.checkpoint_every_steps", "retrain.checkpoint_every_steps")
 # Identity keys added after runs were made: a config.json without them had these values.
@@ -102,12 +105,18 @@ class RunDirectory:
         with open(self.path("config.json")) as f:
             previous = json.load(f)
         current = json.loads(config.to_json())
-        changed = [key for key in IDENTITY if _identity_value(previous, key) != _identity_value(current, key)]
+        keys = TABLE_IDENTITY if self.holds_only_latency_table() else IDENTITY
+        changed = [key for key in keys if _identity_value(previous, key) != _identity_value(current, key)]
         if changed:
             raise PipelineError(
                 f"Run directory {self.root} belongs to another config (these settings differ: "
                 f"{', '.join(changed)}). Use another --run_dir, or --overwrite to replace that run."
             )
+
+    def holds_only_latency_table(self):
+        """True if the latency table is here and no other step wrote or started anything."""
+        return os.path.exists(self.path("latency_table.json")) and not any(os.path.exists(self.path(f)) for step in STEPS
+                       for f in (*OUTPUTS[step], f"{step}.json", _started(step)))
 
     def check_inputs(self, steps):
         """Raises `PipelineError` if a step needs a file that neither the run directory nor an earlier step has."""
@@ -150,7 +159,7 @@ class RunDirectory:
         if self.chief and self.overwrite:
             for step in steps:
                 shutil.rmtree(self.path("checkpoints", step), ignore_errors=True)
-        if not os.path.exists(self.path("config.json")) or self.overwrite:
+        if not os.path.exists(self.path("config.json")) or self.overwrite or self.holds_only_latency_table():
             atomic_write_json(self.out("config.json"), json.loads(config.to_json()))
 
     def start_step(self, step):

@@ -35,7 +35,7 @@ def run(ctx):
     dists = sampling.channel_distributions(graph, rng, target, cost=cost, count=cfg.statistics_samples,
                                            tolerance=cfg.tolerance)
     report.plot_cost_histogram(stats["values"], target, ctx.dir.path("cost_histogram.png"), tolerance=cfg.tolerance,
-                               title=f"{cost.unit} of {cfg.statistics_samples} direct samples", unit=cost.unit)
+                               title=f"{cost.unit} of {cfg.statistics_samples} direct samples", cost=cost)
     report.plot_channel_distributions(dists, {g.name: g.channels for g in graph.gates},
                                       ctx.dir.path("channel_distributions.png"), expected=chosen)
     structure = report.structure_markdown(graph.gate_rows(chosen), graph.layer_rows(chosen),
