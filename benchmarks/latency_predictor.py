@@ -93,7 +93,8 @@ def save(path, settings, rows, graph, table, calibration_configs):
         if "calibration_ms" not in row:
             continue  # measured by this script's first version, which did not time the calibration networks
         now = {(label, q): ms for q, times in row["calibration_ms"].items() for label, ms in times.items()}
-        again = dataclasses.replace(table, calibration=latency.calibration_of(table, graph, calibration_configs, now,
+        timed = {label: config for label, config in calibration_configs.items() if (label, QUANTIZATIONS[0]) in now}
+        again = dataclasses.replace(table, calibration=latency.calibration_of(table, graph, timed, now,
                                                                               log=lambda message: None))
         row["recalibrated_ms"] = {q: costs.Latency(again, q).of(graph, row["channels"]) for q in QUANTIZATIONS}
     atomic_write_json(path, {"machine": common.machine_info(), "settings": settings, "rows": rows,

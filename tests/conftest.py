@@ -9,3 +9,9 @@ import tensorflow as tf  # noqa: E402
 # Must happen before TensorFlow initialises its devices.
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(_cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+
+def pytest_collection_modifyitems(items):
+    """Slow tests first: with two workers (`-n 2`) the long ones then run beside the short ones,
+    instead of one of them ending the run alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -5,7 +5,7 @@ import json
 import pytest
 import tensorflow as tf
 
-from benchmarks import accuracy, applications, common, latency, step_time
+from benchmarks import accuracy, applications, budget_kinds, common, latency, step_time
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.models import fashion_resnet
 from tests.helpers import blob_data, learnable_fashion_mnist, tiny_supernet
@@ -191,3 +191,25 @@ def test_gpu_script_without_a_gpu_says_so_and_exits_0():
     done = subprocess.run(["bash", os.path.join(root, "benchmarks", "gpu.sh")], capture_output=True, text=True,
                           timeout=300, env=dict(os.environ, OUT=os.path.join(root, "runs", "never")))
     assert done.returncode == 0 and "sees no GPU" in done.stdout, done.stdout + done.stderr
+
+
+def test_budget_kinds_sets_each_slim_model_against_its_budget(tmp_path):
+    def run(name, cost, unit, target, es_cost, es_flops, accuracy_):
+        folder = tmp_path / name
+        folder.mkdir()
+        files = {"search.json": {"cost": cost, "unit": unit, "target": target},
+                 "sample.json": {"es_cost": es_cost, "es_flops": es_flops, "es_params": 100},
+                 "channels.json": {"stem": 8}, "eval.json": {"slim": {"accuracy": accuracy_}}}
+        for file, content in files.items():
+            (folder / file).write_text(json.dumps(content))
+
+    run("latency", "latency", "ms", 0.1, 0.095, 3_000_000, 0.88)
+    run("params", "params", "params", 1000, 960, 5_000_000, 0.87)
+    run("macs_at_latency", "macs", "MACs", 3_000_000, 2_900_000, 2_900_000, 0.86)
+    assert budget_kinds.budget_flags("macs_at_latency", str(tmp_path)) == ["--config.search.budget=3000000"]
+    ms = {"latency": 0.103, "params": 0.15, "macs_at_latency": 0.1, "full": 0.2}
+    rows = {r["run"]: r for r in budget_kinds.rows_of(str(tmp_path), ["latency", "params", "macs_at_latency"], ms)}
+    assert rows["latency"]["achieved_over_target"] == pytest.approx(1.03)  # measured, not predicted
+    assert rows["params"]["achieved_over_target"] == pytest.approx(0.96)
+    assert rows["macs_at_latency"]["achieved_over_target"] == pytest.approx(2.9 / 3)
+    assert rows["params"]["ms_over_full"] == pytest.approx(0.75) and rows["latency"]["budget"] == "latency:0.5x"

@@ -229,10 +229,10 @@ def test_bad_search_settings_are_named_before_training(tmp_path, data_dir, key, 
 
 def test_a_params_budget_is_searched_sampled_and_reported_in_params(tmp_path, data_dir):
     run_dir = tmp_path / "run"
-    code, out = main(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--mode=search", *TINY,
+    code, out = main_in_process(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--mode=search", *TINY,
                      "--config.search.budget=params:0.5x")
     assert code == 0, out
-    code, out = main(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--mode=sample", *TINY,
+    code, out = main_in_process(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--mode=sample", *TINY,
                      "--config.search.budget=params:0.5x")
     assert code == 0, out
     supernet = keras.models.load_model(run_dir / "supernet.keras", safe_mode=True, compile=False)
@@ -272,12 +272,12 @@ def test_search_from_a_trained_model_starts_from_its_sorted_weights(tmp_path, da
 @pytest.mark.slow
 def test_a_diverging_search_or_retraining_stops_at_once_and_writes_no_result(tmp_path, data_dir):
     run_dir = tmp_path / "run"
-    code, out = main(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--mode=search", *TINY,
+    code, out = main_in_process(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--mode=search", *TINY,
                      "--config.search.learning_rate=1e6", "--config.search.checkpoint_every_steps=1")
     assert code == 2 and "Traceback" not in out, out
     assert "The search diverged at step" in out and "--config.search.learning_rate" in out
     assert not (run_dir / "supernet.keras").exists() and not (run_dir / "search.json").exists()
-    code, out = main(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--overwrite", *TINY,
+    code, out = main_in_process(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--overwrite", *TINY,
                      "--config.retrain.learning_rate=1e6")
     assert code == 2 and "The retrain diverged at step" in out and "--config.retrain.learning_rate" in out, out
     assert (run_dir / "search.json").exists() and not (run_dir / "slim.keras").exists()

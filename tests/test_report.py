@@ -138,3 +138,20 @@ def test_run_report_warns_when_the_search_missed_its_budget(tmp_path):
         R.write_run_report(RunDirectory(str(tmp_path)), "1M")
         text = (tmp_path / "report.md").read_text()
         assert ("missed its budget" in text and "--config.search.budget_weight_growth=0.1" in text) == warned, text
+
+
+def test_run_report_writes_costs_in_their_unit(tmp_path):
+    search = {"cost": "latency", "unit": "ms", "target": 0.08351, "full_cost": 0.16702, "expected_cost": 0.0811,
+              "steps": 10, "warmup_steps": 5, "seconds": 1.0, "init": "budget", "settling": 0.001}
+    sample = {"cost": "latency", "unit": "ms", "target": 0.08351, "es_cost": 0.0817, "direct_mean_cost": 0.0834}
+    atomic_write_json(tmp_path / "search.json", search)
+    atomic_write_json(tmp_path / "sample.json", sample)
+    R.write_run_report(RunDirectory(str(tmp_path)), "latency:0.5x")
+    text = (tmp_path / "report.md").read_text()
+    assert "Budget `latency:0.5x` = 0.08351 ms of 0.167 ms; expected ms after search 0.0811 ms" in text, text
+    assert "Expected sampling: 0.0817 ms (0.978 of the budget). Direct samples: mean 0.0834 ms." in text, text
+    atomic_write_json(tmp_path / "search.json", dict(search, cost="macs", unit="MACs", target=5.1e6, full_cost=10.2e6,
+                                                     expected_cost=5e6))
+    R.write_run_report(RunDirectory(str(tmp_path)), "0.5x")
+    assert "Budget `0.5x` = 5.1M MACs of 10.2M MACs; expected MACs after search 5.0M MACs" in (
+        tmp_path / "report.md").read_text()

@@ -16,8 +16,8 @@ layer with separate input and output channels; exact at grid points, and exact
 everywhere for costs of the form a c_in c_out + b c_in + c c_out + d, which a
 convolution's nearly are). `scale` and `overhead_ms` are fitted (least squares of
 the relative error, `fit_calibration`) to the measured latency of whole networks,
-uniformly narrowed sub-networks of the supernet from the smallest to the full one
-(`calibration_networks`): they absorb what the per-layer sum does not explain (one
+uniformly narrowed sub-networks of the supernet from the smallest to the full one and
+random ones (`calibration_networks`): they absorb what the per-layer sum does not explain (one
 invoke's fixed cost, the ops left out, caches that a whole network shares).
 
 File format (`latency_table.json`, JSON):
@@ -81,6 +81,7 @@ FUSED_LAYERS = (keras.layers.BatchNormalization, keras.layers.ReLU, keras.layers
                 keras.layers.SpatialDropout2D, keras.layers.Flatten, keras.layers.Reshape, ChannelGate)
 FUSED_ACTIVATIONS = ("linear", "relu", "relu6")
 CALIBRATION_WIDTHS = (0.0, 0.35, 0.7, 1.0)  # uniform width fractions of the whole networks a table is fitted to
+CALIBRATION_RANDOM = 4  # and random sub-networks (per gate a width of its grid): mixes of wide and narrow layers
 
 
 class LatencyTableError(ValueError):
@@ -394,8 +395,8 @@ def _grid_ms(measured, key, grid_in, grid_out, quantization):
 
 
 def measure_latency_table(supernet, *, quantizations=("float32", "int8"), threads=1, points=4, rounds=5, runs=20,
-                          warmup=3, calibration_widths=CALIBRATION_WIDTHS, path=None, keep_models=None,
-                          seed=0, log=print):
+                          warmup=3, calibration_widths=CALIBRATION_WIDTHS, calibration_random=CALIBRATION_RANDOM,
+                          path=None, keep_models=None, seed=0, log=print):
     """Measures the per-layer TFLite latency of a gated supernet (see the module docstring).
 
     With 1 thread an invoke is timed in the thread's CPU time (`clock_of`), which a
@@ -410,6 +411,7 @@ def measure_latency_table(supernet, *, quantizations=("float32", "int8"), thread
             median of `runs` invokes after `warmup`; the table keeps the median over rounds.
         calibration_widths: uniform width fractions (0: the smallest sub-network) of the
             whole networks timed to fit `scale` and `overhead_ms`; empty: no fit.
+        calibration_random: how many random sub-networks are timed for the fit as well.
         path: also write the table there (atomically).
         keep_models: a folder for the `.tflite` files (e.g. to time them on a phone); files
             an interrupted measurement left there are used again instead of converted.
@@ -442,15 +444,16 @@ def measure_latency_table(supernet, *, quantizations=("float32", "int8"), thread
         table = LatencyTable(supernet.name, tuple(supernet.input_shape[1:]), layers, {}, runtime_info(threads))
         if calibration_widths:
             table.calibration = calibrate(supernet, graph, table, calibration_widths, directory, threads=threads,
-                                          rounds=rounds, runs=runs, warmup=warmup, log=log)
+                                          rounds=rounds, runs=runs, warmup=warmup, random=calibration_random,
+                                          seed=seed, log=log)
     if path:
         save_latency_table(path, table)
         table.path = os.fspath(path)
     return table
 
 
-def calibrate(supernet, graph, table, widths, directory, *, threads=1, rounds=5, runs=20, warmup=3, seed=0,
-              log=print):
+def calibrate(supernet, graph, table, widths, directory, *, threads=1, rounds=5, runs=20, warmup=3,
+              random=CALIBRATION_RANDOM, seed=0, log=print):
     """Fits `scale` and `overhead_ms` per quantization: measured whole networks against the per-layer sums.
 
     The networks are `calibration_networks`, converted into `directory`; the fit is `fit_calibration`.
@@ -458,23 +461,30 @@ def calibrate(supernet, graph, table, widths, directory, *, threads=1, rounds=5,
     Returns:
         The table's `calibration` (quantization -> `{"scale", "overhead_ms", "networks"}`).
     """
-    configs, files = calibration_networks(supernet, graph, widths, directory, table.quantizations, seed=seed, log=log)
+    configs, files = calibration_networks(supernet, graph, widths, directory, table.quantizations, random=random,
+                                          seed=seed, log=log)
     measured = _interleaved_ms(files, threads=threads, rounds=rounds, runs=runs, warmup=warmup)
     return calibration_of(table, graph, configs, measured, log=log)
 
 
-def calibration_networks(supernet, graph, widths, directory, quantizations, *, seed=0, log=print):
-    """The whole networks a calibration times: the supernet at the uniform width fractions `widths`.
+def calibration_networks(supernet, graph, widths, directory, quantizations, *, random=CALIBRATION_RANDOM, seed=0,
+                         log=print):
+    """The whole networks a calibration times: the supernet at the uniform width fractions `widths`, and
+    `random` sub-networks that keep, per gate, a width drawn from the gate's grid.
 
-    0 is the smallest sub-network. Their `.tflite` files go into `directory` (files
-    already there are used again).
+    0 is the smallest sub-network. Uniform networks alone teach the fit only
+    networks whose layers shrink together; a searched one mixes wide and narrow
+    layers. Their `.tflite` files go into `directory` (files already there are used again).
 
     Returns:
-        `(configs, files)`: label ("width 0.35") -> configuration, and (label, quantization) -> path.
+        `(configs, files)`: label ("width 0.35", "random 2") -> configuration, and (label, quantization) -> path.
     """
     from dmcp_tf.channels.rebuild import rebuild  # noqa: PLC0415
 
     configs = {f"width {w:g}": _uniform_config(graph, w) for w in widths}
+    draw = np.random.default_rng([seed, 1])  # a stream of its own: not the sub-networks a benchmark draws with `seed`
+    configs.update({f"random {i + 1}": {g.name: int(draw.choice(g.widths_grid())) for g in graph.gates}
+                    for i in range(random)})
     rng = np.random.default_rng(seed)
     files = {}
     for label, config in configs.items():
@@ -504,19 +514,17 @@ def fit_calibration(sums, times):
     """`(scale, overhead_ms)` with `times ~ scale * sums + overhead_ms` in least squares of the relative error.
 
     `sums` are the per-layer sums of whole networks, `times` their measured latency;
-    from one network, only the overhead (scale 1). The overhead is kept >= 0: a
-    negative one says that whole networks grow faster than their layers' sum (on a
-    CPU, float32 weights that no longer fit in the caches), which a straight line
-    through the calibration networks extrapolates badly to networks between them;
-    the scale alone fits those better (measured: docs/benchmarks.md, section 6).
+    from one network, or times that do not grow with the sums, only the overhead (scale
+    1, the median difference). The overhead may be negative: every
+    layer timed alone paid the interpreter's fixed cost of an invoke, which a whole
+    network pays once.
     """
     sums, times = np.asarray(sums, np.float64), np.asarray(times, np.float64)
     if len(sums) == 1:
         return 1.0, float(times[0] - sums[0])
     scale, overhead = np.polyfit(sums, times, 1, w=1.0 / times)
-    if overhead < 0:
-        ratios = sums / times  # minimises sum((scale * s / t - 1)^2)
-        scale, overhead = ratios.sum() / (ratios ** 2).sum(), 0.0
+    if scale <= 0:  # the times do not grow with the sums (noise, or networks too small to time): an offset only
+        return 1.0, float(np.median(times - sums))
     return float(scale), float(overhead)
 
 

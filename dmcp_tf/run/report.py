@@ -371,8 +371,8 @@ def write_run_report(rundir, budget):
     sections += _comparison_section(rows)
     if search:
         sections.append(("Search", (
-            f"Budget `{budget}` = {_count(search['target'])} {search['unit']} of "
-            f"{_count(search['full_cost'])}; expected {search['unit']} after search {_count(search['expected_cost'])} "
+            f"Budget `{budget}` = {_cost(search, search['target'])} of {_cost(search, search['full_cost'])}; "
+            f"expected {search['unit']} after search {_cost(search, search['expected_cost'])} "
             f"({search['expected_cost'] / search['target']:.3f} of the budget), "
             f"{search['steps']} steps ({search['warmup_steps']} warm-up), {search['seconds']} s. "
             f"Start `{search.get('init', 'authors')}`.\n\n"
@@ -382,9 +382,9 @@ def write_run_report(rundir, budget):
             + "![search trajectory](search_trajectory.png)")))
     if sample:
         sections.append(("Sampling", (
-            f"Expected sampling: {_count(sample['es_cost'])} {sample['unit']} "
+            f"Expected sampling: {_cost(sample, sample['es_cost'])} "
             f"({sample['es_cost'] / sample['target']:.3f} of the budget). "
-            f"Direct samples: mean {_count(sample['direct_mean_cost'])} {sample['unit']}.\n\n"
+            f"Direct samples: mean {_cost(sample, sample['direct_mean_cost'])}.\n\n"
             f"![{sample['unit']} histogram](cost_histogram.png)\n\n![channels](channel_distributions.png)")))
     exported = rundir.load_json("export.json")
     if exported:
@@ -421,6 +421,11 @@ def _paragraph(text):
 
 def _count(value):
     return None if value is None else format_count(value)
+
+
+def _cost(record, value):
+    """`value` with its unit, as the cost kind that `record` (search.json, sample.json) names formats it."""
+    return costs.COSTS[record.get("cost", "macs")].format(value)
 
 
 def _kb(value):
