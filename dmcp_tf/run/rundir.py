@@ -115,8 +115,8 @@ class RunDirectory:
 
     def holds_only_latency_table(self):
         """True if the latency table is here and no other step wrote or started anything."""
-        return os.path.exists(self.path("latency_table.json")) and not any(os.path.exists(self.path(f)) for step in STEPS
-                       for f in (*OUTPUTS[step], f"{step}.json", _started(step)))
+        others = [f for step in STEPS for f in (*OUTPUTS[step], f"{step}.json", _started(step))]
+        return os.path.exists(self.path("latency_table.json")) and not any(os.path.exists(self.path(f)) for f in others)
 
     def check_inputs(self, steps):
         """Raises `PipelineError` if a step needs a file that neither the run directory nor an earlier step has."""
