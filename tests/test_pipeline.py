@@ -220,6 +220,8 @@ def test_flops_mode_counts_supernet_and_paper_structures(tmp_path):
     ("search.arch_learning_rate", "0", "must be positive"),
     ("search.budget_weight_growth", "-0.1", "must be >= 0"),
     ("search.train_weights", "False", "--config.search.initial_weights"),
+    ("retrain.inherit", "trained", "supernet, initial_weights"),
+    ("retrain.inherit", "initial_weights", "--config.search.initial_weights=PATH.keras"),
 ])
 def test_bad_search_settings_are_named_before_training(tmp_path, data_dir, key, value, named):
     code, out = main_in_process(f"--data_dir={data_dir}", f"--run_dir={tmp_path / 'run'}", f"--config.{key}={value}")
@@ -267,6 +269,38 @@ def test_search_from_a_trained_model_starts_from_its_sorted_weights(tmp_path, da
         assert list(order) == list(range(len(order))), name
     source, searched = (m.get_layer("stem_conv").kernel.numpy() for m in (trained, supernet))
     np.testing.assert_allclose(*(np.sort(np.abs(k).sum(axis=(0, 1, 2))) for k in (searched, source)), rtol=1e-6)
+
+
+def test_fine_tuning_can_inherit_the_trained_models_l1_largest_channels(tmp_path, data_dir):
+    """`retrain.inherit="initial_weights"`: L1-norm pruning of the trained model at DMCP's widths."""
+    from dmcp_tf.channels.rebuild import rebuild
+    from dmcp_tf.models import build_supernet, fashion_resnet
+    from dmcp_tf.search.pretrained import load_initial_weights
+
+    keras.utils.set_random_seed(4)
+    trained = rebuild(fashion_resnet(channels=(16, 32, 64)), copy_weights=False, name="trained")
+    trained.save(tmp_path / "trained.keras")
+    run_dir, flags = tmp_path / "run", [f"--data_dir={data_dir}", f"--run_dir={tmp_path / 'run'}", *TINY,
+                                        f"--config.search.initial_weights={tmp_path / 'trained.keras'}"]
+    for mode in ("search", "sample"):
+        code, out = main_in_process(*flags, f"--mode={mode}")
+        assert code == 0, out
+    code, out = main_in_process(*flags, "--mode=retrain", "--config.retrain.from_scratch=False",
+                                "--config.retrain.inherit=initial_weights", "--config.retrain.learning_rate=1e-9",
+                                "--config.retrain.steps_per_epoch=1")
+    assert code == 0 and "inherits the weights of" in out, out
+    slim = keras.models.load_model(run_dir / "slim.keras", compile=False)
+    supernet = keras.models.load_model(run_dir / "supernet.keras", compile=False)
+    sorted_trained = build_supernet("fashion_resnet", channels=(16, 32, 64))
+    load_initial_weights(sorted_trained, tmp_path / "trained.keras")  # each gate's channels by L1 norm, as the search
+    for layer in ("stem_conv", "stage3_block1_conv1_conv"):
+        kernel = slim.get_layer(layer).kernel.numpy()
+        kept = kernel.shape[-1]
+        assert kept < sorted_trained.get_layer(layer).kernel.shape[-1], layer  # pruned
+        np.testing.assert_allclose(kernel, sorted_trained.get_layer(layer).kernel.numpy()[..., :kernel.shape[2], :kept],
+                                   atol=1e-6, err_msg=layer)  # the trained model's L1-largest channels
+        assert not np.allclose(kernel, supernet.get_layer(layer).kernel.numpy()[..., :kernel.shape[2], :kept],
+                               atol=1e-3), layer  # not the searched supernet's weights
 
 
 @pytest.mark.slow

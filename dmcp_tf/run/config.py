@@ -17,6 +17,8 @@ import ml_collections
 # Keras dtype policies a run may train under (`mixed_precision`): variables stay float32,
 # activations are half precision under the mixed ones.
 DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
+# What a fine-tuned slim model inherits (`retrain.inherit`, with `retrain.from_scratch=False`).
+INHERITED_WEIGHTS = ("supernet", "initial_weights")
 
 
 def base_config():
@@ -81,6 +83,9 @@ def base_config():
     c.retrain = ml_collections.ConfigDict()
     c.retrain.from_scratch = True   # as the paper; False fine-tunes the supernet's weights (worse at
                                     # equal epochs on Fashion-MNIST: docs/benchmarks.md, section 3)
+    c.retrain.inherit = "supernet"  # with from_scratch=False, the weights fine-tuned: "supernet" (searched) or
+                                    # "initial_weights": search.initial_weights, channels sorted by L1 norm
+                                    # (L1-norm pruning at DMCP's widths: dmcp_l1 in docs/benchmarks.md)
     c.retrain.epochs = 3
     c.retrain.steps_per_epoch = 0
     c.retrain.learning_rate = 0.05
@@ -184,6 +189,11 @@ def validate(config):
     if weights and not (os.path.isfile(weights) and weights.endswith(".keras")):
         fail("search.initial_weights", f"{weights!r} is not a .keras file; give a trained model saved with "
              "model.save('x.keras') whose layer names match the supernet's (or leave it empty).")
+    if config.retrain.inherit not in INHERITED_WEIGHTS:
+        fail("retrain.inherit", f"unknown {config.retrain.inherit!r}; choose one of {', '.join(INHERITED_WEIGHTS)}.")
+    if config.retrain.inherit == "initial_weights" and (config.retrain.from_scratch or not weights):
+        fail("retrain.inherit", "\"initial_weights\" fine-tunes the trained model the search started from: it needs "
+             "--config.search.initial_weights=PATH.keras and --config.retrain.from_scratch=False.")
     unknown = set(quantizations(config)) - set(QUANTIZATIONS)
     if unknown:
         fail("export.quantizations", f"unknown {sorted(unknown)}; choose from {', '.join(QUANTIZATIONS)}.")

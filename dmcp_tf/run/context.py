@@ -85,14 +85,16 @@ class RunContext:
             )
         return self._data
 
+    def new_supernet(self, sync_bn=False):
+        """A new supernet of `config.model` for the data set (fresh weights)."""
+        m = self.config.model
+        return build_supernet(m.name, input_shape=self.data.input_shape, num_classes=self.data.num_classes,
+                              gate_kind=m.gate_kind, sync_bn=sync_bn, **m.options.to_dict())
+
     def build_search_model(self, steps_per_epoch):
         """A new supernet of `config.model` in a compiled `DMCPModel` for `config.search` and the budget."""
-        m = self.config.model
         with self.strategy.scope():
-            supernet = build_supernet(
-                m.name, input_shape=self.data.input_shape, num_classes=self.data.num_classes,
-                gate_kind=m.gate_kind, sync_bn=self.strategy.num_replicas_in_sync > 1, **m.options.to_dict(),
-            )
+            supernet = self.new_supernet(sync_bn=self.strategy.num_replicas_in_sync > 1)
             return recipes.build_search_model(supernet, self.config.search, steps_per_epoch,
                                               seed=self.config.seed, budget=self.budget)
 

@@ -5,7 +5,6 @@ budget (`dmcp_tf/deploy/latency.py` describes the file and how to measure it on 
 """
 
 from dmcp_tf.deploy import latency
-from dmcp_tf.models import build_supernet
 from dmcp_tf.run import config as config_lib
 
 
@@ -15,8 +14,5 @@ def run(ctx):
     Args:
         ctx: the `RunContext`.
     """
-    m = ctx.config.model
-    supernet = build_supernet(m.name, input_shape=ctx.data.input_shape, num_classes=ctx.data.num_classes,
-                              gate_kind=m.gate_kind, **m.options.to_dict())
-    return latency.measure_latency_table(supernet, quantizations=config_lib.quantizations(ctx.config),
+    return latency.measure_latency_table(ctx.new_supernet(), quantizations=config_lib.quantizations(ctx.config),
                                          threads=ctx.config.export.latency_threads, log=ctx.log).to_json()

@@ -1,7 +1,9 @@
 """The retrain step: the slim model of `channels.json`, trained; writes `slim.keras` and `retrain.json`.
 
-From scratch as the paper (`retrain.from_scratch`), or fine-tuning the
-supernet's weights after a batch-norm calibration. With `retrain.compare_uniform`
+From scratch as the paper (`retrain.from_scratch`), or fine-tuning inherited
+weights after a batch-norm calibration: the searched supernet's, or (`retrain.inherit=
+"initial_weights"`) those of the trained model the search started from, each layer's
+channels sorted by L1 norm as the search's were: L1-norm pruning at DMCP's widths. With `retrain.compare_uniform`
 the uniform-width network of the same cost is trained the same way beside it.
 """
 
@@ -13,7 +15,7 @@ from dmcp_tf.channels.rebuild import rebuild
 from dmcp_tf.io_utils import file_sha256
 from dmcp_tf.run import recipes
 from dmcp_tf.run.checkpoints import list_checkpoints, seed_generator_states
-from dmcp_tf.search import baselines, sampling
+from dmcp_tf.search import baselines, pretrained, sampling
 
 
 def run(ctx):
@@ -30,10 +32,11 @@ def run(ctx):
     steps = ctx.trainer.steps_per_epoch(r.steps_per_epoch)
     resuming = bool(list_checkpoints(ctx.dir.path("checkpoints", "retrain")))
     inherited = None
+    source = ctx.supernet if r.from_scratch else _weights_source(ctx)
     with ctx.strategy.scope():
-        slim = rebuild(ctx.supernet, channels, copy_weights=not r.from_scratch)
+        slim = rebuild(source, channels, copy_weights=not r.from_scratch)
     if not r.from_scratch and not resuming:
-        inherited = _calibrate_inherited(ctx, slim, channels)
+        inherited = _calibrate_inherited(ctx, slim, source, channels)
     with ctx.strategy.scope():
         recipes.compile_classifier(slim, r, steps * r.epochs)
         slim.optimizer.build(slim.trainable_variables)  # its variables exist before a restore
@@ -55,14 +58,27 @@ def run(ctx):
     }
 
 
-def _calibrate_inherited(ctx, slim, channels):
+def _weights_source(ctx):
+    """The gated model whose weights a fine-tuned slim model inherits (`retrain.inherit`)."""
+    if ctx.config.retrain.inherit == "supernet":
+        return ctx.supernet
+    s = ctx.config.search
+    with ctx.local_scope():
+        source = ctx.new_supernet()
+        pretrained.load_initial_weights(source, s.initial_weights, sort_channels=s.sort_initial_channels)
+    ctx.log(f"the slim model inherits the weights of {s.initial_weights}"
+            + (", channels sorted by L1 norm" if s.sort_initial_channels else ""))
+    return source
+
+
+def _calibrate_inherited(ctx, slim, source, channels):
     """Calibrates the batch norms of `slim`'s inherited weights; returns their test results (on the chief).
 
     Under several workers the calibration and the evaluation run on a local copy
     (Keras 3 evaluate does not run under MultiWorkerMirroredStrategy), whose
     weights are then copied in.
     """
-    local = rebuild(ctx.supernet, channels) if ctx.multi_worker else slim
+    local = rebuild(source, channels) if ctx.multi_worker else slim
     inherited = None
     with ctx.local_scope():
         ctx.calibrate(local)
