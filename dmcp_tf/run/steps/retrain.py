@@ -3,8 +3,9 @@
 From scratch as the paper (`retrain.from_scratch`), or fine-tuning inherited
 weights after a batch-norm calibration: the searched supernet's, or (`retrain.inherit=
 "initial_weights"`) those of the trained model the search started from, each layer's
-channels sorted by L1 norm as the search's were: L1-norm pruning at DMCP's widths. With `retrain.compare_uniform`
-the uniform-width network of the same cost is trained the same way beside it.
+channels sorted by L1 norm as the search's were: L1-norm pruning at DMCP's widths.
+With `retrain.compare_uniform` the uniform-width network of the same cost is trained
+the same way beside it.
 """
 
 import keras
