@@ -443,6 +443,14 @@ def _settings(args):
                 config=json.loads(fashion_mnist.get_config().to_json()))
 
 
+def _same(saved, current):
+    """Whether a saved setting equals the current one. Config keys added since the file was written
+    (absent from `saved`) are taken at their defaults, which keep the behaviour they were added to."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        return all(key in current and _same(value, current[key]) for key, value in saved.items())
+    return saved == current
+
+
 class Results:
     """The JSON file of a run: rows appended as they finish, loaded again to continue a run."""
 
@@ -452,8 +460,8 @@ class Results:
         self.rows, self.minutes = [], 0.0
         if self.path is not None and self.path.exists():
             saved = json.loads(self.path.read_text())
-            if saved["settings_identity"] != self.settings:
-                changed = sorted(k for k in self.settings if saved["settings_identity"].get(k) != self.settings[k])
+            changed = sorted(k for k in self.settings if not _same(saved["settings_identity"].get(k), self.settings[k]))
+            if changed:
                 raise SystemExit(f"{self.path} holds results of other settings ({', '.join(changed)} differ): "
                                  "pass another --json_out, or delete the file to start again.")
             self.rows, self.minutes = saved["results"]["rows"], saved["results"]["minutes"]

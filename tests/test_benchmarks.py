@@ -213,3 +213,12 @@ def test_budget_kinds_sets_each_slim_model_against_its_budget(tmp_path):
     assert rows["params"]["achieved_over_target"] == pytest.approx(0.96)
     assert rows["macs_at_latency"]["achieved_over_target"] == pytest.approx(2.9 / 3)
     assert rows["params"]["ms_over_full"] == pytest.approx(0.75) and rows["latency"]["budget"] == "latency:0.5x"
+
+
+def test_accuracy_results_of_an_older_config_continue_unless_a_value_changed():
+    saved = {"seeds": "0", "config": {"search": {"epochs": 2}, "retrain": {"epochs": 2}}}
+    newer = {"seeds": "0", "config": {"search": {"epochs": 2, "added_key": "default"}, "retrain": {"epochs": 2}}}
+    assert all(accuracy._same(saved[k], newer[k]) for k in newer)  # a key added since: its default, same results
+    changed = dict(newer, config={"search": {"epochs": 3, "added_key": "default"}, "retrain": {"epochs": 2}})
+    assert not accuracy._same(saved["config"], changed["config"])
+    assert not accuracy._same(newer["config"], saved["config"])  # a key the current config no longer has
