@@ -17,6 +17,7 @@ from dmcp_tf.costs import format_count
 from dmcp_tf.io_utils import atomic_write_bytes, atomic_write_text
 from dmcp_tf.search.trajectory import budget_verdict, verdict
 
+
 def _format_cell(value):
     """Text of one table cell: `None` -> `"-"`, floats to 4 significant digits."""
     if value is None:
