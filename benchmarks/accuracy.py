@@ -1,8 +1,10 @@
 """Top-1 accuracy of DMCP against simpler ways of choosing channels, on Fashion-MNIST.
 
 For every seed and budget, on a supernet with room to choose (a constant-width
-ResNet: 12 gates, a channel of the first stage costs 16x the MACs of one of the
-last), trained with the default config's hyperparameters:
+ResNet, 16 channels everywhere: 12 gates, a channel of the first stage costs 16x
+the MACs of one of the last, and narrow enough that the unpruned network is
+3-4 points above the uniform 0.25x one), trained with the default config's
+hyperparameters (`--set` changes any of them):
 
   dmcp_budget      DMCP search started at the uniform width of the budget, expected
                    sampling, trained from scratch
@@ -41,6 +43,7 @@ network and warm-up it cached beside it), so a run cut short continues.
 """
 
 import argparse
+import ast
 import json
 import os
 import pathlib
@@ -61,6 +64,7 @@ from dmcp_tf.channels.rebuild import rebuild  # noqa: E402
 from dmcp_tf.configs import fashion_mnist  # noqa: E402
 from dmcp_tf.io_utils import atomic_write_json  # noqa: E402
 from dmcp_tf.models import build_supernet  # noqa: E402
+from dmcp_tf.run import config as config_lib  # noqa: E402
 from dmcp_tf.run import recipes, report  # noqa: E402
 from dmcp_tf.search import baselines, calibration, pretrained, search_init  # noqa: E402
 from dmcp_tf.search import trajectory as trajectory_lib  # noqa: E402
@@ -79,7 +83,9 @@ METHODS = {
     "bernoulli": "DMCP Bernoulli gates, from scratch",
     "from_full": "DMCP from full model (no warm-up), from scratch",
 }
-DEFAULT_METHODS = ("dmcp_budget", "dmcp_authors", "uniform", "l1", "dmcp_pretrained", "dmcp_l1")
+# What the defaults compare (about 48 min a seed on 2 idle cores): DMCP against uniform width from scratch,
+# and DMCP's widths against uniform ones in L1 pruning of the trained network. Others by --methods.
+DEFAULT_METHODS = ("dmcp_budget", "uniform", "l1", "dmcp_l1")
 FULL = "full"  # the unpruned network, trained from scratch
 # The search each method needs: (gate kind, origin, start of the gates).
 SEARCHES = {"dmcp_budget": ("markov", "warmup", "budget"), "dmcp_authors": ("markov", "warmup", "authors"),
@@ -103,11 +109,7 @@ class Benchmark:
     def __init__(self, args, seed, *, done=None, save=None, cache=None, log=print):
         self.args, self.seed, self.log = args, seed, log
         self.done, self.save, self.cache = dict(done or {}), save or (lambda row: None), cache
-        self.config = fashion_mnist.get_config()
-        self.config.search.epochs = args.search_epochs
-        self.config.search.steps_per_epoch = 0
-        self.config.retrain.epochs = args.retrain_epochs
-        self.config.model.options = {"channels": tuple(args.channels), "blocks": args.blocks}
+        self.config = benchmark_config(args)
         self.data = data_lib.load("fashion_mnist", batch_size=args.batch_size, data_dir=args.data_dir or None,
                                   train_limit=args.train_limit or None, test_limit=args.test_limit or None,
                                   seed=seed)
@@ -402,11 +404,14 @@ def parse_args(argv=None):
     parser.add_argument("--retrain_epochs", type=int, default=3, help="training epochs of every model")
     parser.add_argument("--init", default="budget", choices=search_init.INITS,
                         help="the gates' start for dmcp_pretrained")
-    parser.add_argument("--channels", default="32,32,32", help="the supernet's stage widths")
+    parser.add_argument("--channels", default="16,16,16", help="the supernet's stage widths")
     parser.add_argument("--blocks", type=int, default=3, help="basic blocks per stage")
     parser.add_argument("--trajectory_every", type=int, default=10, help="steps between trajectory points")
     parser.add_argument("--tolerance", type=float, default=0.03, help="largest relative miss of the budget "
                         "accepted for the uniform, L1 and random widths")
+    parser.add_argument("--set", action="append", default=None, metavar="KEY=VALUE", type=_key_value,
+                        help="a config key changed from configs/fashion_mnist.py, e.g. search.min_learning_rate=0.08 "
+                        "or model.options.kernel_initializer=kaiming_fan_out (repeatable)")
     parser.add_argument("--data_dir", default="", help="Fashion-MNIST IDX files (default: the installed copy)")
     parser.add_argument("--plot", default=None, help="write the accuracy-against-MACs plot here (PNG)")
     parser.add_argument("--trajectory_plots", default=None, help="write seed 0's search trajectories into this folder")
@@ -424,6 +429,12 @@ def parse_args(argv=None):
     args.methods = [m for m in METHODS if m in _csv(args.methods)]
     if "dmcp_pretrained" in args.methods and args.pretrained_search_epochs < 1:
         parser.error("--pretrained_search_epochs must be at least 1")
+    try:  # a wrong --set fails here, not after hours of training
+        config = benchmark_config(args)
+        config_lib.validate(config)
+        build_supernet(config.model.name, input_shape=(28, 28, 1), num_classes=10, **config.model.options.to_dict())
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        parser.error(f"--set: {error}")
     for budget in args.budgets:
         try:
             if costs.Budget.parse(budget).cost is not costs.MACS:
@@ -431,6 +442,39 @@ def parse_args(argv=None):
         except ValueError as error:
             parser.error(str(error))
     return args
+
+
+def benchmark_config(args):
+    """configs/fashion_mnist.py with the benchmark's supernet, epochs and `--set` keys."""
+    config = fashion_mnist.get_config()
+    config.search.epochs = args.search_epochs
+    config.search.steps_per_epoch = 0
+    config.retrain.epochs = args.retrain_epochs
+    config.model.options = {"channels": tuple(args.channels), "blocks": args.blocks}
+    for key, value in args.set or ():
+        _set_config_key(config, key, value)
+    return config
+
+
+def _key_value(text):
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.strip(), ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key.strip(), value  # a string, e.g. kaiming_fan_out
+
+
+def _set_config_key(config, key, value):
+    """Sets a dotted config key that exists (a typo is an error, not a new key); keyword options may be new."""
+    *path, leaf = key.split(".")
+    section = config
+    for name in path:
+        section = section[name]
+    if leaf not in section and path != ["model", "options"]:
+        raise ValueError(f"the config has no key {key!r}")
+    section[leaf] = value
 
 
 def _csv(text):

@@ -222,3 +222,18 @@ def test_accuracy_results_of_an_older_config_continue_unless_a_value_changed():
     changed = dict(newer, config={"search": {"epochs": 3, "added_key": "default"}, "retrain": {"epochs": 2}})
     assert not accuracy._same(saved["config"], changed["config"])
     assert not accuracy._same(newer["config"], saved["config"])  # a key the current config no longer has
+
+
+def test_accuracy_set_changes_the_config_and_refuses_what_cannot_work(capsys):
+    args = accuracy.parse_args(["--set=retrain.weight_decay_type=coupled", "--set=search.min_learning_rate=0.016",
+                                "--set=model.options.kernel_initializer=kaiming_fan_out"])
+    config = accuracy.benchmark_config(args)
+    assert config.retrain.weight_decay_type == "coupled" and config.search.min_learning_rate == 0.016
+    assert config.model.options.kernel_initializer == "kaiming_fan_out" and config.model.options.blocks == 3
+    assert accuracy.benchmark_config(accuracy.parse_args([])).retrain.weight_decay_type == "decoupled"
+    for wrong, says in [("search.min_lr=0.1", "no key 'search.min_lr'"), ("retrain.weight_decay_type=l2", "unknown 'l2'"),
+                        ("model.options.kernel_initializer=he", "Unknown kernel initializer 'he'"),
+                        ("search.epochs", "expected KEY=VALUE")]:
+        with pytest.raises(SystemExit):
+            accuracy.parse_args([f"--set={wrong}"])
+        assert says in capsys.readouterr().err
