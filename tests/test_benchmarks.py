@@ -224,7 +224,7 @@ def test_accuracy_results_of_an_older_config_continue_unless_a_value_changed():
     assert not accuracy._same(newer["config"], saved["config"])  # a key the current config no longer has
 
 
-def test_accuracy_set_changes_the_config_and_refuses_what_cannot_work(capsys):
+def test_accuracy_settings_are_checked_before_training(capsys):
     args = accuracy.parse_args(["--set=retrain.weight_decay_type=coupled", "--set=search.min_learning_rate=0.016",
                                 "--set=model.options.kernel_initializer=kaiming_fan_out"])
     config = accuracy.benchmark_config(args)
@@ -237,3 +237,7 @@ def test_accuracy_set_changes_the_config_and_refuses_what_cannot_work(capsys):
         with pytest.raises(SystemExit):
             accuracy.parse_args([f"--set={wrong}"])
         assert says in capsys.readouterr().err
+    # 16 channels on the 10% grid keep at least 7 (groups of one channel): 0.1x is out of reach.
+    with pytest.raises(SystemExit):
+        accuracy.parse_args(["--channels=16,16,16", "--budgets=0.5x,0.1x"])
+    assert "--budgets 0.1x" in capsys.readouterr().err and accuracy.parse_args(["--budgets=0.1x"]).channels == [20] * 3

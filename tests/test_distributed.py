@@ -11,6 +11,13 @@ from dmcp_tf.search.supernet import DMCPModel, default_arch_optimizer
 from tests.helpers import blob_data, tiny_supernet
 
 STEPS, WARMUP = 20, 10  # 10 search steps past warm-up
+# Two replicas and one device differ only in the order of float32 reductions (sums of
+# half-batch gradients and of batch-norm moments): 6e-8 after one step, 4e-6 at the end
+# of the warm-up. The 10 architecture steps (learning rate 2.0) amplify it: after them
+# the gates differed by 1.9e-3 and the weights by 9e-4 on one host (4.3e-6 on another).
+# A replica bug is 2-3 orders of magnitude larger: with batch norm not synchronized the
+# gates differ by 1.4.
+REPLICA_DRIFT = dict(rtol=1e-2, atol=1e-2)
 
 
 @functools.cache
@@ -42,20 +49,16 @@ def test_two_replicas_match_one_device(tmp_path):
     mirrored, mirrored_history = train(mirrored_strategy(), x, y)
     assert mirrored.distribute_strategy.num_replicas_in_sync == 2
     assert mirrored.searching and int(mirrored.arch_optimizer.iterations.numpy()) == STEPS - WARMUP
-    # Same global batches, same sub-networks, synchronized batch norm: only the
-    # order of float32 reductions differs (sum of two half-batch gradients and
-    # batch-norm moments). Measured after 20 steps (10 past warm-up): at most
-    # 4.3e-6 absolute on the gate parameters and on any weight (relative ~1e-6);
-    # rtol 1e-4 and atol 1e-5 leave margin.
+    # Same global batches, same sub-networks, synchronized batch norm (REPLICA_DRIFT).
     for a, b in zip(single.arch_variables, mirrored.arch_variables):
-        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-5)
-    assert any(np.abs(v.numpy()).max() > 1e-3 for v in single.arch_variables)  # the search moved
+        np.testing.assert_allclose(b.numpy(), a.numpy(), **REPLICA_DRIFT)
+    assert any(np.abs(v.numpy()).max() > 0.1 for v in single.arch_variables)  # the search moved
     for a, b in zip(single.supernet.weights, mirrored.supernet.weights):
-        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-5, err_msg=a.path)
-    # Losses and metrics are reported unscaled (not divided, nor summed, over replicas).
+        np.testing.assert_allclose(b.numpy(), a.numpy(), **REPLICA_DRIFT, err_msg=a.path)
+    # Losses and metrics are reported unscaled (not divided, nor summed, over replicas: 2x).
     assert set(mirrored_history.history) == set(single_history.history)
     for key, values in single_history.history.items():
-        np.testing.assert_allclose(mirrored_history.history[key], values, rtol=1e-4, atol=1e-5, err_msg=key)
+        np.testing.assert_allclose(mirrored_history.history[key], values, **REPLICA_DRIFT, err_msg=key)
 
     # A checkpoint written under two replicas restores on one device (a resumed
     # run may use another number of devices).
@@ -73,6 +76,6 @@ def test_frozen_weights_search_on_two_replicas_matches_one_device():
     mirrored, _ = train(mirrored_strategy(), x, y, train_weights=False)
     for model in (single, mirrored):  # the step counter advances once per global step, not per replica
         assert int(model.optimizer.iterations.numpy()) == int(model.arch_optimizer.iterations.numpy()) == STEPS
-    assert any(np.abs(v.numpy()).max() > 1e-3 for v in single.arch_variables)
+    assert any(np.abs(v.numpy()).max() > 0.1 for v in single.arch_variables)
     for a, b in zip(single.arch_variables, mirrored.arch_variables):
-        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(b.numpy(), a.numpy(), **REPLICA_DRIFT)
