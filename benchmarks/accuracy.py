@@ -542,7 +542,9 @@ def main(argv=None):
             saved = json.load(f)
         settings, rows, minutes = saved["settings"], saved["results"]["rows"], saved["results"]["minutes"]
         seeds = sorted({r["seed"] for r in rows})
-        budgets = [b for b in settings["budgets"] if any(r["budget"] == b for r in rows)]
+        # Every budget the rows hold (runs may have added budgets one at a time), largest first.
+        budgets = sorted({r["budget"] for r in rows if r["method"] != FULL},
+                         key=lambda b: -max(r["target_macs"] for r in rows if r["budget"] == b))
         methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
     else:
         results = Results(args)
