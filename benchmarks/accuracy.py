@@ -83,7 +83,7 @@ METHODS = {
     "bernoulli": "DMCP Bernoulli gates, from scratch",
     "from_full": "DMCP from full model (no warm-up), from scratch",
 }
-# What the defaults compare (about 48 min a seed on 2 idle cores): DMCP against uniform width from scratch,
+# What the defaults compare (60-75 min a seed on 2 cores, docs/benchmarks.md section 3): DMCP against uniform width from scratch,
 # and DMCP's widths against uniform ones in L1 pruning of the trained network. Others by --methods.
 DEFAULT_METHODS = ("dmcp_budget", "uniform", "l1", "dmcp_l1")
 FULL = "full"  # the unpruned network, trained from scratch
@@ -435,7 +435,7 @@ def parse_args(argv=None):
         supernet = build_supernet(config.model.name, input_shape=(28, 28, 1), num_classes=10,
                                   **config.model.options.to_dict())
     except (AttributeError, KeyError, TypeError, ValueError) as error:
-        parser.error(f"--set: {error}")
+        parser.error(f"the benchmark's config (--channels, --blocks, --set): {error}")
     graph = ChannelGraph(supernet)
     for budget in args.budgets:
         try:
