@@ -12,6 +12,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python benchmarks/x.py` puts benchmarks/, not the repo root, on the path
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import dmcp_tf  # noqa: E402,F401  (before TensorFlow loads: it turns on the oneDNN CPU kernels)
 
 
 def timed(fn):
@@ -74,7 +75,17 @@ def machine_info():
         "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
         "tensorflow": tf.__version__, "keras": keras.__version__,
         "load_average_1_5_15min": list(os.getloadavg()),  # other processes share the machine
+        "onednn": onednn_enabled(),
     }
+
+
+def onednn_enabled():
+    """Whether TensorFlow runs its oneDNN CPU kernels (None if TensorFlow no longer says)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port  # private: TensorFlow's only report of it
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        return None
 
 
 def write_json(path, data):

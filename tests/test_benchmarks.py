@@ -5,7 +5,7 @@ import json
 import pytest
 import tensorflow as tf
 
-from benchmarks import accuracy, applications, budget_kinds, common, latency, step_time
+from benchmarks import accuracy, applications, budget_kinds, common, latency, onednn, step_time
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.models import fashion_resnet
 from tests.helpers import blob_data, learnable_fashion_mnist, tiny_supernet
@@ -41,6 +41,19 @@ def test_step_time_plain_and_dmcp_with_profile(tmp_path):
     assert "sliced" in step_time.profile_table(result)
     path = common.write_json(tmp_path / "out.json", {"results": [result]})
     assert json.loads(path.read_text())["results"][0]["batch"] == 4
+
+
+@pytest.mark.slow
+def test_onednn_times_both_settings_in_alternation(tmp_path, capsys):
+    out = tmp_path / "onednn.json"
+    results = onednn.main(["--rounds=1", "--steps=1", "--fashion_batch=2", "--warmup=0", f"--json_out={out}"])
+    assert [r["step"] for r in results] == ["plain_s", "dmcp_s"]
+    for result in results:
+        assert [len(result["rounds"][name]) for name in ("off", "on")] == [1, 1]
+        assert result["off_s"] > 0 and result["on_s"] > 0
+        assert result["speedup"] == pytest.approx(result["off_s"] / result["on_s"])
+    assert "fashion_resnet dmcp" in capsys.readouterr().out
+    assert json.loads(out.read_text())["results"][1]["step"] == "dmcp_s"
 
 
 def test_latency_tiny_model(tmp_path):
