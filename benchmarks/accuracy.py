@@ -8,6 +8,8 @@ default config's hyperparameters (`--set` changes any of them):
 
   dmcp_budget      DMCP search started at the uniform width of the budget, expected
                    sampling, trained from scratch
+  dmcp_fit         `dmcp_budget`'s structure with its widths scaled together to the
+                   budget as uniform width is (`sample.fit_to_budget`), from scratch
   dmcp_authors     the same, started where the authors start (alpha = 0)
   dmcp_full        the same, started near full width
   uniform          every layer narrowed by one factor to the budget, from scratch
@@ -66,12 +68,12 @@ from dmcp_tf.io_utils import atomic_write_json  # noqa: E402
 from dmcp_tf.models import build_supernet  # noqa: E402
 from dmcp_tf.run import config as config_lib  # noqa: E402
 from dmcp_tf.run import recipes, report  # noqa: E402
-from dmcp_tf.search import baselines, calibration, pretrained, search_init  # noqa: E402
+from dmcp_tf.search import baselines, calibration, pretrained, sampling, search_init  # noqa: E402
 from dmcp_tf.search import trajectory as trajectory_lib  # noqa: E402
-from dmcp_tf.search.sampling import expected_config  # noqa: E402
 
 METHODS = {
     "dmcp_budget": "DMCP (start: budget), from scratch",
+    "dmcp_fit": "DMCP (start: budget) scaled to the budget, from scratch",
     "dmcp_authors": "DMCP (start: authors), from scratch",
     "dmcp_full": "DMCP (start: full), from scratch",
     "uniform": "uniform width, from scratch",
@@ -85,7 +87,8 @@ METHODS = {
 }
 # What the defaults compare (60-75 min a seed on 2 cores, docs/benchmarks.md section 3): DMCP against uniform width from scratch,
 # and DMCP's widths against uniform ones in L1 pruning of the trained network. Others by --methods.
-DEFAULT_METHODS = ("dmcp_budget", "uniform", "l1", "dmcp_l1")
+DEFAULT_METHODS = ("dmcp_budget", "dmcp_fit", "uniform", "l1", "dmcp_l1")
+TAKES_DMCP_BUDGET = ("dmcp_fit", "dmcp_l1")  # methods built from dmcp_budget's structure
 FULL = "full"  # the unpruned network, trained from scratch
 # The search each method needs: (gate kind, origin, start of the gates).
 SEARCHES = {"dmcp_budget": ("markov", "warmup", "budget"), "dmcp_authors": ("markov", "warmup", "authors"),
@@ -196,7 +199,7 @@ class Benchmark:
         extra = {"search_seconds": round(time.time() - began, 1), "expected_macs": float(model.graph.expected_flops()),
                  "search_init": init, "trajectory": _compact(tracker.records), "warmup_steps": model.warmup_steps,
                  "settling": trajectory_lib.settling(tracker.records, model.warmup_steps, model.total_steps)}
-        return expected_config(model.graph), extra
+        return sampling.expected_config(model.graph), extra
 
     def warmup(self, model):
         """The warm-up shared by every search of this seed (cached); returns the search state after it."""
@@ -218,9 +221,10 @@ class Benchmark:
     # --- one seed ---------------------------------------------------------------
     def run(self, budgets, methods):
         todo = [(m, b) for b in budgets for m in methods if (m, b) not in self.done]
-        if any(m == "dmcp_l1" and ("dmcp_budget", b) not in self.done and "dmcp_budget" not in methods
+        if any(m in TAKES_DMCP_BUDGET and ("dmcp_budget", b) not in self.done and "dmcp_budget" not in methods
                for m, b in todo):
-            raise SystemExit("dmcp_l1 takes dmcp_budget's structure: add dmcp_budget to --methods.")
+            raise SystemExit(f"{' and '.join(TAKES_DMCP_BUDGET)} take dmcp_budget's structure: add dmcp_budget to "
+                             "--methods.")
         if not todo and (FULL, "1.0x") in self.done:
             return self.rows
         # Baselines matched to every budget first: a budget they cannot meet fails before any training.
@@ -258,10 +262,14 @@ class Benchmark:
                     config, slim = uniform, rebuild(self.template, uniform, copy_weights=False)
                 elif method == "l1":
                     config, slim = uniform, rebuild(l1_supernet, uniform, channel_order=l1_order)
-                elif method == "dmcp_l1":  # dmcp_budget's widths (its row, or its search just now)
+                elif method in TAKES_DMCP_BUDGET:  # dmcp_budget's widths (its row, or its search just now)
                     config = searched["dmcp_budget"][1] if "dmcp_budget" in searched else \
                         self.done["dmcp_budget", budget]["config"]
-                    slim = rebuild(l1_supernet, config, channel_order=l1_order)
+                    if method == "dmcp_l1":
+                        slim = rebuild(l1_supernet, config, channel_order=l1_order)
+                    else:
+                        config, _ = sampling.fit_to_budget(self.graph, config, target)
+                        slim = rebuild(self.template, config, copy_weights=False)
                 elif method == "dmcp_pretrained":
                     slim, config, extra = self.pretrained_structure(*pretrained_search, budget, full)
                 else:  # random

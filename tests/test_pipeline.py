@@ -43,7 +43,8 @@ def data_dir(tmp_path_factory):
 @pytest.mark.slow
 def test_whole_pipeline_writes_every_artefact(tmp_path, data_dir):
     run_dir = tmp_path / "run"
-    code, out = main(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--config.sample.round_to=4", *TINY)
+    code, out = main(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--config.sample.round_to=4",
+                     "--config.sample.fit_to_budget=False", *TINY)
     assert code == 0, out
     assert "DMCP slim" in out and "unpruned supernet" in out  # the console summary table
     assert "uniform width, same MACs" in out
@@ -103,7 +104,8 @@ def test_whole_pipeline_writes_every_artefact(tmp_path, data_dir):
     (run_dir / "export" / "slim_int8.tflite").unlink()
     (run_dir / "export" / ".tmp-saved_modelab12cd34").mkdir()
     supernet_bytes = (run_dir / "supernet.keras").read_bytes()
-    code, out = main(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--config.sample.round_to=4", *TINY)
+    code, out = main(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--config.sample.round_to=4",
+                     "--config.sample.fit_to_budget=False", *TINY)
     assert code == 0, out
     assert all(f"== {step} == finished earlier" in out for step in ("search", "sample", "retrain", "eval"))
     assert (run_dir / "export.json").exists() and (run_dir / "export" / "slim_int8.tflite").exists()
@@ -246,8 +248,10 @@ def test_a_params_budget_is_searched_sampled_and_reported_in_params(tmp_path, da
     sample = json.loads((run_dir / "sample.json").read_text())
     channels = json.loads((run_dir / "channels.json").read_text())
     assert sample["es_cost"] == graph.params(channels) and sample["es_params"] == sample["es_cost"]
+    # The default config scales the expected-sampling widths together to the budget, in params.
+    assert sample["fit_to_budget"] and abs(sample["es_cost"] - search["target"]) <= 0.02 * search["target"]
     report = (run_dir / "report.md").read_text()
-    assert "params of" in report and "params histogram" in report
+    assert "params of" in report and "params histogram" in report and "scaled together to the budget" in report
 
 
 def test_search_from_a_trained_model_starts_from_its_sorted_weights(tmp_path, data_dir):
@@ -338,8 +342,10 @@ def test_channels_flag_outside_flops_mode_is_refused(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("key, value", [("seed", "-1"), ("sample.tolerance", "-1")])
+@pytest.mark.parametrize("key, value", [("seed", "-1"), ("sample.tolerance", "-1"), ("sample.round_to", "8")])
 def test_bad_seed_or_tolerance_is_named_before_anything_is_written(tmp_path, data_dir, key, value):
+    # the default config fits the structure to the budget: rounding to multiples would undo that
     code, out = main_in_process(f"--data_dir={data_dir}", f"--run_dir={tmp_path / 'run'}", f"--config.{key}={value}")
-    assert code == 2 and f"`{key}`" in out, out
+    named = "`sample.fit_to_budget`" if key == "sample.round_to" else f"`{key}`"
+    assert code == 2 and named in out, out
     assert not (tmp_path / "run").exists()

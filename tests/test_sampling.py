@@ -26,6 +26,19 @@ def test_expected_config_rounds_expected_channels(graph):
         assert config[gate.name] == round(float(gate.expected_channels()))
 
 
+def test_fit_to_budget_scales_a_structure_together_to_the_budget():
+    graph = ChannelGraph(fashion_resnet(channels=(20, 20, 20), blocks=3, gate_kind="markov"))
+    narrow_first = {g.name: 4 if g.name.startswith(("stem", "stage1")) else 10 for g in graph.gates}
+    target = 1.2 * graph.flops(narrow_first)  # a structure that spends 0.83 of its budget
+    fitted, macs = sampling.fit_to_budget(graph, narrow_first, target)
+    assert macs == graph.flops(fitted) and abs(macs - target) <= 0.03 * target
+    for gate in graph.gates:  # every gate grew by about the same factor (one channel of rounding)
+        assert narrow_first[gate.name] <= fitted[gate.name] <= gate.channels
+        scale = (graph.flops(fitted) / graph.flops(narrow_first)) ** 0.5  # MACs grow with the square of the widths
+        assert abs(fitted[gate.name] - scale * narrow_first[gate.name]) <= 1.5, gate.name
+    assert max(fitted[g] for g in fitted if g.startswith("stem")) < max(fitted[g] for g in fitted if "stage3" in g)
+
+
 def chain_graph():
     """conv -> gate -> conv -> gate -> dense: every layer's MACs are bilinear in two different gates."""
     inputs = keras.Input((8, 8, 3))

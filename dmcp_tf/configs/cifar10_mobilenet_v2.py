@@ -14,6 +14,7 @@ def get_config(budget="0.5x"):
     config.model.options = {"width_multiplier": 1.0, "stem_stride": 1}
     config.search.budget = budget
     config.search.init = "budget"  # short searches start on the budget (docs/benchmarks.md, section 3)
+    config.sample.fit_to_budget = True  # the structure spends the whole budget (configs/fashion_mnist.py)
     config.search.epochs = 60
     config.search.learning_rate = 0.1
     config.search.weight_decay = 4e-5

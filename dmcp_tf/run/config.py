@@ -78,6 +78,7 @@ def base_config():
     c.sample.direct_samples = 3         # budget-constrained direct samples saved beside the ES result
     c.sample.tolerance = 0.01
     c.sample.round_to = 0               # >1: round kept channels to a multiple (faster kernels on phones)
+    c.sample.fit_to_budget = False      # scale the expected-sampling widths together to meet the budget (authors: no)
     c.sample.calibration_batches = 20   # batch-norm re-estimation before evaluating a sub-network
 
     c.retrain = ml_collections.ConfigDict()
@@ -159,6 +160,9 @@ def validate(config):
             fail(key, f"must be 0 (epoch ends only) or a number of steps, got {config[section][name]}.")
     if config.sample.round_to < 0:
         fail("sample.round_to", f"must be 0 (no rounding) or a channel multiple such as 8, got {config.sample.round_to}.")
+    if config.sample.fit_to_budget and config.sample.round_to > 1:
+        fail("sample.fit_to_budget", f"cannot be combined with sample.round_to={config.sample.round_to}: rounding to "
+             "multiples moves the cost off the fitted budget again. Set one of them (round_to=0 or fit_to_budget=False).")
     if config.checkpoints_to_keep < 1:
         fail("checkpoints_to_keep", f"must be at least 1, got {config.checkpoints_to_keep}.")
     if not 0 <= config.search.warmup_fraction < 1:
