@@ -12,7 +12,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python benchmarks/x.py` puts benchmarks/, not the repo root, on the path
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-import dmcp_tf  # noqa: E402,F401  (before TensorFlow loads: it turns on the oneDNN CPU kernels)
 
 
 def timed(fn):

@@ -1,10 +1,10 @@
 """Step time with TensorFlow's oneDNN CPU kernels off and on (`TF_ENABLE_ONEDNN_OPTS`).
 
 TensorFlow turns these kernels on by default only on CPUs with AVX-512
-neural-network instructions; `import dmcp_tf` turns them on everywhere else
-(unless TF_ENABLE_ONEDNN_OPTS is already set). The switch is read once, when
-TensorFlow loads, so each setting runs `benchmarks/step_time.py` in its own
-process; the settings alternate round by round so machine noise hits both, and
+neural-network instructions; elsewhere `TF_ENABLE_ONEDNN_OPTS=1` turns them on
+(docs/benchmarks.md section 7: faster here, but multi-worker runs lose their
+reproducibility). The switch is read once, when TensorFlow loads, so each
+setting runs `benchmarks/step_time.py` in its own process; the settings alternate round by round so machine noise hits both, and
 the table reports the medians over rounds and their ratio.
 
     python benchmarks/onednn.py                         # fashion_resnet, 3 rounds

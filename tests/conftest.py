@@ -4,7 +4,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import dmcp_tf  # noqa: E402,F401  (before TensorFlow loads: the oneDNN CPU kernels, as users get them)
 import tensorflow as tf  # noqa: E402
 
 # Must happen before TensorFlow initialises its devices.
