@@ -40,7 +40,7 @@ Every finished model is appended to `--json_out` at once; run again with the sam
 settings, the script skips the models the file holds (and the trained unpruned
 network and warm-up it cached beside it), so a run cut short continues.
 
-    nohup python benchmarks/accuracy.py --json_out=docs/accuracy.json > /tmp/accuracy.log &
+    TF_ENABLE_ONEDNN_OPTS=1 nohup python benchmarks/accuracy.py --json_out=docs/accuracy.json > /tmp/accuracy.log &
     python benchmarks/accuracy.py --from_json=docs/accuracy.json --plot=docs/accuracy_vs_flops.png  # redraw
 """
 
@@ -85,8 +85,9 @@ METHODS = {
     "bernoulli": "DMCP Bernoulli gates, from scratch",
     "from_full": "DMCP from full model (no warm-up), from scratch",
 }
-# What the defaults compare (60-75 min a seed on 2 cores, docs/benchmarks.md section 3): DMCP against uniform width from scratch,
-# and DMCP's widths against uniform ones in L1 pruning of the trained network. Others by --methods.
+# What the defaults compare (about 50 min a seed on 2 cores with TF_ENABLE_ONEDNN_OPTS=1, docs/benchmarks.md
+# section 3): DMCP against uniform width from scratch, as searched and scaled to the budget, and DMCP's widths
+# against uniform ones in L1 pruning of the trained network. Others by --methods.
 DEFAULT_METHODS = ("dmcp_budget", "dmcp_fit", "uniform", "l1", "dmcp_l1")
 TAKES_DMCP_BUDGET = ("dmcp_fit", "dmcp_l1")  # methods built from dmcp_budget's structure
 FULL = "full"  # the unpruned network, trained from scratch
