@@ -382,10 +382,13 @@ def write_run_report(rundir, budget):
                                         search.get('budget_weight_growth', 0.0)))
             + "![search trajectory](search_trajectory.png)")))
     if sample:
+        expected_sampling = "Expected sampling: "
+        if sample.get("fit_to_budget"):
+            expected_sampling += (f"{_cost(sample, sample['unfitted_es_cost'])} "
+                                  f"({sample['unfitted_es_cost'] / sample['target']:.3f} of the budget), its widths "
+                                  "scaled together to the budget (`sample.fit_to_budget`): ")
         sections.append(("Sampling", (
-            (f"Expected sampling: {_cost(sample, sample['unfitted_es_cost'])} "
-               f"({sample['unfitted_es_cost'] / sample['target']:.3f} of the budget), its widths scaled together "
-               "to the budget (`sample.fit_to_budget`): " if sample.get("fit_to_budget") else "Expected sampling: ")
+            expected_sampling
             + f"{_cost(sample, sample['es_cost'])} ({sample['es_cost'] / sample['target']:.3f} of the budget). "
             f"Direct samples: mean {_cost(sample, sample['direct_mean_cost'])}.\n\n"
             f"![{sample['unit']} histogram](cost_histogram.png)\n\n![channels](channel_distributions.png)")))

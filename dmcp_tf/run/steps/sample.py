@@ -23,9 +23,9 @@ def run(ctx):
     cfg = ctx.config.sample
     rng = np.random.default_rng(ctx.config.seed)
     chosen = sampling.round_config(graph, sampling.expected_config(graph), cfg.round_to)
-    expected_sampling_cost = cost.of(graph, chosen)
+    expected_sampling_cost = chosen_cost = cost.of(graph, chosen)
     if cfg.fit_to_budget:
-        chosen, _ = sampling.fit_to_budget(graph, chosen, target, cost=cost)
+        chosen, chosen_cost = sampling.fit_to_budget(graph, chosen, target, cost=cost)
     sampling.save_config(ctx.dir.path("channels.json"), chosen)
     direct, note = [], None
     try:
@@ -47,12 +47,12 @@ def run(ctx):
                                           + (", widths scaled to the budget)" if cfg.fit_to_budget else ")"))
     atomic_write_text(ctx.dir.path("structure.md"), structure)
     atomic_write_json(ctx.dir.path("samples.json"), {"direct": direct, "note": note})
-    fitted = f", scaled to the budget: {cost.format(cost.of(graph, chosen))}" if cfg.fit_to_budget else ""
+    fitted = f", scaled to the budget: {cost.format(chosen_cost)}" if cfg.fit_to_budget else ""
     ctx.log(f"expected sampling: {cost.format(expected_sampling_cost)}{fitted} (budget {cost.format(target)}); "
             f"direct samples: mean {cost.format(stats['mean'])}")
     return {
         "cost": cost.name, "unit": cost.unit, "target": target, "expected_cost": float(cost.expected(graph)),
-        "es_cost": cost.of(graph, chosen), "es_flops": graph.flops(chosen), "es_params": graph.params(chosen),
+        "es_cost": chosen_cost, "es_flops": graph.flops(chosen), "es_params": graph.params(chosen),
         "round_to": cfg.round_to, "fit_to_budget": cfg.fit_to_budget, "unfitted_es_cost": expected_sampling_cost,
         "direct_mean_cost": stats["mean"], "direct_std_cost": stats["std"],
         "direct_samples": len(direct), "within_budget_samples": int(len(next(iter(dists.values())))),
