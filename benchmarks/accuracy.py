@@ -46,6 +46,7 @@ network and warm-up it cached beside it), so a run cut short continues.
 
 import argparse
 import ast
+import functools
 import json
 import os
 import pathlib
@@ -238,10 +239,9 @@ class Benchmark:
         kinds = sorted({SEARCHES[m][0] for m, _ in todo if m in SEARCHES})
         models = {kind: self.search_model(kind) for kind in kinds}
         initial = {kind: [v.numpy() for v in _search_state(model)] for kind, model in models.items()}
-        warm = None
-        if any(SEARCHES.get(m, ("", ""))[1] == "warmup" for m, _ in todo):
-            first = models.get("markov") or models["bernoulli"]
-            warm = self.warmup(first)  # the same for every gate kind (their alpha have equal shapes)
+        # Warmed up on first use: a search cached by an earlier run needs none.
+        # The same for every gate kind (their alpha have equal shapes).
+        warm = functools.cache(lambda: self.warmup(models.get("markov") or models["bernoulli"]))
         l1_supernet = self.supernet("markov")
         pretrained.copy_weights_by_name(full, l1_supernet)
         l1_order = baselines.l1_channel_order(ChannelGraph(l1_supernet))
@@ -280,7 +280,10 @@ class Benchmark:
         return self.rows
 
     def searched_structures(self, budget, methods, models, initial, warm, full):
-        """Runs the searches `methods` need at `budget`; returns method -> (slim model, config, extra)."""
+        """Runs the searches `methods` need at `budget`; returns method -> (slim model, config, extra).
+
+        `warm()` gives the search state after the seed's warm-up.
+        """
         out = {}
         for search in sorted({SEARCHES[m] for m in methods if m in SEARCHES}):
             gate_kind, origin, init = search
@@ -289,7 +292,7 @@ class Benchmark:
             if cached is not None and cached.exists() and "dmcp_finetune" not in methods:
                 config, extra = json.loads(cached.read_text())  # the structure; its model is retrained anyway
             elif origin == "warmup":
-                config, extra = self.search(model, budget, init, state=warm)
+                config, extra = self.search(model, budget, init, state=warm())
             else:  # the trained full network instead of a warm-up
                 for variable, value in zip(_search_state(model), initial[gate_kind], strict=True):
                     variable.assign(value)

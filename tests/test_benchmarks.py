@@ -108,11 +108,20 @@ def test_accuracy_benchmark_every_method_tiny(tmp_path):
     # Rerun with the same settings: every model is in the file, nothing trains again.
     again = accuracy.main(args)
     assert again["rows"] == out["rows"]
+    # A run cut short after the searches: the missing model trains, no warm-up runs again.
+    (tmp_path / "acc.json.cache" / "seed0_warmup.npz").unlink()
+    saved["results"]["rows"] = [r for r in saved["results"]["rows"] if r["method"] != "uniform"]
+    (tmp_path / "acc.json").write_text(json.dumps(saved))
+    resumed = accuracy.main(args)
+    assert {r["method"] for r in resumed["rows"]} == set(rows)
+    retrained = next(r for r in resumed["rows"] if r["method"] == "uniform")
+    assert (retrained["config"], retrained["accuracy"]) == (rows["uniform"]["config"], rows["uniform"]["accuracy"])
+    assert not (tmp_path / "acc.json.cache" / "seed0_warmup.npz").exists()
     with pytest.raises(SystemExit, match="retrain_epochs"):  # other settings: refused, the file kept
         accuracy.main([a for a in args if not a.startswith("--retrain_epochs")] + ["--retrain_epochs=2"])
     redrawn = accuracy.main([f"--from_json={tmp_path / 'acc.json'}", f"--plot={tmp_path / 'again.png'}",
                              f"--trajectory_plots={tmp_path / 'traj'}"])
-    assert redrawn["summary"] == out["summary"] and (tmp_path / "again.png").exists()
+    assert redrawn["summary"] == resumed["summary"] and (tmp_path / "again.png").exists()
     assert (tmp_path / "traj" / "trajectory_dmcp_budget_0.5x.png").read_bytes()[:4] == b"\x89PNG"
     table = accuracy.tables(out["summary"], ["0.5x"], list(accuracy.METHODS))
     assert all(label in table for label in accuracy.METHODS.values()) and "Unpruned network" in table
