@@ -75,11 +75,7 @@ class Run:
     def start(self, name, argv, env, trace=None):
         folder = self.folder / name
         (folder / "tmp").mkdir(parents=True, exist_ok=True)
-        # TensorFlow's own kernels, as main.py leaves them on an AVX2 CPU: with oneDNN's
-        # (scripts/test.sh turns them on) two workers end 4% from one process and a resumed
-        # run is not bit-identical (docs/benchmarks.md section 7, README "Choices").
-        env = dict(env, TMPDIR=str(folder / "tmp"), TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT,
-                   TF_ENABLE_ONEDNN_OPTS="0")
+        env = dict(env, TMPDIR=str(folder / "tmp"), TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
         if trace:
             argv = ["strace", "-ff", "-qq", "-y", "--seccomp-bpf", "-e", "trace=" + ",".join(WRITE_CALLS), "-o", str(trace),
                     *argv]
