@@ -517,7 +517,7 @@ class Results:
 
     def __init__(self, args):
         self.path = pathlib.Path(args.json_out) if args.json_out else None
-        self.settings = _settings(args)
+        self.settings = json.loads(json.dumps(_settings(args)))  # as the file will hold it (tuples as lists)
         self.rows, self.minutes = [], 0.0
         if self.path is not None and self.path.exists():
             saved = json.loads(self.path.read_text())

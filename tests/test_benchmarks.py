@@ -263,3 +263,11 @@ def test_accuracy_settings_are_checked_before_training(capsys):
     with pytest.raises(SystemExit):
         accuracy.parse_args(["--channels=16,16,16", "--budgets=0.5x,0.1x"])
     assert "--budgets 0.1x" in capsys.readouterr().err and accuracy.parse_args(["--budgets=0.1x"]).channels == [20] * 3
+
+
+def test_accuracy_results_with_set_keys_continue(tmp_path):
+    argv = ["--set=retrain.weight_decay_type=coupled", f"--json_out={tmp_path / 'acc.json'}"]
+    accuracy.Results(accuracy.parse_args(argv)).write(accuracy.parse_args(argv), 0.0)
+    assert accuracy.Results(accuracy.parse_args(argv)).rows == []  # the file's settings read back as the same
+    with pytest.raises(SystemExit, match="set differ"):
+        accuracy.Results(accuracy.parse_args(["--set=retrain.weight_decay_type=decoupled", argv[1]]))
