@@ -188,8 +188,7 @@ class Benchmark:
         """
         began = time.time()
         if state is not None:
-            for variable, value in zip(_search_state(model), state, strict=True):
-                variable.assign(value)
+            _set_search_state(model, state)
         if start_step is not None:
             model.optimizer.iterations.assign(start_step)
         model.set_budget(budget)
@@ -203,13 +202,17 @@ class Benchmark:
                  "settling": trajectory_lib.settling(tracker.records, model.warmup_steps, model.total_steps)}
         return sampling.expected_config(model.graph), extra
 
-    def warmup(self, model):
-        """The warm-up shared by every search of this seed (cached); returns the search state after it."""
+    def warmup(self, model, initial):
+        """The warm-up shared by every search of this seed (cached), from the search state `initial`.
+
+        Returns the search state after it.
+        """
         path = self._cached("warmup.npz")
         if path is not None and path.exists():
             with np.load(path) as saved:
                 return [saved[f"v{i}"] for i in range(len(saved.files))]
         start = time.time()
+        _set_search_state(model, initial)
         model.fit(self.data.train_stream(0, model.warmup_steps), epochs=1, steps_per_epoch=model.warmup_steps,
                   shuffle=False, verbose=0)
         state = [v.numpy() for v in _search_state(model)]
@@ -239,9 +242,10 @@ class Benchmark:
         kinds = sorted({SEARCHES[m][0] for m, _ in todo if m in SEARCHES})
         models = {kind: self.search_model(kind) for kind in kinds}
         initial = {kind: [v.numpy() for v in _search_state(model)] for kind, model in models.items()}
-        # Warmed up on first use: a search cached by an earlier run needs none.
-        # The same for every gate kind (their alpha have equal shapes).
-        warm = functools.cache(lambda: self.warmup(models.get("markov") or models["bernoulli"]))
+        # Warmed up on first use (a search cached by an earlier run needs none), from the
+        # state as built. The same for every gate kind (their alpha have equal shapes).
+        kind = "markov" if "markov" in models else "bernoulli"
+        warm = functools.cache(lambda: self.warmup(models[kind], initial[kind]))
         l1_supernet = self.supernet("markov")
         pretrained.copy_weights_by_name(full, l1_supernet)
         l1_order = baselines.l1_channel_order(ChannelGraph(l1_supernet))
@@ -294,8 +298,7 @@ class Benchmark:
             elif origin == "warmup":
                 config, extra = self.search(model, budget, init, state=warm())
             else:  # the trained full network instead of a warm-up
-                for variable, value in zip(_search_state(model), initial[gate_kind], strict=True):
-                    variable.assign(value)
+                _set_search_state(model, initial[gate_kind])
                 pretrained.copy_weights_by_name(full, model.supernet)
                 config, extra = self.search(model, budget, init, start_step=model.warmup_steps)
             if cached is not None:
@@ -312,8 +315,7 @@ class Benchmark:
 
         `initial` is `model`'s search state as built (optimiser slots and counters at zero).
         """
-        for variable, value in zip(_search_state(model), initial, strict=True):
-            variable.assign(value)
+        _set_search_state(model, initial)
         pretrained.copy_weights_by_name(full, model.supernet)
         pretrained.sort_channels_by_l1(model.supernet)
         config, extra = self.search(model, budget, self.args.init, start_step=0)
@@ -326,6 +328,12 @@ class Benchmark:
 def _search_state(model):
     """The variables of everything a DMCP search carries from step to step (`DMCPModel.search_state`)."""
     return [v for part in model.search_state().values() for v in (part if isinstance(part, list) else part.variables)]
+
+
+def _set_search_state(model, values):
+    """Assigns `values` (as `_search_state` lists them) to `model`'s search state."""
+    for variable, value in zip(_search_state(model), values, strict=True):
+        variable.assign(value)
 
 
 def _compact(records):

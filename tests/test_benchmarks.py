@@ -117,11 +117,21 @@ def test_accuracy_benchmark_every_method_tiny(tmp_path):
     retrained = next(r for r in resumed["rows"] if r["method"] == "uniform")
     assert (retrained["config"], retrained["accuracy"]) == (rows["uniform"]["config"], rows["uniform"]["accuracy"])
     assert not (tmp_path / "acc.json.cache" / "seed0_warmup.npz").exists()
+    # Searches lost too: from_full searches first, the warm-up still starts from the state as built.
+    for method in ("from_full", "dmcp_budget"):
+        (tmp_path / "acc.json.cache" / f"seed0_search_markov_{accuracy.SEARCHES[method][1]}_budget_0.5x.json").unlink()
+    saved = json.loads((tmp_path / "acc.json").read_text())
+    saved["results"]["rows"] = [r for r in saved["results"]["rows"] if r["method"] not in ("from_full", "dmcp_budget")]
+    (tmp_path / "acc.json").write_text(json.dumps(saved))
+    latest = accuracy.main(args)
+    searched = {r["method"]: r for r in latest["rows"]}
+    assert searched["dmcp_budget"]["config"] == rows["dmcp_budget"]["config"]
+    assert searched["dmcp_budget"]["trajectory"] == rows["dmcp_budget"]["trajectory"]
     with pytest.raises(SystemExit, match="retrain_epochs"):  # other settings: refused, the file kept
         accuracy.main([a for a in args if not a.startswith("--retrain_epochs")] + ["--retrain_epochs=2"])
     redrawn = accuracy.main([f"--from_json={tmp_path / 'acc.json'}", f"--plot={tmp_path / 'again.png'}",
                              f"--trajectory_plots={tmp_path / 'traj'}"])
-    assert redrawn["summary"] == resumed["summary"] and (tmp_path / "again.png").exists()
+    assert redrawn["summary"] == latest["summary"] and (tmp_path / "again.png").exists()
     assert (tmp_path / "traj" / "trajectory_dmcp_budget_0.5x.png").read_bytes()[:4] == b"\x89PNG"
     table = accuracy.tables(out["summary"], ["0.5x"], list(accuracy.METHODS))
     assert all(label in table for label in accuracy.METHODS.values()) and "Unpruned network" in table
