@@ -250,6 +250,8 @@ def parse_args(argv=None):
                         help=f"comma-separated, from {sorted(MODELS)}")
     parser.add_argument("--mobilenet_batch", type=int, default=MODELS["mobilenet_v2"][1])
     parser.add_argument("--fashion_batch", type=int, default=MODELS["fashion_resnet"][1])
+    parser.add_argument("--fashion_channels", default="",
+                        help="fashion_resnet's channels per stage, comma-separated (default: the model's 32,64,128)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps of each kind (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps of each kind after tracing")
     parser.add_argument("--profile", choices=("auto", "always", "never"), default="auto",
@@ -267,6 +269,10 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     batches = {"mobilenet_v2": args.mobilenet_batch, "fashion_resnet": args.fashion_batch}
+    builders = {}
+    if args.fashion_channels:
+        channels = tuple(int(c) for c in args.fashion_channels.split(","))
+        builders["fashion_resnet"] = lambda gate_kind: fashion_resnet(channels=channels, gate_kind=gate_kind)
     results = []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         if name not in MODELS:
@@ -274,7 +280,7 @@ def main(argv=None):
         print(f"[step_time] {name}: tracing and timing ({args.steps} steps each, interleaved)...", flush=True)
         with dtype_policy(args.mixed_precision):
             result = benchmark_model(name, batch=batches[name], steps=args.steps, warmup=args.warmup,
-                                     profile=args.profile, target_ratio=args.target_ratio)
+                                     profile=args.profile, target_ratio=args.target_ratio, builder=builders.get(name))
         result["mixed_precision"] = args.mixed_precision
         results.append(result)
         print(f"[step_time] {name}: plain {result['plain_s']:.3f} s, DMCP {result['dmcp_s']:.3f} s "

@@ -52,7 +52,8 @@ class Cost:
 
     def expected(self, graph):
         """The expected cost (a scalar tensor), differentiable in every gate's alpha."""
-        return self._total(graph, graph.expected_count)
+        widths = graph.expected_widths()  # once per gate: a layer sees several gates, a gate many layers
+        return self._total(graph, lambda layout: graph.expected_count(layout, widths))
 
     def per_layer(self, graph, config=None):
         """`[(layer name, cost)]`, one entry per costed layer call, under `config`."""

@@ -228,20 +228,26 @@ def test_keras_mobilenet_v2_groups_are_the_coupled_sets():
 @pytest.mark.slow
 def test_keras_application_search_rebuild_and_tflite(tmp_path):
     from dmcp_tf.deploy import export
-    from dmcp_tf.search.supernet import default_arch_optimizer, default_weight_optimizer
+    from dmcp_tf.search.supernet import default_weight_optimizer
 
     keras.utils.set_random_seed(0)
     backbone = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.5, weights=None, classes=4)
     x, y = blob_data(np.random.default_rng(0), 256, (32, 32, 3))
-    model = make_supernet(backbone, budget="0.5x", total_steps=32, warmup_fraction=0.25)
+    # No warm-up: the search step (weights and gates) is traced once; tracing a 50-gate model is the cost here.
+    model = make_supernet(backbone, budget="0.5x", total_steps=16, warmup_fraction=0.0)
     assert model.outputs_probabilities  # keras.applications end in a softmax
-    model.compile(weight_optimizer=default_weight_optimizer(32, 0.05), arch_optimizer=default_arch_optimizer(24, 2.0, 0.5))
-    model.initialize_gates("budget")  # a search of a few dozen steps starts at the budget, not below it
-    model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    model.compile(weight_optimizer=default_weight_optimizer(16, 0.05))
+    model.initialize_gates("budget")
+    alphas = [g.alpha.numpy() for g in model.gates]
+    history = model.fit(x, y, batch_size=16, epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"][-1]) and np.isfinite(history["arch_loss"][-1])
+    assert any(not np.allclose(a, g.alpha.numpy()) for a, g in zip(alphas, model.gates))  # the gates moved
     config = sampling.expected_config(model.graph)
     slim = rebuild(model.supernet, config)
     slim_flops = ChannelGraph(slim).flops()
-    assert slim_flops == pytest.approx(0.5 * ChannelGraph(backbone).flops(), rel=0.03)
+    assert slim_flops == model.graph.flops(config)  # the slim model costs what the search counted
+    # 16 steps from the budget's uniform width on untrained weights: near the budget, not settled.
+    assert slim_flops == pytest.approx(0.5 * ChannelGraph(backbone).flops(), rel=0.15)
     path = export.export_tflite(slim, tmp_path / "slim.tflite")
     parity = export.tflite_parity(path, slim, x[:64], outputs_are_logits=False)
     assert parity.top1_agreement >= 0.99

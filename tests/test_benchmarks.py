@@ -46,7 +46,8 @@ def test_step_time_plain_and_dmcp_with_profile(tmp_path):
 @pytest.mark.slow
 def test_onednn_times_both_settings_in_alternation(tmp_path, capsys):
     out = tmp_path / "onednn.json"
-    results = onednn.main(["--rounds=1", "--steps=1", "--fashion_batch=2", "--warmup=0", f"--json_out={out}"])
+    results = onednn.main(["--rounds=1", "--steps=1", "--fashion_batch=2", "--fashion_channels=16", "--warmup=0",
+                           f"--json_out={out}"])
     assert [r["step"] for r in results] == ["plain_s", "dmcp_s"]
     for result in results:
         assert [len(result["rounds"][name]) for name in ("off", "on")] == [1, 1]
@@ -80,7 +81,7 @@ def test_accuracy_benchmark_every_method_tiny(tmp_path):
     (tmp_path / "fashion").mkdir()
     data_dir = learnable_fashion_mnist(tmp_path / "fashion")
     args = [
-        "--seeds=0", "--budgets=0.5x", "--channels=16,32", "--blocks=1", "--train_limit=256", "--test_limit=128",
+        "--seeds=0", "--budgets=0.5x", "--channels=16", "--blocks=1", "--train_limit=256", "--test_limit=128",
         f"--methods={','.join(accuracy.METHODS)}",
         "--batch_size=32", "--search_epochs=2", "--retrain_epochs=1", "--tolerance=0.1",
         f"--data_dir={data_dir}", f"--plot={tmp_path / 'acc.png'}", f"--json_out={tmp_path / 'acc.json'}",

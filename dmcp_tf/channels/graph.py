@@ -386,12 +386,16 @@ class ChannelGraph:
     def count(self, layout, config=None):
         return sum(self.kept(s, config) for s in layout)
 
-    def expected_count(self, layout):
-        """Expected channels of a layout, differentiable in the gates' alpha."""
+    def expected_widths(self):
+        """`{gate name: expected channels}`, differentiable in the gates' alpha."""
+        return {g.name: g.expected_channels() for g in self.gates}
+
+    def expected_count(self, layout, widths):
+        """Expected channels of a layout, given the gates' `expected_widths()`."""
         total = 0.0
         for s in layout:
             gate = self.space(s).gate
-            total = total + (gate.expected_channels() if gate is not None else self.space(s).size)
+            total = total + (widths[gate.name] if gate is not None else self.space(s).size)
         return total
 
     def kept_indices(self, layout, config=None, expansion=1, order=None):
