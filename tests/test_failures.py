@@ -99,3 +99,20 @@ def test_a_lambda_layer_is_copied_without_deserialising_its_bytecode():
     gated = dmcp_tf.insert_gates(model, width=(0.25, 1.0, 0.25))  # raised a safe-mode error before
     images = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
     np.testing.assert_allclose(gated(images), model(images), atol=1e-5)
+
+
+def test_weights_that_explode_behind_batch_norm_stop_training_at_the_epoch_end():
+    import keras
+    import numpy as np
+
+    from dmcp_tf.run.trainer import NonFiniteGuard, TrainingDivergedError
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.BatchNormalization()(keras.layers.Dense(3, name="dense")(inputs)))
+    model.compile(optimizer="sgd", loss="mse")
+    guard = NonFiniteGuard("retrain", "retrain.learning_rate")
+    guard.set_model(model)
+    guard.on_epoch_end(0)  # finite weights: nothing happens
+    model.get_layer("dense").kernel.assign(np.full((4, 3), np.inf, "float32"))
+    with pytest.raises(TrainingDivergedError, match="dense/kernel is no longer finite at the end of epoch 2"):
+        guard.on_epoch_end(1)

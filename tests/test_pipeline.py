@@ -18,7 +18,7 @@ from tests.helpers import learnable_fashion_mnist, main_in_process
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
     "--config.data.train_limit=512", "--config.data.test_limit=256", "--config.data.batch_size=64",
-    "--config.model.options.channels=(16, 32, 64)",
+    "--config.model.options.channels=(16, 32)",
     "--config.search.epochs=2", "--config.search.steps_per_epoch=4", "--config.search.trajectory_every_steps=2",
     "--config.retrain.epochs=1", "--config.retrain.steps_per_epoch=8",
     "--config.sample.statistics_samples=300", "--config.sample.calibration_batches=2",
@@ -259,7 +259,7 @@ def test_search_from_a_trained_model_starts_from_its_sorted_weights(tmp_path, da
     from dmcp_tf.models import fashion_resnet
 
     keras.utils.set_random_seed(3)
-    trained = rebuild(fashion_resnet(channels=(16, 32, 64)), copy_weights=False, name="trained")
+    trained = rebuild(fashion_resnet(channels=(16, 32)), copy_weights=False, name="trained")
     trained.save(tmp_path / "trained.keras")
     run_dir = tmp_path / "run"
     code, out = main(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--mode=search", *TINY,
@@ -282,7 +282,7 @@ def test_fine_tuning_can_inherit_the_trained_models_l1_largest_channels(tmp_path
     from dmcp_tf.search.pretrained import load_initial_weights
 
     keras.utils.set_random_seed(4)
-    trained = rebuild(fashion_resnet(channels=(16, 32, 64)), copy_weights=False, name="trained")
+    trained = rebuild(fashion_resnet(channels=(16, 32)), copy_weights=False, name="trained")
     trained.save(tmp_path / "trained.keras")
     run_dir, flags = tmp_path / "run", [f"--data_dir={data_dir}", f"--run_dir={tmp_path / 'run'}", *TINY,
                                         f"--config.search.initial_weights={tmp_path / 'trained.keras'}"]
@@ -295,9 +295,9 @@ def test_fine_tuning_can_inherit_the_trained_models_l1_largest_channels(tmp_path
     assert code == 0 and "inherits the weights of" in out, out
     slim = keras.models.load_model(run_dir / "slim.keras", compile=False)
     supernet = keras.models.load_model(run_dir / "supernet.keras", compile=False)
-    sorted_trained = build_supernet("fashion_resnet", channels=(16, 32, 64))
+    sorted_trained = build_supernet("fashion_resnet", channels=(16, 32))
     load_initial_weights(sorted_trained, tmp_path / "trained.keras")  # each gate's channels by L1 norm, as the search
-    for layer in ("stem_conv", "stage3_block1_conv1_conv"):
+    for layer in ("stem_conv", "stage2_block1_conv1_conv"):
         kernel = slim.get_layer(layer).kernel.numpy()
         kept = kernel.shape[-1]
         assert kept < sorted_trained.get_layer(layer).kernel.shape[-1], layer  # pruned

@@ -13,6 +13,7 @@ import json
 import math
 
 import keras
+import numpy as np
 
 from dmcp_tf.run import distributed
 from dmcp_tf.run.checkpoints import CheckpointCallback, CheckpointManager
@@ -133,8 +134,12 @@ class TrainingDivergedError(RuntimeError):
 
 
 class NonFiniteGuard(keras.callbacks.Callback):
-    """Stops training at the first non-finite loss (or expected MACs) with `TrainingDivergedError`.
+    """Stops training with `TrainingDivergedError` at the first non-finite loss (or expected
+    MACs), or at the end of an epoch whose weights are no longer all finite.
 
+    Batch norm can keep the loss finite while the weights before it explode to
+    infinity (a learning rate far too high); such a model would be saved and then
+    crash the TFLite interpreter, so the weights are checked once an epoch.
     Put it before the checkpoint callback: the step that diverged is then not
     saved, and the earlier checkpoints stay.
 
@@ -152,8 +157,18 @@ class NonFiniteGuard(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         for key in self.WATCHED:
             if key in (logs or {}) and not math.isfinite(float(logs[key])):
-                step = int(self.model.optimizer.iterations.numpy())
-                raise TrainingDivergedError(
-                    f"The {self.stage} diverged at step {step}: {key} is {float(logs[key])}. Nothing of this "
-                    f"step was saved (earlier checkpoints are kept). Lower the learning rate "
-                    f"(--config.{self.learning_rate_key}) and redo this step with --mode={self.stage} --overwrite.")
+                self._stop(f"{key} is {float(logs[key])}. Nothing of this step was saved (earlier checkpoints "
+                           "are kept)")
+
+    def on_epoch_end(self, epoch, logs=None):
+        for weight in self.model.weights:
+            if not np.all(np.isfinite(keras.ops.convert_to_numpy(weight))):
+                self._stop(f"the weight {weight.path} is no longer finite at the end of epoch {epoch + 1} (the "
+                           "loss can stay finite behind batch norm). The epoch's end was not saved; checkpoints "
+                           "from within it may hold such weights")
+
+    def _stop(self, what):
+        step = int(self.model.optimizer.iterations.numpy())
+        raise TrainingDivergedError(
+            f"The {self.stage} diverged at step {step}: {what}. Lower the learning rate "
+            f"(--config.{self.learning_rate_key}) and redo this step with --mode={self.stage} --overwrite.")
