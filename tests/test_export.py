@@ -13,6 +13,10 @@ from ai_edge_litert.interpreter import Interpreter
 
 from dmcp_tf.deploy import export
 
+# The whole module on one xdist worker: its module-scoped fixture (a model and its TFLite files)
+# is then built once, not once per worker.
+pytestmark = pytest.mark.xdist_group("export")
+
 
 def _tiny_model(extra_layer=None):
     """Input(16,16,3) -> Conv -> BN -> ReLU [-> extra] -> DWConv -> 1x1 Conv -> GAP -> Dense(5) logits.

@@ -25,6 +25,10 @@ from tests.helpers import blob_data, learnable_fashion_mnist, randomize_batch_no
 from tests.test_pipeline import TINY, main
 from tests.test_slicing import masked_and_sliced
 
+# The whole module on one xdist worker: its module-scoped fixture (a bfloat16 search)
+# is then built once, not once per worker.
+pytestmark = pytest.mark.xdist_group("mixed_precision")
+
 BF16_STEP = 2.0 ** -8  # the relative spacing of bfloat16 numbers
 
 

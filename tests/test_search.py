@@ -7,6 +7,10 @@ from dmcp_tf.search.gates import BernoulliGate
 from dmcp_tf.search.supernet import DMCPModel, default_arch_optimizer
 from tests.helpers import blob_data, tiny_supernet
 
+# The whole module on one xdist worker: its module-scoped fixture (a search)
+# is then built once, not once per worker.
+pytestmark = pytest.mark.xdist_group("search")
+
 
 def searched_model(gate_cls=None, epochs=10, total_steps=160, warmup_fraction=0.25, seed=0):
     keras.utils.set_random_seed(seed)
