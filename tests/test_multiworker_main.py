@@ -47,8 +47,9 @@ TIMEOUT = 900  # seconds for one two-process run (measured up to 6 min on a mach
 # steps 2e-4, 3e-4, 4e-3. A one-process run whose batch norm merely takes the
 # synchronized formula differs from the plain one by as much (3.6e-4 on the expected
 # MACs over 4 steps): rounding, amplified by the large architecture learning rate, not
-# another algorithm. The tolerances are about 8x the largest of those differences and
-# still about 60x below a gate fraction step that moves one channel of 16 (0.0625).
+# another algorithm. The tolerances are about 8x the three-stage differences over the 2
+# steps this test runs and still about 60x below a gate fraction step that moves one
+# channel of 16 (0.0625).
 TOLERANCES = {"expected_cost_rel": 1e-3, "fraction_abs": 1e-3, "alpha_abs": 1e-2}
 # strace: the write-like calls of the non-chief worker (successful ones are checked).
 WRITE_CALLS = ("open", "openat", "openat2", "creat", "mkdir", "mkdirat", "rename", "renameat", "renameat2",
