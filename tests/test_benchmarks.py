@@ -273,7 +273,7 @@ def test_accuracy_settings_are_checked_before_training(capsys):
     # 16 channels on the 10% grid keep at least 7 (groups of one channel): 0.1x is out of reach.
     with pytest.raises(SystemExit):
         accuracy.parse_args(["--channels=16,16,16", "--budgets=0.5x,0.1x"])
-    assert "--budgets 0.1x" in capsys.readouterr().err and accuracy.parse_args(["--budgets=0.1x"]).channels == [20] * 3
+    assert "--budgets 0.1x" in capsys.readouterr().err and accuracy.parse_args(["--budgets=0.1x"]).channels == [10] * 3
 
 
 def test_accuracy_results_with_set_keys_continue(tmp_path):
@@ -282,3 +282,21 @@ def test_accuracy_results_with_set_keys_continue(tmp_path):
     assert accuracy.Results(accuracy.parse_args(argv)).rows == []  # the file's settings read back as the same
     with pytest.raises(SystemExit, match="set differ"):
         accuracy.Results(accuracy.parse_args(["--set=retrain.weight_decay_type=decoupled", argv[1]]))
+
+
+def test_accuracy_results_ignore_the_default_runs_keys_the_benchmark_sets(tmp_path):
+    """Retuning configs/fashion_mnist.py's supernet, budget or epochs (the benchmark's flags replace them) keeps a
+    file valid, also one written when those keys were part of its identity; any other config key does not."""
+    argv = [f"--json_out={tmp_path / 'acc.json'}"]
+    accuracy.Results(accuracy.parse_args(argv)).write(accuracy.parse_args(argv), 0.0)
+    saved = json.loads((tmp_path / "acc.json").read_text())
+    config = saved["settings_identity"]["config"]
+    assert "options" not in config["model"] and "steps_per_epoch" not in config["search"]
+    config["model"]["options"] = {"channels": [32, 64, 128]}  # as files written before held them
+    config["search"].update(budget="0.3x", epochs=5, steps_per_epoch=234)
+    (tmp_path / "acc.json").write_text(json.dumps(saved))
+    assert accuracy.Results(accuracy.parse_args(argv)).rows == []
+    config["retrain"]["learning_rate"] = 1.0  # a key the benchmark trains with
+    (tmp_path / "acc.json").write_text(json.dumps(saved))
+    with pytest.raises(SystemExit, match="config differ"):
+        accuracy.Results(accuracy.parse_args(argv))

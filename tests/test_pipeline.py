@@ -117,7 +117,7 @@ def test_a_report_this_run_did_not_write_is_not_replaced(tmp_path, data_dir):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "report.md").write_text("my notes")
-    code, out = main(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--mode=search", *TINY)
+    code, out = main_in_process(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--mode=search", *TINY)
     assert code == 2 and "report.md that no run of this config wrote" in out and "Traceback" not in out
     assert (run_dir / "report.md").read_text() == "my notes"
 
