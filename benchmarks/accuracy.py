@@ -18,8 +18,9 @@ config's hyperparameters (`--set` changes any of them):
                    of largest L1 norm in the trained unpruned network, fine-tuned
   dmcp_pretrained  DMCP from the trained unpruned network: channels sorted by L1
                    norm, the gates searched on its frozen weights (architecture
-                   stage only, `search.train_weights=False`, the budget weight
-                   adapting with `--pretrained_budget_weight_growth`), the slim model
+                   stage only, `search.train_weights=False`, every step projected
+                   back onto the budget: `DMCPModel(project_to_budget)`), its widths
+                   scaled together to the budget (`sample.fit_to_budget`), the slim model
                    fine-tuned from the inherited channels after batch-norm
                    calibration for as many epochs as `l1`
   dmcp_l1          `dmcp_budget`'s structure (searched from scratch), each layer keeping
@@ -174,8 +175,6 @@ class Benchmark:
         keras.utils.set_random_seed(self.seed)
         search = self.config.search.copy_and_resolve_references()
         search.train_weights = train_weights
-        if not train_weights:
-            search.budget_weight_growth = self.args.pretrained_budget_weight_growth
         if epochs is not None:
             search.epochs = epochs
         return recipes.build_search_model(self.supernet(gate_kind), search, self.steps, seed=self.seed)
@@ -319,6 +318,8 @@ class Benchmark:
         pretrained.copy_weights_by_name(full, model.supernet)
         pretrained.sort_channels_by_l1(model.supernet)
         config, extra = self.search(model, budget, self.args.init, start_step=0)
+        if self.config.sample.fit_to_budget:  # as the pipeline samples with this config
+            config, _ = sampling.fit_to_budget(model.graph, config, model.target)
         slim = rebuild(model.supernet, config)
         calibration.calibrate_batch_norm(slim, self.data.calibration_batches(20))
         extra["inherited_accuracy"] = recipes.evaluate(slim, self.data.test)["accuracy"]
@@ -417,8 +418,6 @@ def parse_args(argv=None):
     parser.add_argument("--test_limit", type=int, default=0, help="test images used (0: all 10,000)")
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--search_epochs", type=int, default=2, help="search epochs (half of them warm-up)")
-    parser.add_argument("--pretrained_budget_weight_growth", type=float, default=0.1,
-                        help="search.budget_weight_growth of dmcp_pretrained's frozen-weight search")
     parser.add_argument("--pretrained_search_epochs", type=int, default=1,
                         help="dmcp_pretrained's search epochs on frozen weights (architecture steps only)")
     parser.add_argument("--retrain_epochs", type=int, default=3, help="training epochs of every model")

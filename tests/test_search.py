@@ -56,12 +56,12 @@ def test_evaluate_runs_the_full_network(searched):
     assert result["accuracy"] == pytest.approx(np.mean(logits.argmax(-1) == y))
 
 
-def frozen_search(growth, steps, init="full", budget="0.25x"):
+def frozen_search(growth, steps, init="full", budget="0.25x", project=False):
     """A frozen-weight search of `steps` one-batch epochs (a history entry per step), gates learning slowly."""
     keras.utils.set_random_seed(0)
     x, y = blob_data(np.random.default_rng(0), 32)
     model = DMCPModel(tiny_supernet(), budget=budget, total_steps=steps, train_weights=False,
-                      budget_weight_growth=growth)
+                      budget_weight_growth=growth, project_to_budget=project)
     model.compile(arch_optimizer=default_arch_optimizer(steps, 0.05, 0.05))
     model.initialize_gates(init)
     return model, model.fit(x, y, batch_size=32, epochs=steps, verbose=0).history
@@ -90,6 +90,34 @@ def test_budget_weight_grows_while_above_the_budget_and_stays_put_below_it():
     below, below_history = frozen_search(0.5, 6, init="authors", budget="0.5x")
     assert max(below_history["expected_cost"]) < below.target
     np.testing.assert_allclose(below_history["budget_weight"], 0.1, rtol=1e-6)
+
+
+@pytest.mark.parametrize("init, budget", [("full", "0.25x"), ("authors", "0.6x")])
+def test_projection_holds_a_frozen_search_on_its_budget(init, budget):
+    model, history = frozen_search(0.0, 6, init=init, budget=budget, project=True)
+    costs = np.asarray(history["expected_cost"]) / model.target  # each before its step's update
+    assert costs[0] > 3 if init == "full" else costs[0] < 0.8, costs  # it started far from the budget
+    assert np.all((costs[1:] > 0.95 - 1e-3) & (costs[1:] < 1 + 1e-3)), costs
+    assert 0.95 - 1e-3 < float(model.graph.expected_flops()) / model.target < 1 + 1e-3
+    unprojected, unprojected_history = frozen_search(0.0, 6, init=init, budget=budget, project=False)
+    assert not 0.9 < unprojected_history["expected_cost"][-1] / model.target < 1.1  # the budget loss alone does not
+
+
+def test_projection_shifts_every_alpha_by_one_amount():
+    model = DMCPModel(tiny_supernet(), budget="0.3x", total_steps=1, train_weights=False)
+    assert model.project_to_budget  # the default of a frozen-weight search
+    rng = np.random.default_rng(1)
+    for gate in model.gates:
+        gate.alpha.assign(rng.normal(2.0, 1.0, gate.alpha.shape).astype("float32"))
+    before = np.concatenate([v.numpy() for v in model.arch_variables])
+    assert float(model.graph.expected_flops()) > 1.5 * model.target
+    model._project_to_budget()
+    shift = np.concatenate([v.numpy() for v in model.arch_variables]) - before
+    np.testing.assert_allclose(shift, shift[0], atol=1e-5)  # the gates' relative widths are kept
+    assert shift[0] < 0 and 0.95 - 1e-3 < float(model.graph.expected_flops()) / model.target < 1 + 1e-3
+    within = np.concatenate([v.numpy() for v in model.arch_variables])
+    model._project_to_budget()  # inside the band: nothing moves
+    np.testing.assert_array_equal(np.concatenate([v.numpy() for v in model.arch_variables]), within)
 
 
 def test_warmup_trains_weights_only():

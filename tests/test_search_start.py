@@ -137,13 +137,15 @@ def test_kaiming_fan_out_initialisation():
 
 
 @pytest.mark.parametrize("ratio, growth, advice", [
-    (1.0, 0.0, None), (1.05, 0.0, None),
+    (1.0, 0.0, None), (1.05, 0.0, None), (0.92, 0.0, None),
     (1.8, 0.0, "--config.search.budget_weight_growth=0.1"),
     (1.8, 0.1, "raise --config.search.budget_weight_growth"),
+    (0.57, 0.1, "--config.search.init=budget"),
 ])
-def test_a_search_that_ends_above_its_budget_is_named_with_the_key_that_helps(ratio, growth, advice):
+def test_a_search_that_ends_off_its_budget_is_named_with_the_key_that_helps(ratio, growth, advice):
     message = trajectory_lib.budget_verdict(ratio, growth)
     if advice is None:
         assert message is None
     else:
-        assert "missed its budget" in message and "1.80x" in message and advice in message
+        named = "missed its budget" if ratio > 1 else "stopped short of its budget"
+        assert named in message and f"{ratio:.2f}x" in message and advice in message

@@ -56,7 +56,8 @@ def base_config():
     c.search.initial_weights = "" # a trained model (.keras) whose weights the search starts from
     c.search.sort_initial_channels = True  # with initial_weights: order each layer's channels by L1 norm first
     c.search.train_weights = True  # False (with initial_weights): the gates learn on frozen trained weights,
-                                   # no warm-up; then retrain.from_scratch=False fine-tunes those weights
+                                   # no warm-up, every step projected onto the budget (DMCPModel
+                                   # project_to_budget); then retrain.from_scratch=False fine-tunes them
     c.search.learning_rate = 0.1
     c.search.warmup_epochs = 0.0  # linear learning-rate warm-up ...
     c.search.warmup_start_learning_rate = 0.0  # ... from this rate to `learning_rate`

@@ -193,9 +193,11 @@ class ChannelGate(keras.layers.Layer):
             raise ValueError(f"Gate {self.name!r}: {error}") from None
         # float32 under a mixed dtype policy too (no autocast): probabilities and
         # expected costs stay float32; `call` casts them to the activations' dtype.
+        # Every replica computes the same `alpha`: an assignment inside the step (the
+        # budget projection) takes the first replica's value.
         self.alpha = self.add_weight(
             name="alpha", shape=(self.num_groups,), trainable=True, dtype="float32", autocast=False,
-            initializer=keras.initializers.Constant(self.initial_alpha),
+            initializer=keras.initializers.Constant(self.initial_alpha), aggregation="only_first_replica",
         )
         self.alpha.is_architecture = True
 

@@ -48,6 +48,14 @@ def default_arch_optimizer(search_steps, learning_rate=0.5, final_learning_rate=
     return keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, name="arch_sgd")
 
 
+# `DMCPModel._project_to_budget`: Newton steps on the common shift of `alpha`
+# (one architecture step moves the cost a little and two reach the band; five
+# bring a start at full width, 4x the budget, into it at once), and the largest
+# shift of one step (a logit of 2 moves a transition probability from 0.5 to 0.88).
+PROJECTION_STEPS = 5
+MAX_PROJECTION_SHIFT = 2.0
+
+
 class DMCPModel(keras.Model):
     """A supernet trained by DMCP's alternating step.
 
@@ -80,6 +88,15 @@ class DMCPModel(keras.Model):
             weights as they are (no weight stage, no warm-up): widths for a trained
             network whose weights should not move. Batch-norm statistics still
             follow the batches; calibrate them before evaluating a sub-network.
+        project_to_budget: after every architecture step, shift every gate's
+            `alpha` by one common amount so that the expected cost returns into
+            the budget loss' flat band `[0.95 T, T]` (a few Newton steps on the
+            shift). The budget then holds at every step and the task gradient only
+            moves widths between layers. None (default) projects when
+            `train_weights` is False: on frozen trained weights the task loss pulls
+            every gate towards full width, and the budget loss alone lets the cost
+            run far above the target, or, with `budget_weight_growth`, overshoot
+            far below it with the gates saturated.
         slice_subnetworks: run the weight stage's sub-networks at their real width
             (sliced kernels) where the graph allows it; otherwise, or when False,
             they run at full width with pruned channels zeroed (masking).
@@ -106,6 +123,7 @@ class DMCPModel(keras.Model):
         uniform_decay_every=10,
         seed=0,
         train_weights=True,
+        project_to_budget=None,
         slice_subnetworks=True,
         name="dmcp",
         **kwargs,
@@ -133,6 +151,7 @@ class DMCPModel(keras.Model):
         self.total_steps = int(total_steps)
         self.train_weights = bool(train_weights)
         self.warmup_steps = int(round(warmup_fraction * total_steps)) if train_weights else 0
+        self.project_to_budget = not self.train_weights if project_to_budget is None else bool(project_to_budget)
         self.budget_weight = float(budget_weight)
         if budget_weight_growth < 0:
             raise ValueError(f"budget_weight_growth must be >= 0, got {budget_weight_growth}.")
@@ -291,6 +310,8 @@ class DMCPModel(keras.Model):
         self._apply(self.arch_optimizer, tape.gradient(scaled, self.arch_variables), self.arch_variables)
         if self.budget_weight_growth:
             self._adapt_budget_weight(expected)
+        if self.project_to_budget:
+            self._project_to_budget()
         if not self.train_weights:  # the only forward pass of the step
             self.trackers["accuracy"].update_state(y, logits)
         self.trackers["arch_loss"].update_state(loss)
@@ -303,6 +324,23 @@ class DMCPModel(keras.Model):
         grown = self._budget_multiplier * ops.exp(self.budget_weight_growth * ops.minimum(excess, 10.0))
         self._budget_multiplier.assign(ops.clip(grown, self.budget_weight, 1e4 * self.budget_weight))
         self.trackers["budget_weight"].update_state(self._budget_multiplier)
+
+    def _project_to_budget(self):
+        """Shifts every gate's `alpha` by one common offset `c` so that `0.95 T <= E[cost] <= T`.
+
+        `E` increases with `c`; each Newton step aims at the nearest edge of the
+        band (no move inside it), and a step is at most `MAX_PROJECTION_SHIFT`
+        (saturated gates make the slope tiny).
+        """
+        for _ in range(PROJECTION_STEPS):
+            with tf.GradientTape() as tape:
+                expected = ops.cast(self.cost.expected(self.graph), "float32")
+            slope = sum(ops.sum(g) for g in tape.gradient(expected, self.arch_variables))
+            goal = ops.clip(expected, 0.95 * self._target, self._target)
+            shift = ops.clip((goal - expected) / ops.maximum(slope, 1e-12 * self._target),
+                             -MAX_PROJECTION_SHIFT, MAX_PROJECTION_SHIFT)
+            for variable in self.arch_variables:
+                variable.assign_add(ops.broadcast_to(shift, variable.shape))
 
     @staticmethod
     def _scaled(optimizer, loss):

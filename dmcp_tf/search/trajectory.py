@@ -99,15 +99,24 @@ def verdict(change, threshold=SETTLED_THRESHOLD):
 # budget: expected sampling rounds the expected widths by under a channel per gate,
 # which moves the cost by a few percent at most, never by a fifth.
 MISSED_BUDGET_RATIO = 1.05
+# ... and below this, it stopped short of it: the budget loss is flat on [0.95, 1]
+# of the target, and rounding moves the cost by a few percent more.
+SHORT_OF_BUDGET_RATIO = 0.9
 
 
 def budget_verdict(expected_over_budget, growth):
-    """A warning for the report and log when the search ended above its budget; None when it met it.
+    """A warning for the report and log when the search ended off its budget; None when it met it.
 
     Args:
         expected_over_budget: the expected cost at the end of the search over the target.
         growth: the search's `budget_weight_growth`.
     """
+    if expected_over_budget < SHORT_OF_BUDGET_RATIO:
+        return (f"**Warning: the search stopped short of its budget**: its expected cost ended at "
+                f"{expected_over_budget:.2f}x the target, so the sampled structure leaves part of the budget "
+                "unspent. Run the search longer (--config.search.epochs), start it at the budget "
+                "(--config.search.init=budget), or scale the structure up to the budget "
+                "(--config.sample.fit_to_budget=True).")
     if expected_over_budget <= MISSED_BUDGET_RATIO:
         return None
     advice = ("let the budget weight grow while the cost is above the budget: "

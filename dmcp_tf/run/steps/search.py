@@ -23,7 +23,8 @@ def run(ctx):
     if s.initial_weights:
         pretrained.load_initial_weights(model.supernet, s.initial_weights, sort_channels=s.sort_initial_channels)
         ctx.log(f"search starts from the weights of {s.initial_weights}"
-                + ("" if s.train_weights else "; they stay frozen, only the gates learn"))
+                + ("" if s.train_weights else "; they stay frozen, only the gates learn, every step "
+                                             "projected back onto the budget"))
     start_cost = model.initialize_gates(s.init)
     ctx.log(f"search start {s.init!r}: expected {model.cost.unit} {start_cost / model.target:.3f} of the budget")
     resumed = ctx.trainer.resume("search", model.search_state(), ctx.trainer.identity("search", steps),
