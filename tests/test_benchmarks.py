@@ -300,3 +300,14 @@ def test_accuracy_results_ignore_the_default_runs_keys_the_benchmark_sets(tmp_pa
     (tmp_path / "acc.json").write_text(json.dumps(saved))
     with pytest.raises(SystemExit, match="config differ"):
         accuracy.Results(accuracy.parse_args(argv))
+
+
+def test_accuracy_results_take_flags_added_since_at_their_defaults(tmp_path):
+    argv = [f"--json_out={tmp_path / 'acc.json'}"]
+    accuracy.Results(accuracy.parse_args(argv)).write(accuracy.parse_args(argv), 0.0)
+    saved = json.loads((tmp_path / "acc.json").read_text())
+    del saved["settings_identity"]["pretrained_arch_learning_rate"]  # a file written before the flag
+    (tmp_path / "acc.json").write_text(json.dumps(saved))
+    assert accuracy.Results(accuracy.parse_args(argv)).rows == []
+    with pytest.raises(SystemExit, match="pretrained_arch_learning_rate differ"):
+        accuracy.Results(accuracy.parse_args([*argv, "--pretrained_arch_learning_rate=2.0"]))

@@ -267,6 +267,8 @@ def test_search_from_a_trained_model_starts_from_its_sorted_weights(tmp_path, da
                      "--config.search.train_weights=False")
     assert code == 0, out
     assert "search starts from the weights of" in out and "they stay frozen" in out
+    search = json.loads((run_dir / "search.json").read_text())  # projected onto the budget at every step
+    assert 0.95 - 1e-3 <= search["expected_cost"] / search["target"] <= 1 + 1e-3, search["expected_cost"]
     supernet = keras.models.load_model(run_dir / "supernet.keras", safe_mode=True, compile=False)
     # Frozen weights: the kernels are the trained ones, every gate's channels sorted by L1 norm.
     for name, order in baselines.l1_channel_order(ChannelGraph(supernet)).items():

@@ -61,6 +61,7 @@ def test_trajectory_records_the_search_and_tells_if_it_settled(tmp_path):
     last = [r for r in tracker.records if r["step"] >= 25]
     assert change == pytest.approx(max(np.ptp([r["fractions"][g.name] for r in last]) for g in model.gates))
     assert "still moving" in trajectory_lib.verdict(0.05) and "settled" in trajectory_lib.verdict(0.01)
+    assert all(key in trajectory_lib.verdict(0.05) for key in ("--config.search.epochs", "arch_learning_rate"))
     assert trajectory_lib.settling(tracker.records[:1], 10, 40) is None
 
 

@@ -92,7 +92,8 @@ def verdict(change, threshold=SETTLED_THRESHOLD):
                 f"expected width moved by more than {change:.3f} of its channels (threshold {threshold}).")
     return (f"**Warning: the search was still moving** (a gate's expected width changed by {change:.3f} of its "
             f"channels over the last {SETTLING_WINDOW:.0%} of the search steps; threshold {threshold}). "
-            "Run it longer: --config.search.epochs.")
+            "Run it longer: --config.search.epochs; if the trajectory plot jitters rather than drifts (a "
+            "frozen-weight search at the short configs' raised rate), lower --config.search.arch_learning_rate.")
 
 
 # A search whose expected cost ends more than this above its target has missed the
