@@ -9,6 +9,9 @@ import tensorflow as tf  # noqa: E402
 # Must happen before TensorFlow initialises its devices.
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(_cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+# One thread per op: the suite runs two workers (`-n 2`) on two cores, and a worker whose ops
+# each spread over both cores only makes the other wait.
+tf.config.threading.set_intra_op_parallelism_threads(1)
 
 
 def pytest_collection_modifyitems(items):
