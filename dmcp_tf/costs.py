@@ -257,6 +257,10 @@ class Budget:
         return f"{self.cost.name}:{amount}"
 
 
+# The budget loss is zero for expected costs in [FLAT_BAND_LOW * T, T) (spec, section 4).
+FLAT_BAND_LOW = 0.95
+
+
 def budget_loss(expected, target):
     """The authors' piecewise-log budget loss (spec, section 4), in millions of the budget's unit.
 
@@ -268,8 +272,8 @@ def budget_loss(expected, target):
     r = ops.where(ops.abs(e - t) > 200.0, 0.1, 1.0)
     tiny = 1e-12  # keeps the unused branch of `where` finite, so gradients stay finite
     below = ops.log(ops.maximum(r * ops.abs(e - t), tiny))
-    above = ops.log(ops.maximum(r * ops.abs(e - 0.95 * t), tiny))
-    return ops.where(e < 0.95 * t, below, ops.where(e < t, ops.zeros_like(e), above))
+    above = ops.log(ops.maximum(r * ops.abs(e - FLAT_BAND_LOW * t), tiny))
+    return ops.where(e < FLAT_BAND_LOW * t, below, ops.where(e < t, ops.zeros_like(e), above))
 
 
 def count_flops(model):

@@ -336,7 +336,7 @@ class DMCPModel(keras.Model):
             with tf.GradientTape() as tape:
                 expected = ops.cast(self.cost.expected(self.graph), "float32")
             slope = sum(ops.sum(g) for g in tape.gradient(expected, self.arch_variables))
-            goal = ops.clip(expected, 0.95 * self._target, self._target)
+            goal = ops.clip(expected, costs.FLAT_BAND_LOW * self._target, self._target)
             shift = ops.clip((goal - expected) / ops.maximum(slope, 1e-12 * self._target),
                              -MAX_PROJECTION_SHIFT, MAX_PROJECTION_SHIFT)
             for variable in self.arch_variables:
