@@ -26,6 +26,40 @@ def test_expected_config_rounds_expected_channels(graph):
         assert config[gate.name] == round(float(gate.expected_channels()))
 
 
+def _expected(graph):
+    return {g.name: float(g.expected_channels()) for g in graph.gates}
+
+
+@pytest.mark.parametrize("target_factor", [0.9, 0.97, 1.04, 1.12])
+def test_expected_config_with_a_target_lands_in_the_budget_band(target_factor):
+    """A budget whose band plain rounding misses, from above and below (wide gates: one channel is ~1-3%)."""
+    graph = ChannelGraph(tiny_supernet(channels=(32, 64)))
+    rng = np.random.default_rng(1)
+    for gate in graph.gates:
+        gate.alpha.assign(rng.normal(1.0, 1.0, gate.num_groups).astype("float32"))
+    rounded = sampling.expected_config(graph)
+    target = target_factor * graph.flops(rounded)
+    config = sampling.expected_config(graph, target)
+    assert 0.95 * target <= graph.flops(config) <= target
+    expected = _expected(graph)
+    for gate in graph.gates:  # moved the way the budget asks, and not far from E[c]
+        moved = config[gate.name] - rounded[gate.name]
+        assert moved <= 0 if target_factor < 1 else moved >= 0
+        assert abs(config[gate.name] - expected[gate.name]) <= 4, gate.name
+
+
+def test_expected_config_in_the_band_is_plain_rounding(graph):
+    rounded = sampling.expected_config(graph)
+    for factor in (1.0, 1.02, 1 / 0.96):  # the rounded structure spends 1.0, 0.98, 0.96 of these budgets
+        assert sampling.expected_config(graph, factor * graph.flops(rounded)) == rounded
+
+
+def test_expected_config_for_an_unreachable_budget_goes_as_low_as_it_can(graph):
+    config = sampling.expected_config(graph, 0.5 * graph.flops(graph.smallest_config()))
+    for gate in graph.gates:  # no gate could give up another channel step
+        assert max(gate.prefix, 1) <= config[gate.name] < max(gate.prefix, 1) + gate.channel_multiple
+
+
 def test_fit_to_budget_scales_a_structure_together_to_the_budget():
     graph = ChannelGraph(fashion_resnet(channels=(20, 20, 20), blocks=3, gate_kind="markov"))
     narrow_first = {g.name: 4 if g.name.startswith(("stem", "stage1")) else 10 for g in graph.gates}

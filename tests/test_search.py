@@ -16,7 +16,6 @@ def searched_model(gate_cls=None, epochs=10, total_steps=160, warmup_fraction=0.
     keras.utils.set_random_seed(seed)
     x, y = blob_data(np.random.default_rng(seed), 512)
     kwargs = {"gate_cls": gate_cls} if gate_cls else {}
-    # 32/64 channels: rounding E[c] to whole channels moves FLOPs by well under 3%.
     model = DMCPModel(tiny_supernet(channels=(32, 64), **kwargs), budget="0.5x", total_steps=total_steps, warmup_fraction=warmup_fraction)
     search_steps = total_steps - model.warmup_steps
     # A short search needs a faster architecture learning rate than ImageNet's 0.5.
@@ -36,8 +35,10 @@ def test_search_meets_half_the_flops(searched):
     expected = float(model.graph.expected_flops())
     assert abs(start - model.target) > 0.3 * model.target  # it had to move
     assert 0.95 <= expected / model.target <= 1.0 + 1e-3
-    config = sampling.expected_config(model.graph)
-    assert model.graph.flops(config) == pytest.approx(model.target, rel=0.03)
+    # Expected sampling stays in the band the search held the expected cost in (plain rounding
+    # of E[c] lost 5% of this budget on an AVX-512 EPYC: one channel of the 64-wide gate is 3%).
+    config = sampling.expected_config(model.graph, model.target)
+    assert 0.95 <= model.graph.flops(config) / model.target <= 1.0
 
 
 def test_search_logs_every_loss(searched):

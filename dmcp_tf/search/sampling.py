@@ -8,15 +8,62 @@ import json
 import math
 
 import numpy as np
+from keras import ops
 
 from dmcp_tf import costs
 from dmcp_tf.search import baselines
 from dmcp_tf.io_utils import atomic_write_json
 
 
-def expected_config(graph):
-    """Expected sampling (the paper's choice): every gate keeps `round(E[c])` channels."""
-    return {g.name: g.expected_sample() for g in graph.gates}
+def expected_config(graph, target=None, *, cost=costs.MACS):
+    """Expected sampling (the paper's choice): every gate keeps `round(E[c])` channels.
+
+    Rounding every gate on its own can move the cost out of the band the search
+    held it in: the budget loss is flat on [FLAT_BAND_LOW, 1] of the budget, and
+    one channel of a wide layer is worth several percent of a small network.
+    Given `target`, roundings are then moved one channel step at a time, each to
+    the gate it moves least far from its expected width, until the cost is back
+    within [FLAT_BAND_LOW, 1] of `target` (never above it when the band cannot be
+    hit). A structure rounding left in the band is the paper's, unchanged.
+
+    Args:
+        graph: the searched supernet's `ChannelGraph`.
+        target: the budget, in `cost`'s unit; None keeps plain rounding.
+        cost: the `costs.Cost` the budget counts.
+    """
+    config = {g.name: g.expected_sample() for g in graph.gates}
+    if target is None:
+        return config
+    expected = {g.name: float(ops.convert_to_numpy(g.expected_channels())) for g in graph.gates}
+    return _into_band(graph, config, expected, target, cost)
+
+
+def _into_band(graph, config, expected, target, cost):
+    """`config` with roundings moved until its cost is within [FLAT_BAND_LOW, 1] of `target` (see `expected_config`)."""
+    config = dict(config)
+
+    def distance(gate, step):  # how far (in channel steps) the moved width would be from E[c]
+        return abs(config[gate.name] + step * gate.channel_multiple - expected[gate.name]) / gate.channel_multiple
+
+    value = cost.of(graph, config)
+    while value > target:
+        movable = [g for g in graph.gates if config[g.name] - g.channel_multiple >= max(g.prefix, 1)]
+        if not movable:
+            break
+        gate = min(movable, key=lambda g: distance(g, -1))
+        config[gate.name] -= gate.channel_multiple
+        value = cost.of(graph, config)
+    while value < costs.FLAT_BAND_LOW * target:
+        grown = {}
+        for g in graph.gates:
+            if config[g.name] + g.channel_multiple <= g.channels:
+                trial = dict(config, **{g.name: config[g.name] + g.channel_multiple})
+                grown[g.name] = (trial, cost.of(graph, trial))
+        fitting = [g for g in graph.gates if g.name in grown and grown[g.name][1] <= target]
+        if not fitting:
+            break
+        config, value = grown[min(fitting, key=lambda g: distance(g, +1)).name]
+    return config
 
 
 def fit_to_budget(graph, config, target, *, cost=costs.MACS):

@@ -22,7 +22,7 @@ def run(ctx):
     cost, target = ctx.budget.cost, ctx.budget.target(graph)
     cfg = ctx.config.sample
     rng = np.random.default_rng(ctx.config.seed)
-    chosen = sampling.round_config(graph, sampling.expected_config(graph), cfg.round_to)
+    chosen = sampling.round_config(graph, sampling.expected_config(graph, target, cost=cost), cfg.round_to)
     expected_sampling_cost = chosen_cost = cost.of(graph, chosen)
     if cfg.fit_to_budget:
         chosen, chosen_cost = sampling.fit_to_budget(graph, chosen, target, cost=cost)
