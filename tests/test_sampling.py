@@ -99,8 +99,10 @@ def test_expected_flops_is_the_specs_approximation_where_a_gate_meets_itself(gra
     stats = sampling.cost_statistics(graph, np.random.default_rng(1), count=3000)
     assert stats["mean"] > float(graph.expected_flops())
     graph = chain_graph()
-    single = sampling.split_configs(sampling.direct_configs(graph, np.random.default_rng(2), 5))
-    assert len(single) == 5 and all(graph.flops(c) > 0 for c in single)
+    arrays = sampling.direct_configs(graph, np.random.default_rng(2), 5)
+    single = [{name: int(values[i]) for name, values in arrays.items()} for i in range(5)]
+    assert all(graph.flops(c) > 0 for c in single)
+    np.testing.assert_array_equal(graph.flops(arrays), [graph.flops(c) for c in single])  # per-sample costs
 
 
 def test_sample_within_budget(graph):

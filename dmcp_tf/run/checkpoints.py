@@ -321,11 +321,6 @@ class CheckpointManager:
                 if name.startswith(_TMP_PREFIX):
                     shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
-    def delete_all(self):
-        """Removes the checkpoint directory (chief only), e.g. once the step's outputs are written."""
-        if self.is_chief:
-            shutil.rmtree(self.directory, ignore_errors=True)
-
 
 class CheckpointCallback(keras.callbacks.Callback):
     """Saves a checkpoint every `every_steps` training steps and at every epoch end.

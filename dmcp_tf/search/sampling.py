@@ -105,12 +105,6 @@ def direct_configs(graph, rng, count):
     return {g.name: g.direct_sample(rng, size=count) for g in graph.gates}
 
 
-def split_configs(arrays):
-    """Per-gate arrays -> a list of configurations (dicts of ints)."""
-    names = list(arrays)
-    return [dict(zip(names, (int(v) for v in row))) for row in zip(*(arrays[n] for n in names))]
-
-
 def sample_within_budget(graph, target, rng, *, cost=costs.MACS, tolerance=0.01, max_tries=20000, batch=500):
     """Direct sampling, redrawn until the real cost (`costs.Cost`, MACs by default) is within `tolerance` of `target`.
 
