@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEARCH = [
     "--mode=search", "--deterministic",
     "--config.data.train_limit=512", "--config.data.test_limit=128", "--config.data.batch_size=64",
-    "--config.model.options.channels=(16,)", "--config.search.epochs=2", "--config.search.steps_per_epoch=5",
+    "--config.model.options.channels=(16,)", "--config.model.options.blocks=1", "--config.search.epochs=2", "--config.search.steps_per_epoch=5",
 ]
 
 

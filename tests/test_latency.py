@@ -278,7 +278,7 @@ def test_latency_table_step_writes_the_table_a_latency_budget_reads(tmp_path, mo
     config = fashion_mnist.get_config()
     (tmp_path / "data").mkdir()
     config.data.data_dir = str(learnable_fashion_mnist(tmp_path / "data", train=256, test=64))
-    config.model.options.channels = (16, 32, 64)
+    config.model.options.channels, config.model.options.blocks = (16, 32, 64), 1
     run_dir = tmp_path / "run"
     pipeline.Pipeline(config, str(run_dir), log=lambda *a: None).run(("latency_table",))
     table = latency.load_latency_table(run_dir / "latency_table.json")

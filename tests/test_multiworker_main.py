@@ -32,7 +32,7 @@ from tests.test_multiworker import free_ports
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEARCH = [
     "--mode=search", "--config.data.train_limit=512", "--config.data.test_limit=256",
-    "--config.data.batch_size=64", "--config.model.options.channels=(16,)",
+    "--config.data.batch_size=64", "--config.model.options.channels=(16,)", "--config.model.options.blocks=1",
     "--config.search.epochs=2", "--config.search.steps_per_epoch=2", "--config.search.trajectory_every_steps=1",
 ]
 STEPS = 4  # 2 warm-up steps (epoch 1), 2 architecture steps (epoch 2); checkpoints at steps 2 and 4

@@ -18,7 +18,7 @@ from tests.helpers import learnable_fashion_mnist, main_in_process
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
     "--config.data.train_limit=512", "--config.data.test_limit=256", "--config.data.batch_size=64",
-    "--config.model.options.channels=(16, 32)",
+    "--config.model.options.channels=(16, 32)", "--config.model.options.blocks=1",
     "--config.search.epochs=2", "--config.search.steps_per_epoch=4", "--config.search.trajectory_every_steps=2",
     "--config.retrain.epochs=1", "--config.retrain.steps_per_epoch=8",
     "--config.sample.statistics_samples=300", "--config.sample.calibration_batches=2",

@@ -179,7 +179,7 @@ def tiny_config(data_dir):
     with config.unlocked():
         config.data.data_dir = str(data_dir)
         config.data.train_limit, config.data.test_limit, config.data.batch_size = 256, 128, 64
-        config.model.options = {"channels": (16,)}
+        config.model.options = {"channels": (16,), "blocks": 1}
         config.search.epochs, config.search.steps_per_epoch, config.search.warmup_fraction = 1, 2, 0.0
         config.sample.statistics_samples, config.sample.direct_samples = 300, 1
         config.sample.calibration_batches = 2
@@ -244,7 +244,7 @@ def test_pipeline_resumes_an_interrupted_retraining(tmp_path, monkeypatch):
 SEARCH = [
     "--mode=search", "--deterministic",
     "--config.data.train_limit=512", "--config.data.test_limit=128", "--config.data.batch_size=64",
-    "--config.model.options.channels=(16,)", "--config.search.epochs=3", "--config.search.steps_per_epoch=8",
+    "--config.model.options.channels=(16,)", "--config.model.options.blocks=1", "--config.search.epochs=3", "--config.search.steps_per_epoch=8",
     "--config.search.warmup_fraction=0.25", "--config.search.checkpoint_every_steps=2",
 ]
 WARMUP_STEPS, TOTAL_STEPS = 6, 24
