@@ -67,7 +67,7 @@ def layers_without_rule(model, exclude=()):
     return found
 
 
-def gated_supernet(model, exclude=()):
+def gated_supernet(model, exclude=(), gate_kind="markov"):
     """The gated copy of `model` (`insert_gates`), after checking that its layers are understood and some prunable.
 
     A layer type without a rule is an error only where it keeps channels whole that
@@ -87,7 +87,7 @@ def gated_supernet(model, exclude=()):
             f"({', '.join(kinds)}). Their channels cannot be pruned as it is. Give the type a rule with "
             "dmcp_tf.register_rule (README, 'Your own layers'), or keep their channels whole with "
             f"exclude={blocking!r}.")
-    supernet = insert_gates(model, exclude=exclude)
+    supernet = insert_gates(model, exclude=exclude, gate_kind=gate_kind)
     if not ChannelGraph(supernet).gates:
         raise ValueError(f"{model.name!r} has no prunable layer: no convolution or dense layer whose output "
                          "channels may shrink. dmcp_tf.analyze(model) prints every group of channels and why it "

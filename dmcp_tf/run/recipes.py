@@ -107,6 +107,7 @@ def portable_copy(model):
 def evaluate(model, dataset):
     """Top-1 accuracy and cross-entropy of a classifier on `dataset`: `{"accuracy", "loss"}`."""
     if not model.compiled:
-        model.compile(loss=losses_lib.smoothed_sparse_cross_entropy(0.0), metrics=["accuracy"])
+        model.compile(loss=losses_lib.smoothed_sparse_cross_entropy(0.0, from_logits=not ends_in_softmax(model)),
+                      metrics=["accuracy"])
     result = model.evaluate(dataset, verbose=0, return_dict=True)
     return {"accuracy": float(result["accuracy"]), "loss": float(result["loss"])}
