@@ -34,8 +34,8 @@ def saved_model(path, classes=CLASSES):
     keras.utils.set_random_seed(0)
     model = keras.Sequential([
         keras.Input((SIZE, SIZE, 3)), keras.layers.Rescaling(1 / 255.0),
-        keras.layers.Conv2D(16, 3, padding="same", use_bias=False, name="c1"), keras.layers.BatchNormalization(),
-        keras.layers.ReLU(), keras.layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False, name="c2"),
+        keras.layers.Conv2D(24, 3, padding="same", use_bias=False, name="c1"), keras.layers.BatchNormalization(),
+        keras.layers.ReLU(), keras.layers.Conv2D(48, 3, strides=2, padding="same", use_bias=False, name="c2"),
         keras.layers.BatchNormalization(), keras.layers.ReLU(), keras.layers.GlobalAveragePooling2D(),
         keras.layers.Dense(classes, activation="softmax", name="head")], name="my_cnn")
     model.compile("adam", "sparse_categorical_crossentropy")
@@ -50,6 +50,7 @@ SMALL_RUN = ("--config.data.batch_size=8", "--config.retrain.epochs=1", "--confi
              "--config.sample.statistics_samples=200")
 
 
+@pytest.mark.slow  # 20-40 s: search, fine-tuning, the uniform baseline, TFLite export
 def test_main_prunes_a_saved_model_into_a_run_directory(folder, tmp_path):
     model = saved_model(tmp_path / "my_cnn.keras")
     run = tmp_path / "run"
@@ -69,6 +70,11 @@ def test_main_prunes_a_saved_model_into_a_run_directory(folder, tmp_path):
     assert 0.9 <= ChannelGraph(slim).flops() / (0.5 * full) <= 1.0
     export = json.loads((run / "export.json").read_text())
     assert export["slim_float32"]["top1_agreement"] >= 0.99
+    uniform = json.loads((run / "retrain.json").read_text())["uniform"]
+    assert uniform["inherited"] and 0.9 <= uniform["flops"] / (0.5 * full) <= 1.1  # L1 pruning at uniform widths
+    report = (run / "report.md").read_text()
+    assert "my_cnn.keras (unpruned, batch norm re-estimated)" in report
+    assert "uniform width (inherited weights, fine-tuned), same MACs" in report
 
 
 @pytest.mark.parametrize("make, message", [

@@ -50,7 +50,7 @@ def make_supernet(model, *, budget, total_steps, width=(0.1, 1.0, 0.1), gate_kin
             function, and the channels every sub-network keeps are those L1-norm
             pruning would keep; forgetting it cost 6 points before fine-tuning), and
             the gates start at the budget's uniform width (`search_init`, `"budget"`)
-            instead of `initial_alpha`. With `train_weights=False` the search learns
+            instead of `initial_alpha` (`pretrained.trained_search_model`). With `train_weights=False` the search learns
             the widths on the frozen trained weights (`dmcp_tf.prune` does all of it).
 
     Example:
@@ -60,12 +60,8 @@ def make_supernet(model, *, budget, total_steps, width=(0.1, 1.0, 0.1), gate_kin
         model.fit(train_ds, epochs=2)
     """
     supernet = insert_gates(model, width=width, gate_kind=gate_kind, exclude=exclude, initial_alpha=initial_alpha)
-    if from_trained:
-        pretrained.sort_channels_by_l1(supernet)
-    search = DMCPModel(supernet, budget=budget, total_steps=total_steps, **kwargs)
-    if from_trained:
-        search.initialize_gates("budget")
-    return search
+    build = pretrained.trained_search_model if from_trained else DMCPModel
+    return build(supernet, budget=budget, total_steps=total_steps, **kwargs)
 
 
 def insert_gates(model, *, width=(0.1, 1.0, 0.1), gate_kind="markov", exclude=(), initial_alpha=0.0):

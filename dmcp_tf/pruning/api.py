@@ -16,9 +16,9 @@ from dmcp_tf.pruning import checks
 from dmcp_tf.pruning.inputs import Batches, top1
 from dmcp_tf.run import config as config_lib
 from dmcp_tf.run import recipes
-from dmcp_tf.search import pretrained, sampling, search_init
+from dmcp_tf.search import pretrained, sampling
 from dmcp_tf.search.calibration import calibrate_batch_norm
-from dmcp_tf.search.supernet import DMCPModel, ends_in_softmax
+from dmcp_tf.search.supernet import ends_in_softmax
 
 # Default lengths, in steps, of the measured recipe (docs/benchmarks.md section 3, `dmcp_pretrained`):
 # its frozen-weight search (1 epoch of 468 steps) settled, and it fine-tuned for 3 epochs (1,404 steps).
@@ -114,7 +114,7 @@ def prune(model, budget, train_data, *, validation_data=None, search_epochs=None
     graph = ChannelGraph(supernet)
     budget, target = checks.checked_budget(budget, graph)
     train = Batches.read(train_data, model, steps_per_epoch=steps_per_epoch)
-    validation = Batches.read(validation_data, model, what="validation_data", shuffle=False) \
+    validation = Batches.read(validation_data, model, what="validation_data", shuffle=False, every_class=False) \
         if validation_data is not None else None
     search_epochs = search_epochs or _default_epochs(SEARCH_STEPS, train.steps)
     finetune_epochs = finetune_epochs or _default_epochs(FINETUNE_STEPS, train.steps)
@@ -154,10 +154,10 @@ def _default_epochs(steps, per_epoch):
 def _search(supernet, budget, train, epochs, fit, log):
     """The frozen-weight search from L1-sorted channels, started at the budget; returns the searched supernet."""
     began = time.time()
-    pretrained.sort_channels_by_l1(supernet)
-    search = DMCPModel(supernet, budget=budget, total_steps=epochs * train.steps, train_weights=False)
+    search = pretrained.trained_search_model(supernet, budget=budget, total_steps=epochs * train.steps,
+                                             train_weights=False)
     search.compile()  # architecture SGD, cosine 0.5 -> 0.1 (the authors')
-    start = search_init.initialize(search.graph, "budget", search.target, cost=search.cost)
+    start = float(search.cost.expected(search.graph))
     log(f"[prune] search: {len(search.gates)} gates, {epochs} epochs of {train.steps} steps on the frozen weights, "
         f"from the budget's uniform width (expected {search.cost.unit} {start / search.target:.3f} of the budget)")
     search.fit(train.stream(), epochs=epochs, **fit)

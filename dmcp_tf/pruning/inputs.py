@@ -9,7 +9,6 @@ the pruned model is compiled with the loss the user's labels need.
 """
 
 import dataclasses
-import math
 
 import keras
 import numpy as np
@@ -34,7 +33,7 @@ class Batches:
     one_hot: bool
 
     @classmethod
-    def read(cls, data, model, *, what="train_data", steps_per_epoch=None, shuffle=True, seed=0):
+    def read(cls, data, model, *, what="train_data", steps_per_epoch=None, shuffle=True, seed=0, every_class=True):
         """Reads `data` for `model` (one image input, one output of a unit per class) and checks its labels.
 
         Args:
@@ -45,13 +44,14 @@ class Batches:
             steps_per_epoch: batches per pass, for a dataset that repeats forever.
             shuffle: shuffle arrays every pass (a dataset keeps its own order).
             seed: the shuffle's seed.
+            every_class: arrays must hold labels of every class of the model (training data).
 
         Raises:
             ValueError: the data is none of those kinds, its images do not fit the model's
                 input, or its labels do not fit the model's classes (the message says which).
         """
         classes, rank = model.outputs[0].shape[-1], len(model.inputs[0].shape)
-        dataset, exact = _as_dataset(data, what, shuffle, seed)
+        dataset, labels = _as_dataset(data, what, shuffle, seed)
         spec = dataset.element_spec
         if not isinstance(spec, tuple) or len(spec) < 2:
             raise ValueError(f"{what} must give (images, labels) pairs; its elements are {spec}.")
@@ -62,14 +62,20 @@ class Batches:
             raise ValueError(f"{what}'s images have shape {spec[0].shape}, the model's input "
                              f"{tuple(model.inputs[0].shape)}: give batches of images of the model's input size.")
         one_hot = spec[1].shape.rank == 2 and spec[1].shape[-1] not in (1, None)
+        if one_hot and spec[1].shape[-1] != classes:
+            raise ValueError(f"{what}'s one-hot labels have {spec[1].shape[-1]} classes but the model has {classes} "
+                             "outputs: give labels of the model's classes.")
         dataset = dataset.map(lambda x, y, *_: (x, _class_index(y, one_hot)))
         steps = _steps(dataset, what, steps_per_epoch)
-        if steps is None:  # unknown length: count it, checking every label on the way
-            steps = _check_labels(dataset, classes, one_hot, spec[1], what, exact=exact)
+        every_class = every_class and labels is not None  # only arrays are known whole without reading them
+        if labels is None:  # the labels of the first batches, or of all when the length must be counted
+            labels = [y.numpy() for _, y in (dataset if steps is None else dataset.take(CHECKED_BATCHES))]
+            steps = len(labels) if steps is None else steps
         else:
-            _check_labels(dataset.take(CHECKED_BATCHES), classes, one_hot, spec[1], what, exact=exact)
+            labels = [np.argmax(labels, axis=-1) if one_hot else labels]
         if steps == 0:
             raise ValueError(f"{what} is empty.")
+        _check_labels(np.concatenate([np.reshape(y, -1) for y in labels]), classes, what, every_class)
         return cls(dataset.take(steps), steps, one_hot)
 
     def stream(self):
@@ -82,11 +88,11 @@ class Batches:
 
 
 def _as_dataset(data, what, shuffle, seed):
-    """`data` as a `tf.data.Dataset`, and whether it holds every label already (arrays) for the checks."""
+    """`data` as a `tf.data.Dataset`, and its labels if they are at hand (arrays), else None."""
     if isinstance(data, tf.data.Dataset):
-        return data, False
+        return data, None
     if isinstance(data, keras.utils.PyDataset):
-        return _from_py_dataset(data, what), False
+        return _from_py_dataset(data, what), None
     if isinstance(data, (tuple, list)) and len(data) == 2:
         x, y = (np.asarray(part) for part in data)
         if len(x) != len(y):
@@ -94,7 +100,7 @@ def _as_dataset(data, what, shuffle, seed):
         dataset = tf.data.Dataset.from_tensor_slices((x, y))
         if shuffle:
             dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-        return dataset.batch(BATCH_SIZE), True
+        return dataset.batch(BATCH_SIZE), y
     raise ValueError(f"{what} must be a tf.data.Dataset of (images, labels), a keras.utils.PyDataset or an "
                      f"(x, y) tuple of arrays; got {type(data).__name__}.")
 
@@ -131,28 +137,15 @@ def _steps(dataset, what, steps_per_epoch):
     return cardinality if cardinality >= 0 else None
 
 
-def _check_labels(dataset, classes, one_hot, spec, what, *, exact):
-    """Checks the labels of `dataset` (class indices now) against `classes`; returns its batches.
-
-    `spec` is the user's label spec (one-hot width); `exact`: the dataset holds every
-    label, so a class count below the model's is an error too.
-    """
-    if one_hot and spec.shape[-1] != classes:
-        raise ValueError(f"{what}'s one-hot labels have {spec.shape[-1]} classes but the model has {classes} "
-                         "outputs: give labels of the model's classes.")
-    batches, largest, smallest = 0, -1, math.inf
-    for _, y in dataset:
-        y = y.numpy()
-        batches += 1
-        if y.size:
-            largest, smallest = max(largest, int(y.max())), min(smallest, int(y.min()))
+def _check_labels(labels, classes, what, every_class):
+    """Checks class indices `labels` against the model's `classes` outputs (`every_class`: all must occur)."""
+    smallest, largest = int(labels.min()), int(labels.max())
     if smallest < 0 or largest >= classes:
         raise ValueError(f"{what} has labels from {smallest} to {largest}, out of range for the model's {classes} "
                          f"outputs (class indices 0 to {classes - 1}): give labels of the model's classes.")
-    if exact and not one_hot and 0 <= largest < classes - 1:
+    if every_class and largest < classes - 1:
         raise ValueError(f"{what}'s labels name {largest + 1} classes (0 to {largest}) but the model has {classes} "
                          "outputs: the data's class count differs from the model's.")
-    return batches
 
 
 def top1(model, batches):

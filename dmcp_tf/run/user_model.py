@@ -28,7 +28,8 @@ TRAINED_RECIPE = {
     "search.train_weights": False, "search.init": "budget", "search.epochs": 1, "search.steps_per_epoch": 0,
     "search.arch_learning_rate": 0.5, "search.arch_final_learning_rate": 0.1,
     "sample.fit_to_budget": True, "sample.round_to": 0,
-    "retrain.from_scratch": False, "retrain.inherit": "supernet", "retrain.compare_uniform": False,
+    "retrain.from_scratch": False, "retrain.inherit": "supernet",
+    "retrain.compare_uniform": True,  # the report's baseline: L1-norm pruning at uniform widths, fine-tuned alike
 }
 PREPROCESSING_LAYERS = (keras.layers.Rescaling, keras.layers.Normalization)
 HOW_TO_SAVE = ("Load it where it was made and save it in the Keras 3 format: model.save('my_model.keras') "
