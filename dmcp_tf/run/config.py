@@ -97,7 +97,8 @@ def base_config():
     c.retrain.weight_decay_type = "decoupled"  # Keras' weight decay, or "coupled": the authors' L2 term
     c.retrain.label_smoothing = 0.0
     c.retrain.checkpoint_every_steps = 100
-    c.retrain.compare_uniform = False  # also train the uniform-width network of the slim model's MACs
+    c.retrain.compare_uniform = False  # also train the uniform-width network of the slim model's MACs, the same
+                                       # way (from scratch, or fine-tuned from the same inherited weights)
 
     c.export = ml_collections.ConfigDict()
     c.export.quantizations = "float32,int8"
