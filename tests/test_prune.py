@@ -103,8 +103,9 @@ def test_sequential_cnn_meets_the_budget_and_stays_a_plain_keras_model(pruned_cn
 
 def test_slim_model_loads_in_a_fresh_python_without_dmcp_tf(pruned_cnn):
     _, _, result, folder = pruned_cnn
-    code = ("import sys, keras; m = keras.saving.load_model(sys.argv[1], safe_mode=True); "
-            "assert 'dmcp_tf' not in sys.modules; print(m.count_params())")
+    code = ("import sys, warnings, keras; warnings.simplefilter('error'); "  # a warning fails the load
+            "m = keras.saving.load_model(sys.argv[1], safe_mode=True); "
+            "assert 'dmcp_tf' not in sys.modules and m.compiled; print(m.count_params())")
     out = subprocess.run([sys.executable, "-c", code, str(folder / "run" / "slim.keras")], capture_output=True,
                          text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), check=True, cwd="/")
     assert int(out.stdout.split()[-1]) == result.model.count_params()

@@ -45,6 +45,11 @@ def saved_model(path, classes=CLASSES):
     return str(path)
 
 
+def saved(path, *layers, shape=(SIZE, SIZE, 3)):
+    keras.Sequential([keras.Input(shape), *layers]).save(path)
+    return str(path)
+
+
 SMALL_RUN = ("--config.data.batch_size=8", "--config.retrain.epochs=1", "--config.export.representative_images=8",
              "--config.export.parity_images=8", "--config.export.latency_runs=2",
              "--config.sample.statistics_samples=200")
@@ -83,6 +88,10 @@ def test_main_prunes_a_saved_model_into_a_run_directory(folder, tmp_path):
     (lambda tmp: str(tmp), r"is a directory \(a TensorFlow SavedModel\?\)"),
     (lambda tmp: "keras.applications.NoSuchNet", "keras.applications has no network 'NoSuchNet'"),
     (lambda tmp: saved_model(tmp / "four.keras", classes=4), "has 4 outputs, but the data set has 3 classes"),
+    (lambda tmp: saved(tmp / "dense.keras", keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(CLASSES)),
+     "has no prunable layer"),
+    (lambda tmp: saved(tmp / "any_size.keras", keras.layers.Conv2D(8, 3), keras.layers.GlobalAveragePooling2D(),
+                       keras.layers.Dense(CLASSES), shape=(None, None, 3)), "images' size is unknown"),
 ])
 def test_bad_model_flag_exits_2_with_one_paragraph_and_writes_nothing(make, message, folder, tmp_path):
     run = tmp_path / "run"
