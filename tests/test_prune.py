@@ -130,6 +130,37 @@ def test_second_call_with_the_run_dir_skips_finished_stages(pruned_cnn, data, mo
                       verbose=0)
 
 
+class Crash(Exception):
+    """A stand-in for a killed process."""
+
+
+class EpochLog(keras.callbacks.Callback):
+    """Records (model class, epoch, step) at every epoch start; raises `Crash` at the fine-tuning's second epoch."""
+
+    def __init__(self, crash):
+        super().__init__()
+        self.crash, self.seen = crash, []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.seen.append((type(self.model).__name__, epoch, int(self.model.optimizer.iterations.numpy())))
+        if self.crash and epoch == 1 and type(self.model).__name__ != "DMCPModel":
+            raise Crash
+
+
+def test_a_training_stage_cut_short_resumes_from_its_last_epoch(tmp_path):
+    x, y = small_arrays(128)  # 4 batches an epoch
+    arguments = dict(search_epochs=2, finetune_epochs=2, run_dir=str(tmp_path), verbose=0)
+    first = EpochLog(crash=True)
+    with pytest.raises(Crash):
+        dmcp_tf.prune(sequential_cnn(), "0.5x", (x, y), callbacks=[first], **arguments)
+    assert (tmp_path / "supernet.keras").exists() and (tmp_path / "backup_finetune").exists()
+    second = EpochLog(crash=False)
+    result = dmcp_tf.prune(sequential_cnn(), "0.5x", (x, y), callbacks=[second], **arguments)
+    assert second.seen == [("Functional", 1, 4)]  # no search; fine-tuning from the end of its first epoch
+    assert not (tmp_path / "backup_finetune").exists()
+    assert 0.9 <= result.summary["budget_fraction"] <= 1.0
+
+
 def test_nested_backbone_from_a_dataset_with_one_hot_labels_and_a_params_budget(data, tmp_path):
     (x, y), (xv, yv) = data
     model = trained(wrapped_backbone(), x, y, str(tmp_path / "wrapper.keras"))

@@ -89,8 +89,10 @@ def prune(model, budget, train_data, *, validation_data=None, search_epochs=None
             accepts layers of a type without a channel rule).
         run_dir: a folder where every finished stage is saved (`supernet.keras` after the
             search, `channels.json` and `structure.md` after sampling, `slim.keras` after
-            fine-tuning, `summary.json`); called again with the same arguments, `prune`
-            skips the stages found there.
+            fine-tuning, `summary.json`), and each training stage's last finished epoch
+            (`backup_search/`, `backup_finetune/`, removed when the stage ends); called again
+            with the same arguments, `prune` skips the finished stages and resumes a training
+            stage from its last epoch.
         callbacks: Keras callbacks for both trainings.
         verbose: 0 silent, 1 progress bars and one line per stage, 2 one line per epoch.
 
@@ -121,7 +123,12 @@ def prune(model, budget, train_data, *, validation_data=None, search_epochs=None
     stages = _Stages(run_dir, {"model": model.name, "budget": str(budget), "search_epochs": search_epochs,
                                "finetune_epochs": finetune_epochs, "steps_per_epoch": train.steps,
                                "exclude": list(exclude)}, log)
-    fit = {"steps_per_epoch": train.steps, "callbacks": list(callbacks or []), "verbose": verbose, "shuffle": False}
+
+    def fit(stage):
+        """`fit` arguments of a training stage (its epochs backed up in `run_dir`)."""
+        return {"steps_per_epoch": train.steps, "callbacks": list(callbacks or []) + stages.backup(stage),
+                "verbose": verbose, "shuffle": False}
+
     original = ChannelGraph(model)
     summary = {"budget": str(budget), "target": target, "unit": budget.cost.unit,
                "macs_before": original.flops(), "params_before": original.params(),
@@ -129,13 +136,13 @@ def prune(model, budget, train_data, *, validation_data=None, search_epochs=None
                "accuracy_before": top1(model, validation) if validation else None}
 
     supernet = stages.load_model("supernet.keras") or stages.save_model(
-        "supernet.keras", _search(supernet, budget, train, search_epochs, fit, log))
+        "supernet.keras", _search(supernet, budget, train, search_epochs, fit("search"), log))
     graph = ChannelGraph(supernet)
     channels = stages.load_channels() or stages.save_channels(_sample(graph, budget, target, log), graph)
     slim = stages.load_model("slim.keras")
     if slim is None:
         slim, summary["accuracy_inherited"] = _inherit(supernet, graph, channels, model.name, train, validation, log)
-        _finetune(slim, train, validation, finetune_epochs, fit, log)
+        _finetune(slim, train, validation, finetune_epochs, fit("finetune"), log)
         slim = stages.save_model("slim.keras", _deliverable(slim, train.one_hot))
     pruned = ChannelGraph(slim)
     summary = dict(stages.previous_summary(), **summary, macs_after=pruned.flops(), params_after=pruned.params(),
@@ -157,6 +164,7 @@ def _search(supernet, budget, train, epochs, fit, log):
     search = pretrained.trained_search_model(supernet, budget=budget, total_steps=epochs * train.steps,
                                              train_weights=False)
     search.compile()  # architecture SGD, cosine 0.5 -> 0.1 (the authors')
+    search.built = True  # its variables are the supernet's (built) and the optimizers' (built by compile)
     start = float(search.cost.expected(search.graph))
     log(f"[prune] search: {len(search.gates)} gates, {epochs} epochs of {train.steps} steps on the frozen weights, "
         f"from the budget's uniform width (expected {search.cost.unit} {start / search.target:.3f} of the budget)")
@@ -209,7 +217,8 @@ def _accuracy_line(summary):
 class _Stages:
     """The finished stages of one pruning in `run_dir` (nothing is saved without one).
 
-    `prune.json` holds the arguments; a `run_dir` of other arguments is refused.
+    `prune.json` holds the arguments; a `run_dir` of other arguments is refused. A
+    training stage cut short resumes from its last finished epoch (`backup`).
     """
 
     def __init__(self, run_dir, arguments, log):
@@ -239,6 +248,12 @@ class _Stages:
         if found:
             self.log(f"[prune] {name} found in {self.root}: that stage is skipped")
         return found
+
+    def backup(self, stage):
+        """Callbacks that save a training stage at every epoch end and resume it from there when called again."""
+        if self.root is None:
+            return []
+        return [keras.callbacks.BackupAndRestore(self._path(f"backup_{stage}"))]
 
     def load_model(self, name):
         return keras.models.load_model(self._path(name), safe_mode=True) if self._found(name) else None

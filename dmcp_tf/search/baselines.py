@@ -90,7 +90,8 @@ def _closest_rounding(graph, below, fractions, target, best, cost, at_most=False
     All gates move together under one scale, so a network of equal widths
     jumps in steps of one channel per gate. Adding one channel to one gate at a
     time (largest rounding remainder first) fills those steps: every gate stays
-    within one channel of the scaled width. With `at_most`, none above `target`.
+    within one channel of the scaled width. With `at_most`, none above `target`: a gate
+    whose step would go over it is passed over for the next.
     """
     remainders = sorted(graph.gates, key=lambda g: -(fractions[g.name] * g.channels - below[g.name]))
     current = dict(below)
@@ -98,9 +99,12 @@ def _closest_rounding(graph, below, fractions, target, best, cost, at_most=False
         if cost.of(graph, current) >= target:
             break
         if current[gate.name] < gate.channels:
-            current[gate.name] += gate.channel_multiple  # one channel, or one group of a grouped conv
-            value = cost.of(graph, current)
-            if abs(value - target) < abs(cost.of(graph, best) - target) and not (at_most and value > target):
+            step = dict(current, **{gate.name: current[gate.name] + gate.channel_multiple})  # one channel or group
+            value = cost.of(graph, step)
+            if at_most and value > target:
+                continue  # this gate's step would go over the target; a cheaper gate's may not
+            current = step
+            if abs(value - target) < abs(cost.of(graph, best) - target):
                 best = dict(current)
     return best
 
