@@ -367,7 +367,12 @@ def _batches(ds, fn, batch_size, drop_remainder):
     return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
 
-def _build(name, source, *, batch_size, train_limit, test_limit, augment, seed):
+# How images are scaled (`load(preprocess=...)`): "normalize" by the data set's mean and standard
+# deviation, or "raw" pixel values (0 to 255, float32) for a model with its own preprocessing layers.
+PREPROCESSING = ("normalize", "raw")
+
+
+def _build(name, source, *, batch_size, train_limit, test_limit, augment, seed, preprocess="normalize"):
     """Turns a `_Source` into a `DataBundle` (shared by all data sets)."""
     train = source.train if train_limit is None else source.train.take(train_limit)
     test = source.test if test_limit is None else source.test.take(test_limit)
@@ -378,10 +383,13 @@ def _build(name, source, *, batch_size, train_limit, test_limit, augment, seed):
             f"than one global batch of {batch_size}; training would have no full batch. Raise "
             "train_limit or lower batch_size."
         )
+    if preprocess not in PREPROCESSING:
+        raise DataError(f"Unknown preprocessing {preprocess!r}; choose one of {', '.join(PREPROCESSING)}.")
     mean, std = tf.constant(source.mean), tf.constant(source.std)
 
     def normalize(image, label):
-        return (tf.cast(image, tf.float32) / 255.0 - mean) / std, tf.cast(label, tf.int32)
+        image = tf.cast(image, tf.float32)
+        return (image if preprocess == "raw" else (image / 255.0 - mean) / std), tf.cast(label, tf.int32)
 
     def plain(image, label):
         return normalize(source.center_crop(image), label)
@@ -442,6 +450,7 @@ def load(
     image_size=None,
     augment=True,
     seed=0,
+    preprocess="normalize",
 ):
     """Loads a data set as batched input pipelines.
 
@@ -454,6 +463,8 @@ def load(
         image_size: output side for imagenet2012/image_folder (default 224).
         augment: random crop + horizontal flip on the training split.
         seed: seed for shuffling and augmentation.
+        preprocess: `"normalize"` (the data set's mean and standard deviation) or
+            `"raw"` (pixel values 0 to 255 as float32: a model with its own Rescaling).
 
     Returns:
         A `DataBundle`.
@@ -471,6 +482,7 @@ def load(
         test_limit=test_limit,
         augment=augment,
         seed=seed,
+        preprocess=preprocess,
     )
 
 

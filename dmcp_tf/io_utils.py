@@ -65,6 +65,14 @@ def atomic_write_json(path, obj):
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def atomic_save_model(model, path):
+    """Saves a Keras model as a `.keras` file atomically (Keras needs the suffix on the temporary name)."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp.keras"
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
 @contextlib.contextmanager
 def atomic_directory(path):
     """Yields a temporary directory that replaces `path` only if the block succeeds.

@@ -12,6 +12,7 @@ import keras
 from dmcp_tf.channels import layer_rules as rules
 from dmcp_tf.channels.graph import ChannelGraph, GraphError, whole_groups_reason
 from dmcp_tf.channels.walk import as_functional, copy_operation, walk
+from dmcp_tf.search import pretrained
 from dmcp_tf.search.gates import check_width_grid, make_gate, split_channels
 from dmcp_tf.search.supernet import DMCPModel
 
@@ -31,16 +32,26 @@ def analyze(model, *, exclude=(), width=(0.1, 1.0, 0.1), print_fn=print):
 
 
 def make_supernet(model, *, budget, total_steps, width=(0.1, 1.0, 0.1), gate_kind="markov", exclude=(),
-                  initial_alpha=0.0, **kwargs):
+                  initial_alpha=0.0, from_trained=False, **kwargs):
     """Turns any functional model into a `DMCPModel` ready for `compile` and `fit`.
+
+    The model itself is not changed: the supernet is a copy with the same weights.
 
     Args:
         model: a functional or Sequential Keras model (nested models are inlined).
-        budget, total_steps, **kwargs: as for `DMCPModel`.
+        budget, total_steps, **kwargs: as for `DMCPModel` (`total_steps`: the steps all
+            `fit` calls of the search run together, `epochs * steps_per_epoch`).
         width: every gate's width grid `(min_width, max_width, width_offset)`.
         gate_kind: `"markov"` or `"bernoulli"`.
         exclude: layer names or regular expressions whose output channels stay whole.
         initial_alpha: the gates' starting `alpha` (see `ChannelGate`).
+        from_trained: `model` is a trained network. Its gated channels are sorted by
+            the L1 norm of their filters (`pretrained.sort_channels_by_l1`: the same
+            function, and the channels every sub-network keeps are those L1-norm
+            pruning would keep; forgetting it cost 6 points before fine-tuning), and
+            the gates start at the budget's uniform width (`search_init`, `"budget"`)
+            instead of `initial_alpha` (`pretrained.trained_search_model`). With `train_weights=False` the search learns
+            the widths on the frozen trained weights (`dmcp_tf.prune` does all of it).
 
     Example:
         backbone = keras.applications.MobileNetV2(input_shape=(96, 96, 3), weights=None, classes=10)
@@ -49,7 +60,8 @@ def make_supernet(model, *, budget, total_steps, width=(0.1, 1.0, 0.1), gate_kin
         model.fit(train_ds, epochs=2)
     """
     supernet = insert_gates(model, width=width, gate_kind=gate_kind, exclude=exclude, initial_alpha=initial_alpha)
-    return DMCPModel(supernet, budget=budget, total_steps=total_steps, **kwargs)
+    build = pretrained.trained_search_model if from_trained else DMCPModel
+    return build(supernet, budget=budget, total_steps=total_steps, **kwargs)
 
 
 def insert_gates(model, *, width=(0.1, 1.0, 0.1), gate_kind="markov", exclude=(), initial_alpha=0.0):
@@ -61,7 +73,7 @@ def insert_gates(model, *, width=(0.1, 1.0, 0.1), gate_kind="markov", exclude=()
             f"Model {model.name!r} already has gates ({', '.join(g.name for g in graph.gates)}); "
             "pass it to DMCPModel directly."
         )
-    prunable = {root for root in _space_roots(graph) if unprunable_reason(graph.space(root), width) is None}
+    prunable = {root for root in produced_spaces(graph) if unprunable_reason(graph.space(root), width) is None}
     placements = _first_placements(graph, prunable)
     for _ in range(MAX_PLACEMENT_ROUNDS):
         gates = {root: make_gate(gate_kind, width=width, name=_gate_name(graph, root), initial_alpha=initial_alpha,
@@ -81,7 +93,8 @@ def insert_gates(model, *, width=(0.1, 1.0, 0.1), gate_kind="markov", exclude=()
     raise GraphError(f"Could not place gates in {model.name!r} so that every consumer reads gated channels.")
 
 
-def _space_roots(graph):
+def produced_spaces(graph):
+    """The root ids of every channel space a producing layer (conv, dense) makes: where gates may go."""
     return {graph.find(s) for r in graph.records if r.rule.role == rules.PRODUCE for s in r.out_layout}
 
 

@@ -30,6 +30,10 @@ def define_flags(flag_values=FLAGS, argv=None):
     fv = {"flag_values": flag_values}
     flags.DEFINE_enum("mode", "all", MODES, "Pipeline step to run; `all` runs search, sample, retrain, eval, export; "
                       "`latency_table` measures the supernet's per-layer TFLite latency into the run directory.", **fv)
+    flags.DEFINE_string("model", None, "Prune your own model: a trained classifier saved with model.save('x.keras') "
+                        "(pruned from its trained weights, as dmcp_tf.prune does; image size from its input), or "
+                        "keras.applications.<Name> (built untrained for the data, searched from scratch) instead of "
+                        "the config's zoo supernet.", **fv)
     flags.DEFINE_string("run_dir", None, "Run directory (default: runs/<config.name>).", **fv)
     flags.DEFINE_bool("overwrite", False, "Allow replacing outputs that already exist in the run directory.", **fv)
     flags.DEFINE_string("data_dir", None, "Shortcut for --config.data.data_dir.", **fv)
@@ -94,14 +98,22 @@ def run(argv):
     if FLAGS.data_dir:
         config.data.data_dir = FLAGS.data_dir
     if FLAGS.mode == "flops":
+        if FLAGS.model:
+            raise ValueError("--mode=flops counts the config's zoo supernet; count your model's MACs in Python with "
+                             "dmcp_tf.count_flops(keras.models.load_model(PATH)).")
         return _flops(config)
     ignored = [f"--{name}" for name in ("channels", "structure") if getattr(FLAGS, name)]
     if ignored:
         raise ValueError(f"{' and '.join(ignored)} only apply to --mode=flops (counting a structure); "
                          f"--mode={FLAGS.mode} would ignore them. Drop them, or add --mode=flops.")
     strategy = _strategy(FLAGS.strategy)  # first: multi-worker set-up must precede other TensorFlow work
-    from dmcp_tf.run import pipeline, report  # noqa: PLC0415
+    from dmcp_tf.run import pipeline, report, user_model  # noqa: PLC0415
     from dmcp_tf.run.rundir import STEPS  # noqa: PLC0415
+
+    if FLAGS.model:
+        overridden = [name[len("config."):] for name in FLAGS if name.startswith("config.") and FLAGS[name].present]
+        for note in user_model.configure(config, FLAGS.model, overridden):
+            print(note)
 
     steps = STEPS if FLAGS.mode == "all" else (FLAGS.mode,)
     run_dir = FLAGS.run_dir or os.path.join("runs", config.name)

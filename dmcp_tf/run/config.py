@@ -38,11 +38,13 @@ def base_config():
     c.data.test_limit = 0
     c.data.image_size = 0         # 0: the data set's native size
     c.data.augment = True
+    c.data.preprocess = "normalize"  # or "raw": pixels 0-255, for a model with its own Rescaling (--model sets it)
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "fashion_resnet"
     c.model.gate_kind = "markov"  # or "bernoulli" (the paper's ablation)
     c.model.options = ml_collections.ConfigDict()  # keyword arguments of the model builder
+    c.model.path = ""             # --model: a trained .keras classifier, or keras.applications.<Name> (run/user_model.py)
 
     c.search = ml_collections.ConfigDict()
     c.search.budget = "0.5x"      # MACs "210M", "2.8G", a fraction "0.5x"; "params:1.5M", "params:0.4x";
@@ -95,7 +97,8 @@ def base_config():
     c.retrain.weight_decay_type = "decoupled"  # Keras' weight decay, or "coupled": the authors' L2 term
     c.retrain.label_smoothing = 0.0
     c.retrain.checkpoint_every_steps = 100
-    c.retrain.compare_uniform = False  # also train the uniform-width network of the slim model's MACs
+    c.retrain.compare_uniform = False  # also train the uniform-width network of the slim model's MACs, the same
+                                       # way (from scratch, or fine-tuned from the same inherited weights)
 
     c.export = ml_collections.ConfigDict()
     c.export.quantizations = "float32,int8"
@@ -118,7 +121,7 @@ def validate(config):
     """
     # What a key may be is defined beside the code that reads it.
     from dmcp_tf import costs  # noqa: PLC0415
-    from dmcp_tf.data import DATASETS  # noqa: PLC0415
+    from dmcp_tf.data import DATASETS, PREPROCESSING  # noqa: PLC0415
     from dmcp_tf.deploy.export import QUANTIZATIONS  # noqa: PLC0415
     from dmcp_tf.models import SUPERNETS  # noqa: PLC0415
     from dmcp_tf.run.recipes import WEIGHT_DECAY_TYPES  # noqa: PLC0415
@@ -130,7 +133,9 @@ def validate(config):
 
     if config.data.name not in DATASETS:
         fail("data.name", f"unknown data set {config.data.name!r}; choose one of {sorted(DATASETS)}.")
-    if config.model.name not in SUPERNETS:
+    if config.data.preprocess not in PREPROCESSING:
+        fail("data.preprocess", f"unknown {config.data.preprocess!r}; choose one of {', '.join(PREPROCESSING)}.")
+    if not config.model.path and config.model.name not in SUPERNETS:
         fail("model.name", f"unknown model {config.model.name!r}; choose one of {sorted(SUPERNETS)}.")
     if config.model.gate_kind not in GATE_TYPES:
         fail("model.gate_kind", f"unknown gate kind {config.model.gate_kind!r}; choose one of {sorted(GATE_TYPES)}.")
@@ -187,7 +192,7 @@ def validate(config):
     if config.search.trajectory_every_steps < 1:
         fail("search.trajectory_every_steps", f"must be at least 1, got {config.search.trajectory_every_steps}.")
     weights = config.search.initial_weights
-    if not config.search.train_weights and not weights:
+    if not config.search.train_weights and not weights and not config.model.path:
         fail("search.train_weights", "False keeps the supernet's weights as they are, and freshly initialised "
              "weights tell the gates nothing: give a trained model with --config.search.initial_weights=PATH.keras, "
              "or leave search.train_weights True.")

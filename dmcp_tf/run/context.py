@@ -8,7 +8,7 @@ import keras
 from dmcp_tf import data as data_lib
 from dmcp_tf.channels.rebuild import rebuild
 from dmcp_tf.models import build_supernet
-from dmcp_tf.run import distributed, recipes
+from dmcp_tf.run import distributed, recipes, user_model
 from dmcp_tf.run.rundir import PipelineError
 from dmcp_tf.run.trainer import Trainer
 from dmcp_tf.search.calibration import calibrate_batch_norm
@@ -81,13 +81,15 @@ class RunContext:
             self._data = data_lib.load(
                 d.name, batch_size=d.batch_size, data_dir=d.data_dir or None,
                 train_limit=d.train_limit or None, test_limit=d.test_limit or None,
-                image_size=d.image_size or None, augment=d.augment, seed=self.config.seed,
+                image_size=d.image_size or None, augment=d.augment, seed=self.config.seed, preprocess=d.preprocess,
             )
         return self._data
 
     def new_supernet(self, sync_bn=False):
-        """A new supernet of `config.model` for the data set (fresh weights)."""
+        """A new supernet of `config.model` for the data set (fresh weights; `--model`: the user's, gated)."""
         m = self.config.model
+        if m.path:
+            return user_model.supernet(m.path, self.data.input_shape, self.data.num_classes, gate_kind=m.gate_kind)
         return build_supernet(m.name, input_shape=self.data.input_shape, num_classes=self.data.num_classes,
                               gate_kind=m.gate_kind, sync_bn=sync_bn, **m.options.to_dict())
 

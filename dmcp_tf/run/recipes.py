@@ -75,7 +75,8 @@ def compile_classifier(model, retrain, total_steps):
 
     `retrain` is the `config.retrain` section (learning rate, weight decay and its
     type, label smoothing). `weight_decay_type="decoupled"` is Keras' weight decay,
-    `"coupled"` the authors' L2 term (`CoupledSGD`).
+    `"coupled"` the authors' L2 term (`CoupledSGD`). A model ending in a softmax
+    (keras.applications) is trained on its probabilities, others on their logits.
     """
     schedule = keras.optimizers.schedules.CosineDecay(retrain.learning_rate, max(1, total_steps))
     if retrain.weight_decay_type == "coupled":
@@ -83,8 +84,8 @@ def compile_classifier(model, retrain, total_steps):
     else:
         optimizer = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=retrain.weight_decay)
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
-    model.compile(optimizer=optimizer, loss=losses_lib.smoothed_sparse_cross_entropy(retrain.label_smoothing),
-                  metrics=["accuracy"])
+    loss = losses_lib.smoothed_sparse_cross_entropy(retrain.label_smoothing, from_logits=not ends_in_softmax(model))
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
 
 
 def portable_copy(model):
@@ -106,6 +107,7 @@ def portable_copy(model):
 def evaluate(model, dataset):
     """Top-1 accuracy and cross-entropy of a classifier on `dataset`: `{"accuracy", "loss"}`."""
     if not model.compiled:
-        model.compile(loss=losses_lib.smoothed_sparse_cross_entropy(0.0), metrics=["accuracy"])
+        model.compile(loss=losses_lib.smoothed_sparse_cross_entropy(0.0, from_logits=not ends_in_softmax(model)),
+                      metrics=["accuracy"])
     result = model.evaluate(dataset, verbose=0, return_dict=True)
     return {"accuracy": float(result["accuracy"]), "loss": float(result["loss"])}

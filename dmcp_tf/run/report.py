@@ -343,9 +343,13 @@ def summary_rows(rundir):
     """Before/after rows of the console table and the report (`SUMMARY_COLUMNS`), from a `RunDirectory`."""
     evaluated, exported = rundir.load_json("eval.json") or {}, rundir.load_json("export.json") or {}
     uniform = (rundir.load_json("retrain.json") or {}).get("uniform") or {}
+    user_model = ((rundir.load_json("config.json") or {}).get("model") or {}).get("path")
+    full = f"{os.path.basename(user_model)} (unpruned, batch norm re-estimated)" if user_model else \
+        "unpruned supernet (searched, not retrained)"
+    inherited = " (inherited weights, fine-tuned)" if uniform.get("inherited") else ""
     rows = []
-    for label, title in (("full", "unpruned supernet (searched, not retrained)"), ("slim", "DMCP slim"),
-                         ("uniform", f"{UNIFORM_ROW}, same {uniform.get('unit', 'MACs')}")):
+    for label, title in (("full", full), ("slim", "DMCP slim"),
+                         ("uniform", f"{UNIFORM_ROW}{inherited}, same {uniform.get('unit', 'MACs')}")):
         ev = uniform if label == "uniform" else evaluated.get(label, {})
         if label == "uniform" and "accuracy" not in ev:
             continue

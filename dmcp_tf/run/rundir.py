@@ -32,14 +32,14 @@ OUTPUTS = {
 INPUTS = {"sample": ("supernet.keras",), "retrain": ("supernet.keras", "channels.json"),
           "eval": ("supernet.keras", "slim.keras"), "export": ("supernet.keras", "slim.keras")}
 # Config sections that define the supernet: a run directory belongs to one of them.
-IDENTITY = ("data.name", "data.image_size", "mixed_precision", "model", "search")
+IDENTITY = ("data.name", "data.image_size", "data.preprocess", "mixed_precision", "model", "search")
 # A latency table depends on the supernet alone: a run directory that holds only a table
 # may start a run with other settings (a latency budget that reads the table, say).
 TABLE_IDENTITY = ("data.name", "data.image_size", "model")
 # Keys inside those sections that do not change results (may differ on a resumed run).
 NOT_IDENTITY = ("search.checkpoint_every_steps", "retrain.checkpoint_every_steps")
 # Identity keys added after runs were made: a config.json without them had these values.
-IDENTITY_DEFAULTS = {"mixed_precision": "float32"}
+IDENTITY_DEFAULTS = {"mixed_precision": "float32", "data.preprocess": "normalize", "model.path": ""}
 
 
 class PipelineError(ValueError):
@@ -211,5 +211,6 @@ def _identity_value(tree, dotted):
     if value is None:
         value = IDENTITY_DEFAULTS.get(dotted)
     if isinstance(value, dict):
-        value = {k: v for k, v in value.items() if f"{dotted}.{k}" not in NOT_IDENTITY}
+        added = {k.rpartition(".")[2]: v for k, v in IDENTITY_DEFAULTS.items() if k.rpartition(".")[0] == dotted}
+        value = {k: v for k, v in dict(added, **value).items() if f"{dotted}.{k}" not in NOT_IDENTITY}
     return value

@@ -34,7 +34,7 @@ def scaled_config(graph, fractions):
     return {g.name: kept(g) for g in graph.gates}
 
 
-def config_at_cost(graph, target, relative=None, *, cost=costs.MACS, tolerance=0.01, iterations=60):
+def config_at_cost(graph, target, relative=None, *, cost=costs.MACS, tolerance=0.01, iterations=60, at_most=False):
     """Scales relative widths together until the configuration's cost meets `target`.
 
     Args:
@@ -43,15 +43,21 @@ def config_at_cost(graph, target, relative=None, *, cost=costs.MACS, tolerance=0
         relative: gate name -> relative width in (0, 1]; all 1 (uniform) by default.
         cost: the budget's kind (`costs.Cost`).
         tolerance: the largest accepted relative miss of the target.
+        at_most: only configurations that cost at most `target` (the nearest one below it);
+            by default the nearest one on either side.
 
     Returns:
         `(config, scale, value)`: gate `g` keeps `round(scale * relative[g] * channels)`, or one
         channel more where that brings the cost nearer the target; `value` is its cost.
 
     Raises:
-        ValueError: no scale comes within `tolerance` of the target (channel
-            counts are integers, so a tiny network cannot meet every target).
+        ValueError: the graph has no gates, or no scale comes within `tolerance` of
+            the target (channel counts are integers, so a tiny network cannot meet every target).
     """
+    if not graph.gates:
+        raise ValueError(
+            f"Model {graph.model.name!r} has no channel gates, so there are no widths to scale. Pass the "
+            "ChannelGraph of a gated supernet: dmcp_tf.insert_gates(model) puts the gates in any functional model.")
     relative = relative or {g.name: 1.0 for g in graph.gates}
 
     def config(scale):
@@ -64,9 +70,9 @@ def config_at_cost(graph, target, relative=None, *, cost=costs.MACS, tolerance=0
             lo = mid
         else:
             hi = mid
-    scale = min((lo, hi), key=lambda s: abs(cost.of(graph, config(s)) - target))
+    scale = lo if at_most else min((lo, hi), key=lambda s: abs(cost.of(graph, config(s)) - target))
     chosen = _closest_rounding(graph, config(lo), {n: lo * r for n, r in relative.items()}, target,
-                               config(scale), cost)
+                               config(scale), cost, at_most)
     value = cost.of(graph, chosen)
     if abs(value - target) > tolerance * target:
         raise ValueError(
@@ -78,13 +84,14 @@ def config_at_cost(graph, target, relative=None, *, cost=costs.MACS, tolerance=0
     return chosen, scale, value
 
 
-def _closest_rounding(graph, below, fractions, target, best, cost):
+def _closest_rounding(graph, below, fractions, target, best, cost, at_most=False):
     """`best`, or a configuration nearer `target` that rounds some gates of `below` up by one step.
 
     All gates move together under one scale, so a network of equal widths
     jumps in steps of one channel per gate. Adding one channel to one gate at a
     time (largest rounding remainder first) fills those steps: every gate stays
-    within one channel of the scaled width.
+    within one channel of the scaled width. With `at_most`, none above `target`: a gate
+    whose step would go over it is passed over for the next.
     """
     remainders = sorted(graph.gates, key=lambda g: -(fractions[g.name] * g.channels - below[g.name]))
     current = dict(below)
@@ -92,8 +99,12 @@ def _closest_rounding(graph, below, fractions, target, best, cost):
         if cost.of(graph, current) >= target:
             break
         if current[gate.name] < gate.channels:
-            current[gate.name] += gate.channel_multiple  # one channel, or one group of a grouped conv
-            if abs(cost.of(graph, current) - target) < abs(cost.of(graph, best) - target):
+            step = dict(current, **{gate.name: current[gate.name] + gate.channel_multiple})  # one channel or group
+            value = cost.of(graph, step)
+            if at_most and value > target:
+                continue  # this gate's step would go over the target; a cheaper gate's may not
+            current = step
+            if abs(value - target) < abs(cost.of(graph, best) - target):
                 best = dict(current)
     return best
 

@@ -13,12 +13,13 @@ def at_least_float32(x):
     return ops.cast(x, keras.backend.result_type(x.dtype, "float32"))
 
 
-def per_example_cross_entropy(labels, logits, label_smoothing=0.0):
-    """Cross-entropy of integer labels against logits, one value per example."""
+def per_example_cross_entropy(labels, logits, label_smoothing=0.0, from_logits=True):
+    """Cross-entropy of integer labels against logits (or probabilities: `from_logits=False`), one value per example."""
     logits = at_least_float32(logits)
     classes = ops.shape(logits)[-1]
     targets = ops.one_hot(ops.cast(ops.reshape(labels, (-1,)), "int32"), classes)
-    return keras.losses.categorical_crossentropy(targets, logits, from_logits=True, label_smoothing=label_smoothing)
+    return keras.losses.categorical_crossentropy(targets, logits, from_logits=from_logits,
+                                                 label_smoothing=label_smoothing)
 
 
 def cross_entropy(labels, logits, label_smoothing=0.0):
@@ -33,10 +34,10 @@ def distillation(teacher_probs, student_logits):
     return ops.mean(ops.sum(teacher_probs * (log_teacher - log_student), axis=-1))
 
 
-def smoothed_sparse_cross_entropy(label_smoothing):
-    """A Keras loss function: sparse labels, logits, label smoothing."""
+def smoothed_sparse_cross_entropy(label_smoothing, from_logits=True):
+    """A Keras loss function: sparse labels, logits (or probabilities: `from_logits=False`), label smoothing."""
     def loss(labels, logits):
-        return per_example_cross_entropy(labels, logits, label_smoothing)
+        return per_example_cross_entropy(labels, logits, label_smoothing, from_logits)
 
     loss.__name__ = "cross_entropy"
     return loss

@@ -16,6 +16,7 @@ from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.channels.rebuild import rebuild
 from dmcp_tf.search import baselines
 from dmcp_tf.search.gates import ChannelGate
+from dmcp_tf.search.supernet import DMCPModel
 
 
 def copy_weights_by_name(source, target):
@@ -62,3 +63,20 @@ def load_initial_weights(supernet, path, *, sort_channels=True):
     copy_weights_by_name(trained, supernet)
     if sort_channels:
         sort_channels_by_l1(supernet)
+
+
+def trained_search_model(supernet, **kwargs):
+    """A `DMCPModel` searching the gated copy of a trained network, set up for it.
+
+    Its gated channels are sorted by L1 norm (`sort_channels_by_l1`) and the gates
+    start at the budget's uniform width (`search_init`, `"budget"`). Add
+    `train_weights=False` for the search on the frozen trained weights.
+
+    Args:
+        supernet: the trained network with gates (`insert_gates`).
+        **kwargs: as for `DMCPModel` (`budget`, `total_steps`, ...).
+    """
+    sort_channels_by_l1(supernet)
+    search = DMCPModel(supernet, **kwargs)
+    search.initialize_gates("budget")
+    return search

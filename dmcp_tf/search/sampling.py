@@ -66,20 +66,22 @@ def _into_band(graph, config, expected, target, cost):
     return config
 
 
-def fit_to_budget(graph, config, target, *, cost=costs.MACS):
+def fit_to_budget(graph, config, target, *, cost=costs.MACS, at_most=False):
     """`config`'s widths scaled together until its cost is nearest `target`, as uniform width is fitted.
 
     The budget loss is zero anywhere in [0.95, 1] of the budget and expected
     sampling rounds every gate on its own, so a searched structure can land
     several percent below the budget (0.91 measured, docs/benchmarks.md section 3);
     this spends the rest. Every gate keeps its share of its channels relative
-    to the others, within one channel (`baselines.config_at_cost`).
+    to the others, within one channel (`baselines.config_at_cost`). With
+    `at_most`, the nearest configuration that does not cost more than `target`.
 
     Returns:
         `(config, cost)`: the nearest configuration found and its cost.
     """
     relative = {g.name: config[g.name] / g.channels for g in graph.gates}
-    fitted, _, value = baselines.config_at_cost(graph, target, relative, cost=cost, tolerance=float("inf"))
+    fitted, _, value = baselines.config_at_cost(graph, target, relative, cost=cost, tolerance=float("inf"),
+                                                at_most=at_most)
     return fitted, value
 
 

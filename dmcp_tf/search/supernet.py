@@ -5,6 +5,8 @@ distillation) and, after warm-up, the architecture stage (spec, section 5). With
 `train_weights=False` only the architecture stage runs, on frozen weights.
 """
 
+import warnings
+
 import keras
 import tensorflow as tf
 from keras import ops
@@ -391,9 +393,31 @@ class DMCPModel(keras.Model):
 
     # --- phases -------------------------------------------------------------
     def fit(self, *args, callbacks=None, **kwargs):
-        """`keras.Model.fit`, plus the switch from warm-up to search at `warmup_steps`."""
+        """`keras.Model.fit`, plus the switch from warm-up to search at `warmup_steps`.
+
+        Warns when the steps this call runs (known from `steps_per_epoch`, or from the
+        length of a finite dataset) do not fit `total_steps`: past its end, or ending
+        inside the warm-up, so that no architecture step would run.
+        """
+        data = args[0] if args else kwargs.get("x")
+        steps = planned_steps(data, kwargs.get("epochs", 1), kwargs.get("initial_epoch", 0),
+                              kwargs.get("steps_per_epoch"))
+        if steps is not None:
+            self._check_planned_steps(steps)
         callbacks = list(callbacks or []) + [SearchPhaseSwitch()]
         return super().fit(*args, callbacks=callbacks, **kwargs)
+
+    def _check_planned_steps(self, steps):
+        start = int(self.optimizer.iterations.numpy()) if self.compiled else 0
+        end, fix = start + steps, ("Build it with total_steps = epochs * steps_per_epoch of the whole search "
+                                   "(every fit call together).")
+        if end > self.total_steps:
+            warnings.warn(f"This fit runs to step {end}, but the DMCPModel was built for total_steps="
+                          f"{self.total_steps}: its warm-up and learning-rate schedules end before the training. "
+                          + fix, stacklevel=3)
+        elif start == 0 and end < self.warmup_steps:
+            warnings.warn(f"This fit ends at step {end}, inside the warm-up of {self.warmup_steps} steps "
+                          f"(warmup_fraction of total_steps={self.total_steps}): no architecture step will run. " + fix, stacklevel=3)
 
     def update_phase(self):
         """Enters the search phase once warm-up is over; retraces the step if the phase changed."""
@@ -403,6 +427,18 @@ class DMCPModel(keras.Model):
             if self.train_function is not None:
                 self.make_train_function(force=True)
         return searching
+
+
+def planned_steps(data, epochs, initial_epoch=0, steps_per_epoch=None):
+    """The training steps a `fit(data, epochs=...)` call runs, or None if Keras learns it only by running out of data."""
+    if steps_per_epoch is None:
+        if isinstance(data, tf.data.Dataset) and int(data.cardinality()) >= 0:
+            steps_per_epoch = int(data.cardinality())
+        elif isinstance(data, keras.utils.PyDataset) and data.num_batches is not None:
+            steps_per_epoch = data.num_batches
+        else:
+            return None
+    return max(0, epochs - initial_epoch) * steps_per_epoch
 
 
 def ends_in_softmax(model):

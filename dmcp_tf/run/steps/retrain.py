@@ -50,7 +50,8 @@ def run(ctx):
     history = ctx.trainer.fit(slim, resumed, step="retrain", epochs=r.epochs, steps_per_epoch=steps,
                               extra={"inherited": inherited},
                               validation_data=None if ctx.multi_worker else ctx.data.test)
-    uniform = _train_uniform(ctx, graph, ctx.budget.cost.of(graph, channels), steps) if r.compare_uniform else None
+    uniform = _train_uniform(ctx, graph, source, ctx.budget.cost.of(graph, channels), steps) \
+        if r.compare_uniform else None
     ctx.dir.save_model(recipes.portable_copy(slim), "slim.keras")  # loads with plain Keras
     ctx.slim = None if ctx.multi_worker else slim
     return {
@@ -91,10 +92,14 @@ def _calibrate_inherited(ctx, slim, source, channels):
     return inherited
 
 
-def _train_uniform(ctx, graph, target, steps):
-    """Trains the uniform-width network of the slim model's cost (`target`) from scratch as the slim model was.
+def _train_uniform(ctx, graph, source, target, steps):
+    """Trains the uniform-width network of the slim model's cost (`target`) as the slim model was.
 
-    `graph` is the supernet's `ChannelGraph`; returns the uniform network's test results.
+    From scratch, or (`retrain.from_scratch=False`) fine-tuned from the weights of
+    `source`, the slim model's, after batch-norm calibration: where its channels are
+    sorted by L1 norm (a trained `--model`, `retrain.inherit="initial_weights"`), that is
+    L1-norm pruning at uniform widths. `graph` is the supernet's `ChannelGraph`; returns
+    the uniform network's test results.
 
     What DMCP's structure is worth: the same training, the same cost (of the
     budget's kind), widths chosen by one factor instead of the search.
@@ -107,12 +112,16 @@ def _train_uniform(ctx, graph, target, steps):
         return {"note": str(error)}
     keras.utils.set_random_seed(ctx.config.seed)
     with ctx.strategy.scope():
-        model = rebuild(ctx.supernet, config, copy_weights=False, name=f"{ctx.supernet.name}_uniform")
+        model = rebuild(source, config, copy_weights=not r.from_scratch, name=f"{ctx.supernet.name}_uniform")
+    if not r.from_scratch:
+        _calibrate_inherited(ctx, model, source, config)
+    with ctx.strategy.scope():
         recipes.compile_classifier(model, r, steps * r.epochs)
     macs = graph.flops(config)
     ctx.log(f"uniform width {fraction:.3f} ({costs.MACS.format(macs)}): training {r.epochs} epochs")
     ctx.trainer.train(model, epochs=r.epochs, steps_per_epoch=steps)
-    measured = {"fraction": fraction, "flops": macs, "params": graph.params(config), "unit": ctx.budget.cost.unit}
+    measured = {"fraction": fraction, "flops": macs, "params": graph.params(config), "unit": ctx.budget.cost.unit,
+                "inherited": not r.from_scratch}
     if ctx.multi_worker:
         return dict(measured, note="not evaluated")
     return dict(recipes.evaluate(model, ctx.data.test), channels=config, **measured)

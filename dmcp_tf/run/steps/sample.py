@@ -25,7 +25,10 @@ def run(ctx):
     chosen = sampling.round_config(graph, sampling.expected_config(graph, target, cost=cost), cfg.round_to)
     expected_sampling_cost = chosen_cost = cost.of(graph, chosen)
     if cfg.fit_to_budget:
-        chosen, chosen_cost = sampling.fit_to_budget(graph, chosen, target, cost=cost)
+        # A user's model (--model) never goes above its budget, as with dmcp_tf.prune; the zoo's
+        # measured runs keep the nearest structure on either side.
+        chosen, chosen_cost = sampling.fit_to_budget(graph, chosen, target, cost=cost,
+                                                     at_most=bool(ctx.config.model.path))
     sampling.save_config(ctx.dir.path("channels.json"), chosen)
     direct, note = [], None
     try:
