@@ -103,16 +103,20 @@ class Pipeline:
         """
         if self.deterministic:
             enable_determinism(self.config.seed)
-        self.skipped = self.dir.resumable_prefix(steps)
-        todo = [s for s in steps if s not in self.skipped]
-        self.preflight(todo)
-        for step in self.skipped:
-            self.context.log(f"== {step} == finished earlier in {self.dir.root} ({step}.json); skipped")
-        self.dir.begin(self.config, todo)
         try:
-            with dtype_policy(self.config.mixed_precision):
-                self._run_steps(todo)
-            return report.write_run_report(self.dir, self.config.search.budget) if self.chief else []
+            with self.dir.owned():
+                self.skipped = self.dir.resumable_prefix(steps)
+                todo = [s for s in steps if s not in self.skipped]
+                self.preflight(todo)
+                for step in self.skipped:
+                    self.context.log(f"== {step} == finished earlier in {self.dir.root} ({step}.json); skipped")
+                stale = self.dir.begin(self.config, todo)
+                if stale:
+                    self.context.log(f"removed the outputs of {', '.join(stale)}: they were made from outputs "
+                                     "this run replaces (run those steps again)")
+                with dtype_policy(self.config.mixed_precision):
+                    self._run_steps(todo)
+                return report.write_run_report(self.dir, self.config.search.budget) if self.chief else []
         finally:
             self.dir.close()
 
