@@ -3,10 +3,16 @@
 import fcntl
 import json
 import os
+import re
 
+import numpy as np
 import pytest
+import tensorflow as tf
+from PIL import Image
 
+from dmcp_tf import data
 from dmcp_tf.configs import fashion_mnist
+from dmcp_tf.run.pipeline import Pipeline
 from dmcp_tf.run import report
 from dmcp_tf.run.rundir import LOCK, OUTPUTS, STEPS, RunDirectory
 from tests.helpers import main_in_process
@@ -80,3 +86,91 @@ def test_a_whole_run_or_a_resumed_step_removes_nothing(tmp_path):
     assert rundir.begin(fashion_mnist.get_config(), ["export"]) == []
     assert all((tmp_path / f"{step}.json").exists() for step in STEPS)
     assert report._missing_steps_section(rundir) == []
+
+
+def image_folder(root, classes=("cat", "dog"), test_classes=None):
+    """train/ (4 images per class) and test/ (2 per class) of small PNGs."""
+    rng = np.random.default_rng(0)
+    for split, count, names in (("train", 4, classes), ("test", 2, test_classes or classes)):
+        for label in names:
+            (root / split / label).mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(root / split / label / f"{i}.png")
+    return root
+
+
+def test_a_one_class_image_folder_is_refused_before_anything_is_written(tmp_path):
+    folder = image_folder(tmp_path / "images", classes=("cat",))
+    code, out = main_in_process(f"--run_dir={tmp_path / 'run'}", f"--data_dir={folder}",
+                                "--config.data.name=image_folder", "--config.data.batch_size=2")
+    assert code == 2 and "has 1 class folder(s) with images (cat); a classifier needs at least 2 classes" in out, out
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_class_only_in_the_test_split_is_refused(tmp_path):
+    folder = image_folder(tmp_path, test_classes=("cat", "dog", "fox"))
+    with pytest.raises(data.DataError, match=r"classes without training images \['fox'\]"):
+        data.load("image_folder", data_dir=str(folder), batch_size=2, image_size=8)
+
+
+def test_empty_files_and_dangling_links_in_an_image_folder_are_named_before_training(tmp_path):
+    folder = image_folder(tmp_path / "images")
+    empty, dangling = folder / "train" / "cat" / "9.png", folder / "test" / "dog" / "8.jpg"
+    empty.write_bytes(b"")
+    os.symlink(tmp_path / "gone.jpg", dangling)
+    code, out = main_in_process(f"--run_dir={tmp_path / 'run'}", f"--data_dir={folder}",
+                                "--config.data.name=image_folder", "--config.data.batch_size=2")
+    assert code == 2 and "Traceback" not in out, out
+    assert f"{empty} (empty)" in out and f"{dangling} (a link to {tmp_path / 'gone.jpg'}, which does not exist)" in out
+    assert "Remove them" in out and not (tmp_path / "run").exists()
+
+
+def test_an_image_size_whose_activations_cannot_fit_in_memory_is_refused_with_the_numbers(tmp_path):
+    folder = image_folder(tmp_path / "images")
+    code, out = main_in_process(f"--run_dir={tmp_path / 'run'}", f"--data_dir={folder}",
+                                "--config.data.name=image_folder", "--config.data.batch_size=4",
+                                "--config.data.image_size=4000")
+    assert code == 2, out
+    assert re.search(r"on 4 images of 4000x4000x3 needs about [\d.]+ GiB of memory .* than this machine's "
+                     r"[\d.]+ GiB\. Lower --config.data.image_size", out), out
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--config.data.batch_size=1"], "`data.batch_size`: must be at least 2: batch normalization"),
+    (["--strategy=mirrored", "--config.data.batch_size=2"], "data.batch_size=2 over 2 replicas gives fewer than 2"),
+])
+def test_batches_of_one_image_per_replica_are_refused(tmp_path, args, named):
+    devices = len(tf.config.list_logical_devices("CPU"))
+    if "--strategy=mirrored" in args and devices != 2:
+        pytest.skip(f"needs the 2 logical CPU devices of tests/conftest.py, found {devices}")
+    code, out = main_in_process(f"--run_dir={tmp_path / 'run'}", *args)
+    assert code == 2 and named in out, out
+    assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_ends_with_one_line_exit_130_and_releases_the_lock(tmp_path, monkeypatch):
+    def interrupted(self, steps):
+        assert (tmp_path / "run" / LOCK).exists()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Pipeline, "preflight", interrupted)
+    code, out = main_in_process(f"--run_dir={tmp_path / 'run'}")
+    assert code == 130
+    assert out.strip() == ("interrupted (SIGINT): finished steps and checkpoints are kept; the same command "
+                           "resumes the run.")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("content, name, named", [
+    ("raise RuntimeError('no GPU here')\n", "raises.py", "could not be loaded: RuntimeError: no GPU here"),
+    ("def get_config(:\n", "syntax.py", "could not be loaded: SyntaxError: invalid syntax"),
+    ("data:\n  batch_size: 8\n", "config.yaml", "is not a Python file"),
+    (None, "absent.py", "does not exist"),
+])
+def test_a_config_file_that_fails_is_named_with_overrides_given(tmp_path, content, name, named):
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    code, out = main_in_process(f"--config={path}", "--config.seed=1", f"--run_dir={tmp_path / 'run'}")
+    assert code == 2 and f"config file {path} {named}" in out and "Traceback" not in out, out

@@ -3,6 +3,7 @@
 import errno
 import os
 import re
+import signal
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: keep the console readable
@@ -115,9 +116,22 @@ def run(argv):
     print(f"\nRun directory: {run_dir} (report.md sums it up)")
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (or SIGINT) arrived: the run stops like on Ctrl-C."""
+
+
+def _interrupt(signum, frame):
+    raise Interrupted(signum)
+
+
 def _main(argv):
     try:
         run(argv)
+    except KeyboardInterrupt as interrupt:
+        signum = interrupt.args[0] if isinstance(interrupt, Interrupted) else signal.SIGINT
+        print(f"\ninterrupted ({signal.Signals(signum).name}): finished steps and checkpoints are kept; the same "
+              "command resumes the run.", file=sys.stderr)
+        sys.exit(128 + signum)
     except OSError as error:
         _fail(_os_error_message(error))
     except (ValueError, RuntimeError) as error:
@@ -214,11 +228,36 @@ def _undecodable_image_message(detail, data, kept):
 
 
 def _parse_flags(argv):
-    """absl's flag parsing, with bad flags and unknown config keys reported in one line."""
+    """absl's flag parsing, with bad flags, unknown config keys and config files that fail reported in one line."""
+    path = _config_file(argv)
+    if path is not None and not os.path.isfile(path):
+        _fail(f"config file {path} does not exist. Give --config=configs/<name>.py (the configs folder holds the "
+              "examples).")
+    if path is not None and not path.endswith(".py"):
+        _fail(f"config file {path} is not a Python file: a config is a .py file whose get_config() returns a "
+              "ConfigDict (see configs/*.py); YAML or JSON configs are not read.")
     try:
         return FLAGS(argv)
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
         _bad_command_line(error)
+    except Exception as error:  # the config file's own code failed (a syntax error, an exception it raises)
+        if path is None:
+            raise
+        _fail(f"config file {path} could not be loaded: {type(error).__name__}: {error}. Fix the file, "
+              "or start from one of configs/*.py.")
+
+
+def _config_file(argv):
+    """The file `--config=PATH[:argument]` names on the command line, or None (the default config)."""
+    for i, arg in enumerate(argv[1:], 1):
+        if arg.startswith("--config="):
+            value = arg.split("=", 1)[1]
+        elif arg == "--config" and i + 1 < len(argv):
+            value = argv[i + 1]
+        else:
+            continue
+        return value.split(":", 1)[0]
+    return None
 
 
 def _bad_command_line(error):
@@ -230,6 +269,7 @@ def _bad_command_line(error):
 
 def main():
     """Entry point of the `dmcp` console command."""
+    signal.signal(signal.SIGTERM, _interrupt)  # stops like Ctrl-C: the run directory's lock is released
     try:
         define_flags()
     except (AttributeError, KeyError, TypeError, ValueError) as error:

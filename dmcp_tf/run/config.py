@@ -151,6 +151,9 @@ def validate(config):
         fail("seed", f"must be a non-negative integer, got {config.seed}.")
     if not 0 < config.sample.tolerance < 1:
         fail("sample.tolerance", f"must be a fraction of the budget in (0, 1), e.g. 0.01; got {config.sample.tolerance}.")
+    if config.data.batch_size == 1:
+        fail("data.batch_size", "must be at least 2: batch normalization trains on each batch's statistics, and "
+             "one image has none (oneDNN's kernels even crash on it). Use 2 or more (e.g. 32).")
     for key in ("data.batch_size", "search.epochs", "retrain.epochs"):
         section, name = key.split(".")
         if config[section][name] < 1:
