@@ -11,11 +11,13 @@ import tensorflow as tf
 from PIL import Image
 
 from dmcp_tf import data
+from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.configs import fashion_mnist
 from dmcp_tf.run.pipeline import Pipeline
 from dmcp_tf.run import report
 from dmcp_tf.run.rundir import LOCK, OUTPUTS, STEPS, RunDirectory
-from tests.helpers import main_in_process
+from dmcp_tf.search import search_init
+from tests.helpers import learnable_fashion_mnist, main_in_process
 
 
 def test_a_run_directory_in_use_is_refused_naming_its_holder_also_with_overwrite(tmp_path):
@@ -174,3 +176,32 @@ def test_a_config_file_that_fails_is_named_with_overrides_given(tmp_path, conten
         path.write_text(content)
     code, out = main_in_process(f"--config={path}", "--config.seed=1", f"--run_dir={tmp_path / 'run'}")
     assert code == 2 and f"config file {path} {named}" in out and "Traceback" not in out, out
+
+
+@pytest.fixture(scope="module")
+def fashion_dir(tmp_path_factory):
+    return str(learnable_fashion_mnist(tmp_path_factory.mktemp("fashion"), train=128, test=64))
+
+
+def test_a_round_to_that_cannot_meet_the_budget_is_refused_before_training(tmp_path, fashion_dir):
+    code, out = main_in_process(f"--run_dir={tmp_path / 'run'}", f"--data_dir={fashion_dir}",
+                                "--config.sample.round_to=1000", "--config.sample.fit_to_budget=False")
+    assert code == 2, out
+    assert re.search(r"sample.round_to=1000 keeps .* even the smallest structure costs .*, 2.00x the budget 0.5x", out)
+    assert "Use a smaller --config.sample.round_to (0 does not round)." in out and "Traceback" not in out
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_sampled_structure_over_the_budget_stops_the_sample_step_before_retraining(tmp_path, fashion_dir):
+    config = fashion_mnist.get_config()
+    config.data.data_dir, config.model.options.channels = fashion_dir, (16, 32)
+    supernet = Pipeline(config, str(tmp_path / "unused")).context.new_supernet()
+    search_init.set_uniform_fraction(ChannelGraph(supernet), 0.95)  # gates that were never pulled to the budget
+    (tmp_path / "run").mkdir()
+    supernet.save(tmp_path / "run" / "supernet.keras")
+    code, out = main_in_process(f"--run_dir={tmp_path / 'run'}", f"--data_dir={fashion_dir}", "--mode=sample",
+                                "--config.model.options.channels=(16, 32)", "--config.sample.fit_to_budget=False")
+    assert code == 2, out
+    assert re.search(r"The sampled structure costs .*, 1\.\d\dx the budget 0.5x .*; retraining it would break the "
+                     r"budget, so the sample step stops \(nothing written\)\. Use --config.sample.fit_to_budget=True", out)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".sample.started", "config.json", "supernet.keras"]

@@ -22,11 +22,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.run import config as config_lib
 from dmcp_tf.run import distributed, report
 from dmcp_tf.run.context import RunContext
 from dmcp_tf.run.rundir import TRAINING_STEPS, PipelineError, RunDirectory
-from dmcp_tf.run.steps import RUN
+from dmcp_tf.run.steps import RUN, sample
 
 # Training keeps every layer's outputs for the backward pass, their gradients, and workspace beside them.
 TRAINING_MEMORY_FACTOR = 3
@@ -93,17 +94,20 @@ class Pipeline:
         self.dir.check_inputs(steps)
         if any(s in steps for s in ("search", "retrain", "eval", "export")):
             ctx.data  # noqa: B018 (loads the data now, so a missing data set fails before training)
-        if any(s in steps for s in TRAINING_STEPS):
-            self._check_memory()
+        fresh = ctx.new_supernet() if any(s in steps for s in TRAINING_STEPS) else None
+        if fresh is not None:
+            self._check_memory(fresh)
         test_limit, wanted = self.config.data.test_limit, self.config.export.representative_images
         if "export" in steps and test_limit and test_limit < wanted:
             raise PipelineError(f"export.representative_images={wanted} needs that many test images, but "
                                 f"data.test_limit={test_limit}: lower the one or raise the other.")
+        if "sample" in steps:
+            sample.check_round_to(ChannelGraph(fresh if "search" in steps else ctx.supernet), ctx.budget, self.config)
         if "search" in steps:
             ctx.build_search_model(steps_per_epoch=1)  # checks the model and the budget
 
-    def _check_memory(self):
-        """Raises `PipelineError` if training the supernet on one machine's share of a batch cannot fit in memory.
+    def _check_memory(self, supernet):
+        """Raises `PipelineError` if training `supernet` on one machine's share of a batch cannot fit in memory.
 
         On CPUs only (a GPU's memory is its own): the supernet's activations (every
         layer's outputs) for this machine's images of a batch, times
@@ -113,7 +117,6 @@ class Pipeline:
         if tf.config.list_logical_devices("GPU"):
             return
         images = self.config.data.batch_size // max(1, distributed.cluster_workers())
-        supernet = self.context.new_supernet()
         values = sum(int(np.prod(t.shape[1:])) for layer in supernet.layers  # a shared layer: once per call
                      for node in layer._inbound_nodes for t in node.output_tensors)
         needed = values * images * 4 * TRAINING_MEMORY_FACTOR

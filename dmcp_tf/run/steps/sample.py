@@ -9,7 +9,11 @@ import numpy as np
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.io_utils import atomic_write_json, atomic_write_text
 from dmcp_tf.run import report
+from dmcp_tf.run.rundir import PipelineError
 from dmcp_tf.search import sampling
+
+# How far above the budget a sampled structure may cost (rounding every gate on its own moves it a little).
+OVER_BUDGET = 0.05
 
 
 def run(ctx):
@@ -26,6 +30,11 @@ def run(ctx):
     expected_sampling_cost = chosen_cost = cost.of(graph, chosen)
     if cfg.fit_to_budget:
         chosen, chosen_cost = sampling.fit_to_budget(graph, chosen, target, cost=cost)
+    if chosen_cost > (1 + OVER_BUDGET) * target:
+        raise PipelineError(
+            f"The sampled structure costs {cost.format(chosen_cost)}, {chosen_cost / target:.2f}x the budget "
+            f"{ctx.config.search.budget} ({cost.format(target)}); retraining it would break the budget, so the "
+            f"sample step stops (nothing written). {_over_budget_advice(ctx.config)}")
     sampling.save_config(ctx.dir.path("channels.json"), chosen)
     direct, note = [], None
     try:
@@ -57,3 +66,27 @@ def run(ctx):
         "direct_mean_cost": stats["mean"], "direct_std_cost": stats["std"],
         "direct_samples": len(direct), "within_budget_samples": int(len(next(iter(dists.values())))),
     }
+
+
+def check_round_to(graph, budget, config):
+    """Raises `PipelineError` if `sample.round_to` keeps so many channels that even the smallest structure
+    costs more than the budget allows (before any training)."""
+    cost, target, round_to = budget.cost, budget.target(graph), config.sample.round_to
+    smallest = cost.of(graph, sampling.round_config(graph, graph.smallest_config(), round_to))
+    if smallest > (1 + OVER_BUDGET) * target:
+        raise PipelineError(
+            f"sample.round_to={round_to} keeps at least that many channels per layer, so even the smallest "
+            f"structure costs {cost.format(smallest)}, {smallest / target:.2f}x the budget {config.search.budget} "
+            f"({cost.format(target)}). Use a smaller --config.sample.round_to (0 does not round).")
+
+
+def _over_budget_advice(config):
+    """What brings a sampled structure down to the budget, for the error that it is above."""
+    options = []
+    if config.sample.round_to > 1:
+        options.append(f"a smaller --config.sample.round_to (now {config.sample.round_to}; 0 does not round)")
+    if not config.sample.fit_to_budget:
+        options.append("--config.sample.fit_to_budget=True (with round_to=0) to scale the widths to the budget")
+    options.append("a longer search (search.epochs) or a larger search.budget_weight, so that the gates reach "
+                   "the budget")
+    return f"Use {', or '.join(options)}."
