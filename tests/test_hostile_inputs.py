@@ -4,6 +4,11 @@ import fcntl
 import json
 import os
 import re
+import signal
+import socket
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -14,10 +19,13 @@ from dmcp_tf import data
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.configs import fashion_mnist
 from dmcp_tf.run.pipeline import Pipeline
-from dmcp_tf.run import report
+from dmcp_tf.run import distributed, report
 from dmcp_tf.run.rundir import LOCK, OUTPUTS, STEPS, RunDirectory
 from dmcp_tf.search import search_init
 from tests.helpers import learnable_fashion_mnist, main_in_process
+from tests.test_multiworker import free_ports
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_a_run_directory_in_use_is_refused_naming_its_holder_also_with_overwrite(tmp_path):
@@ -205,3 +213,67 @@ def test_a_sampled_structure_over_the_budget_stops_the_sample_step_before_retrai
     assert re.search(r"The sampled structure costs .*, 1\.\d\dx the budget 0.5x .*; retraining it would break the "
                      r"budget, so the sample step stops \(nothing written\)\. Use --config.sample.fit_to_budget=True", out)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".sample.started", "config.json", "supernet.keras"]
+
+
+def two_worker_config(ports, index=0):
+    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}})
+
+
+def test_waiting_for_a_worker_says_which_and_gives_up_after_the_timeout(monkeypatch):
+    ports = free_ports(2)
+    monkeypatch.setenv("TF_CONFIG", two_worker_config(ports))
+    lines = []
+    start = time.monotonic()
+    with pytest.raises(distributed.StrategyError, match=rf"Gave up after 1 s waiting for worker 1 at 127.0.0.1:{ports[1]}"
+                       r" \(TF_CONFIG\) to start\..*--worker_timeout=SECONDS"):
+        distributed.wait_for_workers(1.0, poll=0.1, log=lines.append)
+    assert time.monotonic() - start < 3
+    assert lines == [f"waiting for worker 1 at 127.0.0.1:{ports[1]} (TF_CONFIG) to start: 0 s of 1 s (--worker_timeout)"]
+
+
+def test_a_started_worker_ends_the_wait_and_this_task_listens_meanwhile(monkeypatch):
+    ports = free_ports(2)
+    monkeypatch.setenv("TF_CONFIG", two_worker_config(ports))
+    with socket.socket() as other:  # worker 1 has started: its address accepts connections
+        other.bind(("127.0.0.1", ports[1]))
+        other.listen()
+        distributed.wait_for_workers(5.0, poll=0.1, log=pytest.fail)
+    with socket.socket() as mine:  # worker 0's own port is free again for TensorFlow's server
+        mine.bind(("127.0.0.1", ports[0]))
+
+
+def start_main(folder, *args, env):
+    """`main.py *args` started in `folder` (its output in folder/main.log): (process, log path)."""
+    folder.mkdir()
+    with open(folder / "main.log", "w") as log:
+        process = subprocess.Popen([sys.executable, os.path.join(ROOT, "main.py"), f"--run_dir={folder / 'run'}", *args],
+                                   stdout=log, stderr=subprocess.STDOUT, cwd=folder,
+                                   env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT, **env))
+    return process, folder / "main.log"
+
+
+def test_a_missing_worker_ends_main_with_exit_2_and_sigterm_ends_the_wait_at_once(tmp_path):
+    ports = free_ports(4)
+    waiting, waiting_log = start_main(tmp_path / "a", "--worker_timeout=300",
+                                      env={"TF_CONFIG": two_worker_config(ports[:2])})
+    gives_up, gives_up_log = start_main(tmp_path / "b", "--worker_timeout=2",
+                                        env={"TF_CONFIG": two_worker_config(ports[2:])})
+    try:
+        assert gives_up.wait(timeout=120) == 2
+        out = gives_up_log.read_text()
+        assert f"waiting for worker 1 at 127.0.0.1:{ports[3]} (TF_CONFIG) to start: 0 s of 2 s" in out
+        assert f"error: Gave up after 2 s waiting for worker 1 at 127.0.0.1:{ports[3]}" in out
+        assert "Traceback" not in out and not (tmp_path / "b" / "run").exists()
+        deadline = time.monotonic() + 120
+        while "waiting for worker 1" not in waiting_log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        waiting.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        assert waiting.wait(timeout=30) == 128 + signal.SIGTERM
+        assert time.monotonic() - sent < 5
+        assert "interrupted (SIGTERM)" in waiting_log.read_text()
+    finally:
+        for process in (waiting, gives_up):
+            if process.poll() is None:
+                process.kill()
+                process.wait()

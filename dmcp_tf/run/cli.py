@@ -39,6 +39,8 @@ def define_flags(flag_values=FLAGS, argv=None):
                       "the machines listed in TF_CONFIG (start the same command on each; the run directory must "
                       "be shared); `auto` picks multi_worker when TF_CONFIG lists several tasks, else mirrored "
                       "when several GPUs are visible, else one device.", **fv)
+    flags.DEFINE_float("worker_timeout", 600, "With multi_worker: seconds to wait for the other tasks of TF_CONFIG to "
+                       "start (saying which, every 10 s) before giving up with exit code 2.", lower_bound=0, **fv)
     flags.DEFINE_bool("deterministic", False, "TensorFlow op determinism and fixed seeds: two runs of the same "
                       "config give identical results (slower on GPUs).", **fv)
     flags.DEFINE_string("channels", None, "With --mode=flops: a channels.json to count.", **fv)
@@ -49,7 +51,7 @@ def define_flags(flag_values=FLAGS, argv=None):
 def _strategy(name):
     from dmcp_tf.run import distributed  # noqa: PLC0415 (after flag parsing: --help stays fast)
 
-    return distributed.make_strategy(name)
+    return distributed.make_strategy(name, worker_timeout=FLAGS.worker_timeout)
 
 
 def _flops(config):
