@@ -277,3 +277,31 @@ def test_a_missing_worker_ends_main_with_exit_2_and_sigterm_ends_the_wait_at_onc
             if process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+def test_a_trained_model_with_an_unregistered_custom_layer_is_named_before_anything_is_written(tmp_path, fashion_dir):
+    script = ("import keras\n"
+              "@keras.saving.register_keras_serializable()\n"
+              "class Scale(keras.layers.Layer):\n"
+              "    def call(self, x):\n"
+              "        return 2.0 * x\n"
+              "inputs = keras.Input((28, 28, 1))\n"
+              "keras.Model(inputs, Scale()(inputs)).save('trained.keras')\n")
+    subprocess.run([sys.executable, "-c", script], cwd=tmp_path, check=True, capture_output=True, timeout=120,
+                   env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    code, out = main_in_process(f"--run_dir={tmp_path / 'run'}", f"--data_dir={fashion_dir}",
+                                f"--config.search.initial_weights={tmp_path / 'trained.keras'}")
+    assert code == 2 and "Traceback" not in out, out
+    assert "holds a layer of class 'Scale' that Keras cannot rebuild here" in out
+    assert "@keras.saving.register_keras_serializable()" in out and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("content, named", [
+    (None, "does not exist"), (b"PK\x03\x04 half a download", "is not a readable .keras file (a zip archive)")])
+def test_a_missing_or_damaged_trained_model_is_called_so(tmp_path, fashion_dir, content, named):
+    path = tmp_path / "trained.keras"
+    if content is not None:
+        path.write_bytes(content)
+    code, out = main_in_process(f"--run_dir={tmp_path / 'run'}", f"--data_dir={fashion_dir}",
+                                f"--config.search.initial_weights={path}")
+    assert code == 2 and named in out and "File not found" not in out, out

@@ -218,7 +218,7 @@ def test_flops_mode_counts_supernet_and_paper_structures(tmp_path):
     ("search.init", "middle", "authors, full, budget"),
     ("retrain.weight_decay_type", "l2", "decoupled, coupled"),
     ("search.min_learning_rate", "0.5", "search.learning_rate"),
-    ("search.initial_weights", "/no/such/model.keras", "not a .keras file"),
+    ("search.initial_weights", "/no/such/model.keras", "does not exist"),
     ("search.arch_learning_rate", "0", "must be positive"),
     ("search.budget_weight_growth", "-0.1", "must be >= 0"),
     ("search.train_weights", "False", "--config.search.initial_weights"),

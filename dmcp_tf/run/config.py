@@ -194,7 +194,10 @@ def validate(config):
         fail("search.train_weights", "False keeps the supernet's weights as they are, and freshly initialised "
              "weights tell the gates nothing: give a trained model with --config.search.initial_weights=PATH.keras, "
              "or leave search.train_weights True.")
-    if weights and not (os.path.isfile(weights) and weights.endswith(".keras")):
+    if weights and not os.path.isfile(weights):
+        fail("search.initial_weights", f"{weights!r} does not exist; give a trained model saved with "
+             "model.save('x.keras') whose layer names match the supernet's (or leave it empty).")
+    if weights and not weights.endswith(".keras"):
         fail("search.initial_weights", f"{weights!r} is not a .keras file; give a trained model saved with "
              "model.save('x.keras') whose layer names match the supernet's (or leave it empty).")
     if config.retrain.inherit not in INHERITED_WEIGHTS:

@@ -28,6 +28,7 @@ from dmcp_tf.run import distributed, report
 from dmcp_tf.run.context import RunContext
 from dmcp_tf.run.rundir import TRAINING_STEPS, PipelineError, RunDirectory
 from dmcp_tf.run.steps import RUN, sample
+from dmcp_tf.search import pretrained
 
 # Training keeps every layer's outputs for the backward pass, their gradients, and workspace beside them.
 TRAINING_MEMORY_FACTOR = 3
@@ -97,6 +98,8 @@ class Pipeline:
         fresh = ctx.new_supernet() if any(s in steps for s in TRAINING_STEPS) else None
         if fresh is not None:
             self._check_memory(fresh)
+            if self.config.search.initial_weights:  # a damaged file or a custom layer fails now, not in the step
+                pretrained.load_trained_model(self.config.search.initial_weights)
         test_limit, wanted = self.config.data.test_limit, self.config.export.representative_images
         if "export" in steps and test_limit and test_limit < wanted:
             raise PipelineError(f"export.representative_images={wanted} needs that many test images, but "
