@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -188,7 +189,7 @@ def test_a_config_file_that_fails_is_named_with_overrides_given(tmp_path, conten
 
 @pytest.fixture(scope="module")
 def fashion_dir(tmp_path_factory):
-    return str(learnable_fashion_mnist(tmp_path_factory.mktemp("fashion"), train=128, test=64))
+    return str(learnable_fashion_mnist(tmp_path_factory.mktemp("fashion"), train=128, test=128))
 
 
 def test_a_round_to_that_cannot_meet_the_budget_is_refused_before_training(tmp_path, fashion_dir):
@@ -280,15 +281,14 @@ def test_a_missing_worker_ends_main_with_exit_2_and_sigterm_ends_the_wait_at_onc
 
 
 def test_a_trained_model_with_an_unregistered_custom_layer_is_named_before_anything_is_written(tmp_path, fashion_dir):
-    script = ("import keras\n"
-              "@keras.saving.register_keras_serializable()\n"
-              "class Scale(keras.layers.Layer):\n"
-              "    def call(self, x):\n"
-              "        return 2.0 * x\n"
-              "inputs = keras.Input((28, 28, 1))\n"
-              "keras.Model(inputs, Scale()(inputs)).save('trained.keras')\n")
-    subprocess.run([sys.executable, "-c", script], cwd=tmp_path, check=True, capture_output=True, timeout=120,
-                   env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    class Scale(keras.layers.Layer):  # a class of the code that trained the model, registered there only
+        def call(self, x):
+            return 2.0 * x
+
+    keras.saving.register_keras_serializable("HostileTest")(Scale)
+    inputs = keras.Input((28, 28, 1))
+    keras.Model(inputs, Scale()(inputs)).save(tmp_path / "trained.keras")
+    del keras.saving.get_custom_objects()["HostileTest>Scale"]
     code, out = main_in_process(f"--run_dir={tmp_path / 'run'}", f"--data_dir={fashion_dir}",
                                 f"--config.search.initial_weights={tmp_path / 'trained.keras'}")
     assert code == 2 and "Traceback" not in out, out
@@ -305,3 +305,33 @@ def test_a_missing_or_damaged_trained_model_is_called_so(tmp_path, fashion_dir, 
     code, out = main_in_process(f"--run_dir={tmp_path / 'run'}", f"--data_dir={fashion_dir}",
                                 f"--config.search.initial_weights={path}")
     assert code == 2 and named in out and "File not found" not in out, out
+
+
+def test_a_step_redone_is_unfinished_until_it_finishes_again(tmp_path):
+    finished_run(tmp_path)
+    rundir = RunDirectory(str(tmp_path), overwrite=True)
+    rundir.start_step("export")  # then killed
+    assert not rundir.finished("export") and rundir.finished("eval")
+    assert RunDirectory(str(tmp_path)).resumable_prefix(list(STEPS)) == ["search", "sample", "retrain", "eval"]
+
+
+@pytest.mark.parametrize("key, value, named", [
+    ("export.latency_runs", "0", "`export.latency_runs`: must be at least 1"),
+    ("export.quantizations", ",", "`export.quantizations`: names no TFLite variant (','"),
+    ("search.budget_weight", "-1", "`search.budget_weight`: must be positive (and a number), got -1"),
+    ("search.learning_rate", "nan", "`search.learning_rate`: must be positive (and a number), got nan"),
+])
+def test_settings_that_fail_after_training_or_do_nothing_are_named_first(tmp_path, key, value, named):
+    code, out = main_in_process(f"--run_dir={tmp_path / 'run'}", f"--config.{key}={value}")
+    assert code == 2 and named in out, out
+    assert not (tmp_path / "run").exists()
+
+
+def test_too_few_test_images_for_the_representative_set_are_named_before_training(tmp_path):
+    folder = image_folder(tmp_path / "images")
+    code, out = main_in_process(f"--run_dir={tmp_path / 'run'}", f"--data_dir={folder}",
+                                "--config.data.name=image_folder", "--config.data.batch_size=2",
+                                "--config.data.image_size=16")
+    assert code == 2, out
+    assert ("export.representative_images=100 needs that many test images, but the test split has 4: lower "
+            "--config.export.representative_images.") in out

@@ -9,6 +9,7 @@ overrides further. Unknown keys are rejected because the ConfigDict is locked.
 so that reading a config file stays light.
 """
 
+import math
 import os
 
 import ml_collections
@@ -176,11 +177,13 @@ def validate(config):
     if config.retrain.weight_decay_type not in WEIGHT_DECAY_TYPES:
         fail("retrain.weight_decay_type", f"unknown {config.retrain.weight_decay_type!r}; choose one of "
              f"{', '.join(WEIGHT_DECAY_TYPES)}.")
+    for key in ("search.learning_rate", "search.arch_learning_rate", "retrain.learning_rate", "search.budget_weight"):
+        section, name = key.split(".")
+        if not (math.isfinite(config[section][name]) and config[section][name] > 0):
+            fail(key, f"must be positive (and a number), got {config[section][name]}.")
     if not 0 <= config.search.min_learning_rate <= config.search.learning_rate:
         fail("search.min_learning_rate", f"must be in [0, search.learning_rate={config.search.learning_rate}], "
              f"got {config.search.min_learning_rate}.")
-    if config.search.arch_learning_rate <= 0:
-        fail("search.arch_learning_rate", f"must be positive, got {config.search.arch_learning_rate}.")
     if not 0 < config.search.arch_final_learning_rate <= config.search.arch_learning_rate:
         fail("search.arch_final_learning_rate", "must be in (0, search.arch_learning_rate="
              f"{config.search.arch_learning_rate}], got {config.search.arch_final_learning_rate}.")
@@ -206,8 +209,13 @@ def validate(config):
         fail("retrain.inherit", "\"initial_weights\" fine-tunes the trained model the search started from: it needs "
              "--config.search.initial_weights=PATH.keras and --config.retrain.from_scratch=False.")
     unknown = set(quantizations(config)) - set(QUANTIZATIONS)
-    if unknown:
-        fail("export.quantizations", f"unknown {sorted(unknown)}; choose from {', '.join(QUANTIZATIONS)}.")
+    if unknown or not quantizations(config):
+        fail("export.quantizations", f"unknown {sorted(unknown)}; choose from {', '.join(QUANTIZATIONS)}." if unknown
+             else f"names no TFLite variant ({config.export.quantizations!r}); choose from {', '.join(QUANTIZATIONS)}, "
+             "comma-separated.")
+    if config.export.latency_runs < 1:
+        fail("export.latency_runs", f"must be at least 1 (the latency is the median of the runs), got "
+             f"{config.export.latency_runs}.")
     return budget
 
 

@@ -101,9 +101,11 @@ class Pipeline:
             if self.config.search.initial_weights:  # a damaged file or a custom layer fails now, not in the step
                 pretrained.load_trained_model(self.config.search.initial_weights)
         test_limit, wanted = self.config.data.test_limit, self.config.export.representative_images
-        if "export" in steps and test_limit and test_limit < wanted:
-            raise PipelineError(f"export.representative_images={wanted} needs that many test images, but "
-                                f"data.test_limit={test_limit}: lower the one or raise the other.")
+        if "export" in steps and ctx.data.test_examples < wanted:
+            limited = f" (data.test_limit={test_limit})" if test_limit else ""
+            raise PipelineError(f"export.representative_images={wanted} needs that many test images, but the test "
+                                f"split has {ctx.data.test_examples}{limited}: lower --config.export."
+                                "representative_images" + (" or raise data.test_limit." if test_limit else "."))
         if "sample" in steps:
             sample.check_round_to(ChannelGraph(fresh if "search" in steps else ctx.supernet), ctx.budget, self.config)
         if "search" in steps:

@@ -257,9 +257,16 @@ class RunDirectory:
         return removed
 
     def start_step(self, step):
-        """Marks the step's outputs as this run directory's own until `finish_step` (chief only)."""
+        """Marks the step's outputs as this run directory's own until `finish_step` (chief only).
+
+        A `<step>.json` of an earlier run of the step goes: until this run
+        finishes the step, the step did not finish (killed halfway, the same
+        command then redoes it instead of taking half-replaced outputs for done).
+        """
         if self.chief:
             atomic_write_text(self.path(_started(step)), "")
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path(f"{step}.json"))
 
     def finish_step(self, step, result):
         """Writes `<step>.json`, the step's last output; removes its marker and its checkpoints."""
