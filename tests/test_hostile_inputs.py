@@ -21,7 +21,7 @@ from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.configs import fashion_mnist
 from dmcp_tf.run.pipeline import Pipeline
 from dmcp_tf.run import distributed, report
-from dmcp_tf.run.rundir import LOCK, OUTPUTS, STEPS, RunDirectory
+from dmcp_tf.run.rundir import LOCK, OUTPUTS, STEPS, PipelineError, RunDirectory
 from dmcp_tf.search import search_init
 from tests.helpers import learnable_fashion_mnist, main_in_process
 from tests.test_multiworker import free_ports
@@ -90,13 +90,23 @@ def test_redoing_a_step_removes_the_outputs_of_the_steps_after_it_and_the_report
     assert "--mode=retrain" in text
 
 
-def test_a_whole_run_or_a_resumed_step_removes_nothing(tmp_path):
+def test_a_whole_run_overwritten_starts_without_the_old_results_of_its_later_steps(tmp_path):
     finished_run(tmp_path)
     rundir = RunDirectory(str(tmp_path), overwrite=True)
-    assert rundir.begin(fashion_mnist.get_config(), list(STEPS)) == []
+    assert rundir.begin(fashion_mnist.get_config(), list(STEPS)) == []  # nothing left for the user to redo
+    assert [step for step in STEPS if (tmp_path / f"{step}.json").exists()] == ["search"]  # redone first
     assert rundir.begin(fashion_mnist.get_config(), ["export"]) == []
-    assert all((tmp_path / f"{step}.json").exists() for step in STEPS)
-    assert report._missing_steps_section(rundir) == []
+
+
+def test_overwrite_with_other_settings_beside_the_old_ones_outputs_is_refused(tmp_path):
+    finished_run(tmp_path)
+    config = fashion_mnist.get_config()
+    (tmp_path / "config.json").write_text(config.to_json())
+    config.search.budget = "0.3x"
+    with pytest.raises(PipelineError, match=r"--overwrite would redo sample with settings that differ .* "
+                                            r"\(search\), beside the outputs of search made with the old ones"):
+        RunDirectory(str(tmp_path), overwrite=True).check(config, ["sample"])
+    RunDirectory(str(tmp_path), overwrite=True).check(config, list(STEPS))  # redone from the search: fine
 
 
 def image_folder(root, classes=("cat", "dog"), test_classes=None):

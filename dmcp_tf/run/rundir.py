@@ -149,8 +149,17 @@ class RunDirectory:
         `<step>.json`) left partial outputs: they are redone, not protected.
         """
         saved = self.path("config.json")
-        if os.path.exists(saved) and not self.overwrite:
-            self.check_identity(config)
+        changed = self.changed_identity(config) if os.path.exists(saved) else []
+        if changed and not self.overwrite:
+            raise PipelineError(
+                f"Run directory {self.root} belongs to another config (these settings differ: "
+                f"{', '.join(changed)}). Use another --run_dir, or --overwrite to replace that run.")
+        kept = self._kept_before(steps)
+        if changed and kept:
+            raise PipelineError(
+                f"--overwrite would redo {', '.join(steps)} with settings that differ from those of this run "
+                f"directory ({', '.join(changed)}), beside the outputs of {', '.join(kept)} made with the old ones. "
+                "Redo the run from the search (--mode=all --overwrite), or use another --run_dir.")
         if self.overwrite:
             return
         if not os.path.exists(saved) and os.path.exists(self.path("report.md")):
@@ -166,18 +175,18 @@ class RunDirectory:
                 "replace. Pass --overwrite to replace them, or choose another --run_dir."
             )
 
-    def check_identity(self, config):
-        """Raises `PipelineError` if the run directory's `config.json` defines another supernet than `config`."""
+    def changed_identity(self, config):
+        """The settings in which `config` defines another supernet than the run directory's `config.json`."""
         with open(self.path("config.json")) as f:
             previous = json.load(f)
         current = json.loads(config.to_json())
         keys = TABLE_IDENTITY if self.holds_only_latency_table() else IDENTITY
-        changed = [key for key in keys if _identity_value(previous, key) != _identity_value(current, key)]
-        if changed:
-            raise PipelineError(
-                f"Run directory {self.root} belongs to another config (these settings differ: "
-                f"{', '.join(changed)}). Use another --run_dir, or --overwrite to replace that run."
-            )
+        return [key for key in keys if _identity_value(previous, key) != _identity_value(current, key)]
+
+    def _kept_before(self, steps):
+        """The finished pipeline steps before the first of `steps`: a run of `steps` keeps their outputs."""
+        redone = [s for s in steps if s in STEPS]
+        return [s for s in STEPS[:STEPS.index(redone[0])] if self.finished(s)] if redone else []
 
     def holds_only_latency_table(self):
         """True if the latency table is here and no other step wrote or started anything."""
@@ -232,18 +241,18 @@ class RunDirectory:
         return stale
 
     def invalidate_later_steps(self, steps):
-        """Removes the outputs of the pipeline steps after the first of `steps` that `steps` do not redo.
+        """Removes the outputs of the pipeline steps after the first of `steps`; returns those `steps` do not redo.
 
         They were made from outputs that `steps` replace (a slim model retrained
         on the channels a redone sample step replaces): kept, they would be
-        reported beside results they do not belong to. Returns the steps removed.
+        reported beside results they do not belong to, or, if this run fails
+        before it redoes them, stay beside a config.json they were not made with.
         """
         redone = [s for s in steps if s in STEPS]
         if not redone:
             return []
-        later = [s for s in STEPS[STEPS.index(redone[0]) + 1:] if s not in steps]
         removed = []
-        for step in later:
+        for step in STEPS[STEPS.index(redone[0]) + 1:]:
             paths = [self.path(f) for f in (*OUTPUTS[step], f"{step}.json", _started(step))]
             paths.append(self.path("checkpoints", step))
             if not any(os.path.lexists(p) for p in paths):
@@ -254,7 +263,7 @@ class RunDirectory:
                 elif os.path.lexists(path):
                     os.remove(path)
             removed.append(step)
-        return removed
+        return [step for step in removed if step not in steps]
 
     def start_step(self, step):
         """Marks the step's outputs as this run directory's own until `finish_step` (chief only).
