@@ -30,8 +30,9 @@ from dmcp_tf.run.rundir import TRAINING_STEPS, PipelineError, RunDirectory
 from dmcp_tf.run.steps import RUN, sample
 from dmcp_tf.search import pretrained
 
-# Training keeps every layer's outputs for the backward pass, their gradients, and workspace beside them.
-TRAINING_MEMORY_FACTOR = 3
+# Training keeps every layer's outputs for the backward pass and their gradients beside them. A lower bound
+# of what it needs rather than an estimate: the check refuses what cannot fit, not what might not.
+TRAINING_MEMORY_FACTOR = 2
 
 
 @contextlib.contextmanager
