@@ -81,6 +81,7 @@ def base_config():
     c.sample.tolerance = 0.01
     c.sample.round_to = 0               # >1: round kept channels to a multiple (faster kernels on phones)
     c.sample.fit_to_budget = False      # scale the expected-sampling widths together to meet the budget (authors: no)
+    c.sample.over_budget = 0.05         # a sampled structure costing more than (1 + this) x the budget stops the run
     c.sample.calibration_batches = 20   # batch-norm re-estimation before evaluating a sub-network
 
     c.retrain = ml_collections.ConfigDict()
@@ -163,6 +164,8 @@ def validate(config):
         section, name = key.split(".")
         if config[section][name] < 0:
             fail(key, f"must be 0 (epoch ends only) or a number of steps, got {config[section][name]}.")
+    if not config.sample.over_budget >= 0:
+        fail("sample.over_budget", f"must be a fraction of the budget >= 0, e.g. 0.05; got {config.sample.over_budget}.")
     if config.sample.round_to < 0:
         fail("sample.round_to", f"must be 0 (no rounding) or a channel multiple such as 8, got {config.sample.round_to}.")
     if config.sample.fit_to_budget and config.sample.round_to > 1:

@@ -409,7 +409,7 @@ def write_run_report(rundir, budget):
 
 
 def _missing_steps_section(rundir):
-    """The line that names the steps without results after one that has them (not run since it was redone)."""
+    """The line that names the steps without results after one that has them (not run yet, or since it was redone)."""
     done = [os.path.exists(rundir.path(f"{step}.json")) for step in STEPS]
     if True not in done:
         return []
@@ -417,9 +417,9 @@ def _missing_steps_section(rundir):
     if not missing:
         return []
     return [("Steps without results", (
-        f"{', '.join(missing)}: not run since an earlier step was (re)done here; their earlier outputs, made "
-        f"from what that step replaced, were removed. Run them with `--mode={missing[0]}` (one step at a time) "
-        "to complete the report."))]
+        f"{', '.join(missing)}: no results here, as they have not run since the steps before them last ran (a "
+        "redone step removes the outputs of the steps after it, made from what it replaced). Run them "
+        f"(`--mode={missing[0]}`, one step at a time) to complete the report."))]
 
 
 def _comparison_section(rows):

@@ -147,6 +147,8 @@ class RunDirectory:
 
         A step that started in this run directory but did not finish (no
         `<step>.json`) left partial outputs: they are redone, not protected.
+        `--overwrite` with another config is refused where it would keep outputs
+        of earlier steps made with the old one.
         """
         saved = self.path("config.json")
         changed = self.changed_identity(config) if os.path.exists(saved) else []

@@ -12,9 +12,6 @@ from dmcp_tf.run import report
 from dmcp_tf.run.rundir import PipelineError
 from dmcp_tf.search import sampling
 
-# How far above the budget a sampled structure may cost (rounding every gate on its own moves it a little).
-OVER_BUDGET = 0.05
-
 
 def run(ctx):
     """Samples the configuration of the searched supernet; returns the content of `sample.json`.
@@ -30,11 +27,12 @@ def run(ctx):
     expected_sampling_cost = chosen_cost = cost.of(graph, chosen)
     if cfg.fit_to_budget:
         chosen, chosen_cost = sampling.fit_to_budget(graph, chosen, target, cost=cost)
-    if chosen_cost > (1 + OVER_BUDGET) * target:
+    if chosen_cost > (1 + cfg.over_budget) * target:
         raise PipelineError(
             f"The sampled structure costs {cost.format(chosen_cost)}, {chosen_cost / target:.2f}x the budget "
-            f"{ctx.config.search.budget} ({cost.format(target)}); retraining it would break the budget, so the "
-            f"sample step stops (nothing written). {_over_budget_advice(ctx.config)}")
+            f"{ctx.config.search.budget} ({cost.format(target)}), more than sample.over_budget={cfg.over_budget} "
+            "above it; retraining it would break the budget, so the sample step stops (nothing written). "
+            f"{_over_budget_advice(ctx.config)}")
     sampling.save_config(ctx.dir.path("channels.json"), chosen)
     direct, note = [], None
     try:
@@ -73,7 +71,7 @@ def check_round_to(graph, budget, config):
     costs more than the budget allows (before any training)."""
     cost, target, round_to = budget.cost, budget.target(graph), config.sample.round_to
     smallest = cost.of(graph, sampling.round_config(graph, graph.smallest_config(), round_to))
-    if smallest > (1 + OVER_BUDGET) * target:
+    if smallest > (1 + config.sample.over_budget) * target:
         raise PipelineError(
             f"sample.round_to={round_to} keeps at least that many channels per layer, so even the smallest "
             f"structure costs {cost.format(smallest)}, {smallest / target:.2f}x the budget {config.search.budget} "
@@ -88,5 +86,5 @@ def _over_budget_advice(config):
     if not config.sample.fit_to_budget:
         options.append("--config.sample.fit_to_budget=True (with round_to=0) to scale the widths to the budget")
     options.append("a longer search (search.epochs) or a larger search.budget_weight, so that the gates reach "
-                   "the budget")
+                   "the budget (or accept more with --config.sample.over_budget)")
     return f"Use {', or '.join(options)}."
