@@ -20,6 +20,7 @@ from dmcp_tf import data
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.configs import fashion_mnist
 from dmcp_tf.run.pipeline import Pipeline
+from dmcp_tf.run.steps import RUN
 from dmcp_tf.run import distributed, report
 from dmcp_tf.run.rundir import LOCK, OUTPUTS, STEPS, PipelineError, RunDirectory
 from dmcp_tf.search import search_init
@@ -170,17 +171,18 @@ def test_batches_of_one_image_per_replica_are_refused(tmp_path, args, named):
     assert not (tmp_path / "run").exists()
 
 
-def test_ctrl_c_ends_with_one_line_exit_130_and_releases_the_lock(tmp_path, monkeypatch):
-    def interrupted(self, steps):
+def test_ctrl_c_during_the_search_ends_with_one_line_exit_130_releases_the_lock_and_resumes(
+        tmp_path, fashion_dir, monkeypatch):
+    def interrupted(ctx):
         assert (tmp_path / "run" / LOCK).exists()
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Pipeline, "preflight", interrupted)
-    code, out = main_in_process(f"--run_dir={tmp_path / 'run'}")
+    monkeypatch.setitem(RUN, "search", interrupted)
+    code, out = main_in_process(f"--run_dir={tmp_path / 'run'}", f"--data_dir={fashion_dir}", "--mode=search")
     assert code == 130
-    assert out.strip() == ("interrupted (SIGINT): finished steps and checkpoints are kept; the same command "
-                           "resumes the run.")
-    assert not (tmp_path / "run").exists()
+    assert [line for line in out.splitlines() if line] == ["== search ==", "interrupted (SIGINT): finished steps and checkpoints are "
+                                        "kept; the same command resumes the run."]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".search.started", "config.json"]  # resumable
 
 
 @pytest.mark.parametrize("content, name, named", [
