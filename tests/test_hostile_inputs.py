@@ -57,6 +57,16 @@ def test_the_lock_of_a_dead_process_is_taken_over_and_released(tmp_path):
     assert not (run_dir / LOCK).exists()
 
 
+def test_only_the_chief_of_a_multi_worker_run_takes_the_lock(tmp_path):
+    chief, worker = RunDirectory(str(tmp_path)), RunDirectory(str(tmp_path), chief=False)
+    with chief.owned():
+        with worker.owned():  # the other workers share the run directory with the chief
+            holder = json.loads((tmp_path / LOCK).read_text())
+        assert holder["pid"] == os.getpid() and (tmp_path / LOCK).exists()
+    assert not (tmp_path / LOCK).exists()
+    worker.close()
+
+
 def test_a_refused_run_leaves_no_run_directory_behind(tmp_path):
     code, out = main_in_process(f"--run_dir={tmp_path / 'run'}", f"--data_dir={tmp_path / 'nowhere'}")
     assert code == 2, out
@@ -89,6 +99,20 @@ def test_redoing_a_step_removes_the_outputs_of_the_steps_after_it_and_the_report
     [(title, text)] = report._missing_steps_section(rundir)
     assert text.startswith("retrain, eval, export: no results here, as they have not run since the steps before")
     assert "--mode=retrain" in text
+
+
+def test_sample_overwritten_on_a_finished_run_says_what_it_removed_and_the_report_names_the_steps_left(
+        tmp_path, monkeypatch):
+    finished_run(tmp_path)
+    (tmp_path / "config.json").write_text(fashion_mnist.get_config().to_json())
+    monkeypatch.setattr(Pipeline, "preflight", lambda self, steps: None)  # the stand-in files are no models
+    monkeypatch.setitem(RUN, "sample", lambda ctx: {"cost": "macs", "unit": "MACs", "target": 100.0, "es_cost": 98.0,
+                                                    "direct_mean_cost": 99.0})
+    code, out = main_in_process(f"--run_dir={tmp_path}", "--mode=sample", "--overwrite")
+    assert code == 0, out
+    assert "removed the outputs of retrain, eval, export: they were made from outputs this run replaces" in out
+    assert not (tmp_path / "slim.keras").exists() and not (tmp_path / "eval.json").exists()
+    assert "## Steps without results\n\nretrain, eval, export: no results here" in (tmp_path / "report.md").read_text()
 
 
 def test_a_whole_run_overwritten_starts_without_the_old_results_of_its_later_steps(tmp_path):
