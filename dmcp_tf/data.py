@@ -537,18 +537,21 @@ def unreadable_images(data_dir, limit=5):
 
 
 def undecodable_images(data_dir, limit=5):
-    """Files of an image folder (`data_dir/{train,test}/<class>/`) that are no image by their first bytes.
+    """Files of an image folder (`data_dir/{train,test}/<class>/`) that are no image by their first bytes, or GIFs.
 
     TensorFlow's decoding error does not name the file; this names up to `limit`
     of them (it reads 12 bytes of each image file, so run it after a failure, not
-    before every run). A file that starts like an image but is damaged later is not found.
+    before every run). A GIF (under a .png or .jpg name) decodes as an animation,
+    a batch of frames the pipeline cannot take. A file that starts like an image
+    but is damaged later is not found.
     """
     found = []
     for path in _image_files(data_dir):
         with open(path, "rb") as f:
             head = f.read(12)
         riff_webp = head[:4] == b"RIFF" and head[8:12] == b"WEBP"
-        if not riff_webp and not head.startswith(_IMAGE_SIGNATURES):
+        gif = head.startswith((b"GIF87a", b"GIF89a"))
+        if gif or not riff_webp and not head.startswith(_IMAGE_SIGNATURES):
             found.append(path)
             if len(found) >= limit:
                 return found

@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from ml_collections import ConfigDict
 from PIL import Image
 
 from dmcp_tf import data
@@ -21,7 +22,7 @@ from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.configs import fashion_mnist
 from dmcp_tf.run.pipeline import Pipeline
 from dmcp_tf.run.steps import RUN
-from dmcp_tf.run import distributed, report
+from dmcp_tf.run import cli, distributed, report
 from dmcp_tf.run.rundir import LOCK, OUTPUTS, STEPS, PipelineError, RunDirectory
 from dmcp_tf.search import search_init
 from tests.helpers import learnable_fashion_mnist, main_in_process
@@ -376,3 +377,16 @@ def test_too_few_test_images_for_the_representative_set_are_named_before_trainin
     assert code == 2, out
     assert ("export.representative_images=100 needs that many test images, but the test split has 4: lower "
             "--config.export.representative_images.") in out
+
+
+def test_a_gif_named_png_in_an_image_folder_is_named(tmp_path):
+    import tensorflow_datasets as tfds
+
+    folder = image_folder(tmp_path)
+    gif = folder / "train" / "cat" / "9.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(gif, format="GIF")
+    with pytest.raises(tf.errors.InvalidArgumentError) as raised:  # what the input pipeline meets
+        list(tfds.ImageFolder(str(folder)).as_dataset(split="train", as_supervised=True))
+    message = cli._tensorflow_error_message(raised.value, ConfigDict({"name": "image_folder", "data_dir": str(folder)}))
+    assert message.startswith(f"An image in {folder} cannot be decoded (Incompatible shapes at component 0"), message
+    assert f"(a GIF decodes as an animation) by its first bytes: {gif}. Remove or replace it." in message

@@ -185,6 +185,8 @@ def _tensorflow_error_message(error, data=None):
     kept = "Finished steps and checkpoints are kept: rerun the same command afterwards and it resumes."
     if isinstance(error, tf.errors.InvalidArgumentError) and "Iterator" in str(error):  # from the input pipeline
         decoding = _image_decoding_error(str(error))
+        if decoding is None and re.search(r"Incompatible shapes at component 0: expected \[\?,\?,3\]", detail):
+            decoding = detail  # a GIF decoded as an animation (a batch of frames)
         if decoding:
             return _undecodable_image_message(decoding, data, kept)
     if isinstance(error, tf.errors.ResourceExhaustedError):
@@ -221,8 +223,8 @@ def _undecodable_image_message(detail, data, kept):
     bad = data_lib.undecodable_images(data.data_dir) if folder else []
     if bad:
         more = " (the first 5; there may be more)" if len(bad) >= 5 else ""
-        return (f"An image in {where} cannot be decoded ({detail}). Not a JPEG, PNG, GIF, BMP or WebP image by "
-                f"its first bytes{more}: {', '.join(bad)}. Remove or replace it. {kept}")
+        return (f"An image in {where} cannot be decoded ({detail}). Not a JPEG, PNG, BMP or WebP image (a GIF "
+                f"decodes as an animation) by its first bytes{more}: {', '.join(bad)}. Remove or replace it. {kept}")
     found = ("every image file starts like an image, so one is damaged further in" if folder
              else "check the data set's files for a damaged or non-image one")
     return (f"An image in {where} cannot be decoded ({detail}); TensorFlow does not say which file: {found}. "
