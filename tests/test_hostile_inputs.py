@@ -17,15 +17,16 @@ import tensorflow as tf
 from ml_collections import ConfigDict
 from PIL import Image
 
-from dmcp_tf import data
+from dmcp_tf import costs, data
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.configs import fashion_mnist
+from dmcp_tf.deploy.latency import LatencyTableError
 from dmcp_tf.run.pipeline import Pipeline
 from dmcp_tf.run.steps import RUN
 from dmcp_tf.run import cli, distributed, report
 from dmcp_tf.run.rundir import LOCK, OUTPUTS, STEPS, PipelineError, RunDirectory
 from dmcp_tf.search import search_init
-from tests.helpers import learnable_fashion_mnist, main_in_process
+from tests.helpers import learnable_fashion_mnist, main_in_process, tiny_supernet
 from tests.test_multiworker import free_ports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -390,3 +391,17 @@ def test_a_gif_named_png_in_an_image_folder_is_named(tmp_path):
     message = cli._tensorflow_error_message(raised.value, ConfigDict({"name": "image_folder", "data_dir": str(folder)}))
     assert message.startswith(f"An image in {folder} cannot be decoded (Incompatible shapes at component 0"), message
     assert f"(a GIF decodes as an animation) by its first bytes: {gif}. Remove or replace it." in message
+
+
+def test_a_latency_table_of_a_narrower_supernet_is_refused():
+    from tests.test_latency import synthetic_table  # noqa: PLC0415
+
+    def supernet(channels):
+        keras.backend.clear_session()  # the same automatic layer names (add, ...) in both
+        return ChannelGraph(tiny_supernet(channels=channels))
+
+    narrow, wide = supernet((16, 32)), supernet((16, 64))
+    with pytest.raises(LatencyTableError, match=r"measured on a narrower supernet than 'tiny': layers \['c2', 'c3', 'add', "
+                                                r"'global_average_pooling2d', 'head'\] have more channels"):
+        costs.Latency(synthetic_table(narrow)).of(wide)
+    costs.Latency(synthetic_table(wide)).of(narrow)  # a wider table covers a narrower supernet
