@@ -21,15 +21,21 @@ from dmcp_tf import costs, data
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.configs import fashion_mnist
 from dmcp_tf.deploy.latency import LatencyTableError
-from dmcp_tf.run.pipeline import Pipeline
-from dmcp_tf.run.steps import RUN
 from dmcp_tf.run import cli, distributed, report
+from dmcp_tf.run.pipeline import Pipeline
 from dmcp_tf.run.rundir import LOCK, OUTPUTS, STEPS, PipelineError, RunDirectory
+from dmcp_tf.run.steps import RUN
 from dmcp_tf.search import search_init
 from tests.helpers import learnable_fashion_mnist, main_in_process, tiny_supernet
 from tests.test_multiworker import free_ports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def fashion_dir(tmp_path_factory):
+    """A small made-up Fashion-MNIST folder (runs refused before training read it)."""
+    return str(learnable_fashion_mnist(tmp_path_factory.mktemp("fashion"), train=128, test=128))
 
 
 def test_a_run_directory_in_use_is_refused_naming_its_holder_also_with_overwrite(tmp_path):
@@ -206,8 +212,9 @@ def test_ctrl_c_during_the_search_ends_with_one_line_exit_130_releases_the_lock_
     monkeypatch.setitem(RUN, "search", interrupted)
     code, out = main_in_process(f"--run_dir={tmp_path / 'run'}", f"--data_dir={fashion_dir}", "--mode=search")
     assert code == 130
-    assert [line for line in out.splitlines() if line] == ["== search ==", "interrupted (SIGINT): finished steps and checkpoints are "
-                                        "kept; the same command resumes the run."]
+    assert [line for line in out.splitlines() if line] == [
+        "== search ==",
+        "interrupted (SIGINT): finished steps and checkpoints are kept; the same command resumes the run."]
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".search.started", "config.json"]  # resumable
 
 
@@ -223,11 +230,6 @@ def test_a_config_file_that_fails_is_named_with_overrides_given(tmp_path, conten
         path.write_text(content)
     code, out = main_in_process(f"--config={path}", "--config.seed=1", f"--run_dir={tmp_path / 'run'}")
     assert code == 2 and f"config file {path} {named}" in out and "Traceback" not in out, out
-
-
-@pytest.fixture(scope="module")
-def fashion_dir(tmp_path_factory):
-    return str(learnable_fashion_mnist(tmp_path_factory.mktemp("fashion"), train=128, test=128))
 
 
 def test_a_round_to_that_cannot_meet_the_budget_is_refused_before_training(tmp_path, fashion_dir):
