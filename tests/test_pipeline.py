@@ -26,6 +26,10 @@ TINY = [
     "--config.export.latency_runs=3",
 ]
 
+# Rounded to multiples of 4 without fitting: after TINY's 8 search steps on 4 gates of 16 and 32
+# channels, rounding every gate on its own lands up to 1.13x the budget (measured).
+ROUNDED = ["--config.sample.round_to=4", "--config.sample.fit_to_budget=False", "--config.sample.over_budget=0.25"]
+
 
 def main(*args, timeout=600):
     """Runs main.py; returns (exit code, stdout + stderr)."""
@@ -43,8 +47,7 @@ def data_dir(tmp_path_factory):
 @pytest.mark.slow
 def test_whole_pipeline_writes_every_artefact(tmp_path, data_dir):
     run_dir = tmp_path / "run"
-    code, out = main(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--config.sample.round_to=4",
-                     "--config.sample.fit_to_budget=False", *TINY)
+    code, out = main(f"--data_dir={data_dir}", f"--run_dir={run_dir}", *ROUNDED, *TINY)
     assert code == 0, out
     assert "DMCP slim" in out and "unpruned supernet" in out  # the console summary table
     assert "uniform width, same MACs" in out
@@ -104,8 +107,7 @@ def test_whole_pipeline_writes_every_artefact(tmp_path, data_dir):
     (run_dir / "export" / "slim_int8.tflite").unlink()
     (run_dir / "export" / ".tmp-saved_modelab12cd34").mkdir()
     supernet_bytes = (run_dir / "supernet.keras").read_bytes()
-    code, out = main(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--config.sample.round_to=4",
-                     "--config.sample.fit_to_budget=False", *TINY)
+    code, out = main(f"--data_dir={data_dir}", f"--run_dir={run_dir}", *ROUNDED, *TINY)
     assert code == 0, out
     assert all(f"== {step} == finished earlier" in out for step in ("search", "sample", "retrain", "eval"))
     assert (run_dir / "export.json").exists() and (run_dir / "export" / "slim_int8.tflite").exists()
@@ -218,7 +220,7 @@ def test_flops_mode_counts_supernet_and_paper_structures(tmp_path):
     ("search.init", "middle", "authors, full, budget"),
     ("retrain.weight_decay_type", "l2", "decoupled, coupled"),
     ("search.min_learning_rate", "0.5", "search.learning_rate"),
-    ("search.initial_weights", "/no/such/model.keras", "not a .keras file"),
+    ("search.initial_weights", "/no/such/model.keras", "does not exist"),
     ("search.arch_learning_rate", "0", "must be positive"),
     ("search.budget_weight_growth", "-0.1", "must be >= 0"),
     ("search.train_weights", "False", "--config.search.initial_weights"),

@@ -178,6 +178,15 @@ class LatencyTable:
             raise LatencyTableError(f"{source} (model {self.model!r}) does not fit {graph.model.name!r}: {found}. "
                                     "Measure a table for this supernet: python main.py --mode=latency_table "
                                     "(same config), then pass it with --config.search.latency_table=PATH.")
+        narrower = [name for name, (_, grid_in, grid_out) in layer_grids(graph, 2).items()  # 2: the ends
+                    if grid_in[-1] > self.layers[name].inputs[-1]
+                    or grid_out is not None and grid_out[-1] > self.layers[name].outputs[-1]]
+        if narrower:
+            raise LatencyTableError(
+                f"{source} (model {self.model!r}) was measured on a narrower supernet than {graph.model.name!r}: "
+                f"layers {narrower[:5]}{' ...' if len(narrower) > 5 else ''} have more channels than its grid, whose "
+                "times would be taken for theirs. Measure a table for this supernet: python main.py "
+                "--mode=latency_table (same config), then pass it with --config.search.latency_table=PATH.")
 
     def to_json(self):
         def layer(entry):

@@ -3,6 +3,7 @@
 import errno
 import os
 import re
+import signal
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: keep the console readable
@@ -42,6 +43,8 @@ def define_flags(flag_values=FLAGS, argv=None):
                       "the machines listed in TF_CONFIG (start the same command on each; the run directory must "
                       "be shared); `auto` picks multi_worker when TF_CONFIG lists several tasks, else mirrored "
                       "when several GPUs are visible, else one device.", **fv)
+    flags.DEFINE_float("worker_timeout", 600, "With multi_worker: seconds to wait for the other tasks of TF_CONFIG to "
+                       "start (saying which, every 10 s) before giving up with exit code 2.", lower_bound=0, **fv)
     flags.DEFINE_bool("deterministic", False, "TensorFlow op determinism and fixed seeds: two runs of the same "
                       "config give identical results (slower on GPUs).", **fv)
     flags.DEFINE_string("channels", None, "With --mode=flops: a channels.json to count.", **fv)
@@ -52,7 +55,7 @@ def define_flags(flag_values=FLAGS, argv=None):
 def _strategy(name):
     from dmcp_tf.run import distributed  # noqa: PLC0415 (after flag parsing: --help stays fast)
 
-    return distributed.make_strategy(name)
+    return distributed.make_strategy(name, worker_timeout=FLAGS.worker_timeout)
 
 
 def _flops(config):
@@ -127,9 +130,22 @@ def run(argv):
     print(f"\nRun directory: {run_dir} (report.md sums it up)")
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (or SIGINT) arrived: the run stops like on Ctrl-C."""
+
+
+def _interrupt(signum, frame):
+    raise Interrupted(signum)
+
+
 def _main(argv):
     try:
         run(argv)
+    except KeyboardInterrupt as interrupt:
+        signum = interrupt.args[0] if isinstance(interrupt, Interrupted) else signal.SIGINT
+        print(f"\ninterrupted ({signal.Signals(signum).name}): finished steps and checkpoints are kept; the same "
+              "command resumes the run.", file=sys.stderr)
+        sys.exit(128 + signum)
     except OSError as error:
         _fail(_os_error_message(error))
     except (ValueError, RuntimeError) as error:
@@ -181,6 +197,8 @@ def _tensorflow_error_message(error, data=None):
     kept = "Finished steps and checkpoints are kept: rerun the same command afterwards and it resumes."
     if isinstance(error, tf.errors.InvalidArgumentError) and "Iterator" in str(error):  # from the input pipeline
         decoding = _image_decoding_error(str(error))
+        if decoding is None and re.search(r"Incompatible shapes at component 0: expected \[\?,\?,3\]", detail):
+            decoding = detail  # a GIF decoded as an animation (a batch of frames)
         if decoding:
             return _undecodable_image_message(decoding, data, kept)
     if isinstance(error, tf.errors.ResourceExhaustedError):
@@ -217,8 +235,8 @@ def _undecodable_image_message(detail, data, kept):
     bad = data_lib.undecodable_images(data.data_dir) if folder else []
     if bad:
         more = " (the first 5; there may be more)" if len(bad) >= 5 else ""
-        return (f"An image in {where} cannot be decoded ({detail}). Not a JPEG, PNG, GIF, BMP or WebP image by "
-                f"its first bytes{more}: {', '.join(bad)}. Remove or replace it. {kept}")
+        return (f"An image in {where} cannot be decoded ({detail}). Not a JPEG, PNG, BMP or WebP image (a GIF "
+                f"decodes as an animation) by its first bytes{more}: {', '.join(bad)}. Remove or replace it. {kept}")
     found = ("every image file starts like an image, so one is damaged further in" if folder
              else "check the data set's files for a damaged or non-image one")
     return (f"An image in {where} cannot be decoded ({detail}); TensorFlow does not say which file: {found}. "
@@ -226,11 +244,36 @@ def _undecodable_image_message(detail, data, kept):
 
 
 def _parse_flags(argv):
-    """absl's flag parsing, with bad flags and unknown config keys reported in one line."""
+    """absl's flag parsing, with bad flags, unknown config keys and config files that fail reported in one line."""
+    path = _config_file(argv)
+    if path is not None and not os.path.isfile(path):
+        _fail(f"config file {path} does not exist. Give --config=configs/<name>.py (the configs folder holds the "
+              "examples).")
+    if path is not None and not path.endswith(".py"):
+        _fail(f"config file {path} is not a Python file: a config is a .py file whose get_config() returns a "
+              "ConfigDict (see configs/*.py); YAML or JSON configs are not read.")
     try:
         return FLAGS(argv)
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
         _bad_command_line(error)
+    except Exception as error:  # the config file's own code failed (a syntax error, an exception it raises)
+        if path is None:
+            raise
+        _fail(f"config file {path} could not be loaded: {type(error).__name__}: {error}. Fix the file, "
+              "or start from one of configs/*.py.")
+
+
+def _config_file(argv):
+    """The file `--config=PATH[:argument]` names on the command line, or None (the default config)."""
+    for i, arg in enumerate(argv[1:], 1):
+        if arg.startswith("--config="):
+            value = arg.split("=", 1)[1]
+        elif arg == "--config" and i + 1 < len(argv):
+            value = argv[i + 1]
+        else:
+            continue
+        return value.split(":", 1)[0]
+    return None
 
 
 def _bad_command_line(error):
@@ -242,6 +285,7 @@ def _bad_command_line(error):
 
 def main():
     """Entry point of the `dmcp` console command."""
+    signal.signal(signal.SIGTERM, _interrupt)  # stops like Ctrl-C: the run directory's lock is released
     try:
         define_flags()
     except (AttributeError, KeyError, TypeError, ValueError) as error:

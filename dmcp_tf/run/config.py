@@ -9,6 +9,7 @@ overrides further. Unknown keys are rejected because the ConfigDict is locked.
 so that reading a config file stays light.
 """
 
+import math
 import os
 
 import ml_collections
@@ -82,6 +83,7 @@ def base_config():
     c.sample.tolerance = 0.01
     c.sample.round_to = 0               # >1: round kept channels to a multiple (faster kernels on phones)
     c.sample.fit_to_budget = False      # scale the expected-sampling widths together to meet the budget (authors: no)
+    c.sample.over_budget = 0.05         # a sampled structure costing more than (1 + this) x the budget stops the run
     c.sample.calibration_batches = 20   # batch-norm re-estimation before evaluating a sub-network
 
     c.retrain = ml_collections.ConfigDict()
@@ -156,6 +158,9 @@ def validate(config):
         fail("seed", f"must be a non-negative integer, got {config.seed}.")
     if not 0 < config.sample.tolerance < 1:
         fail("sample.tolerance", f"must be a fraction of the budget in (0, 1), e.g. 0.01; got {config.sample.tolerance}.")
+    if config.data.batch_size == 1:
+        fail("data.batch_size", "must be at least 2: batch normalization trains on each batch's statistics, and "
+             "one image has none (oneDNN's kernels even crash on it). Use 2 or more (e.g. 32).")
     for key in ("data.batch_size", "search.epochs", "retrain.epochs"):
         section, name = key.split(".")
         if config[section][name] < 1:
@@ -164,6 +169,8 @@ def validate(config):
         section, name = key.split(".")
         if config[section][name] < 0:
             fail(key, f"must be 0 (epoch ends only) or a number of steps, got {config[section][name]}.")
+    if not config.sample.over_budget >= 0:
+        fail("sample.over_budget", f"must be a fraction of the budget >= 0, e.g. 0.05; got {config.sample.over_budget}.")
     if config.sample.round_to < 0:
         fail("sample.round_to", f"must be 0 (no rounding) or a channel multiple such as 8, got {config.sample.round_to}.")
     if config.sample.fit_to_budget and config.sample.round_to > 1:
@@ -178,11 +185,13 @@ def validate(config):
     if config.retrain.weight_decay_type not in WEIGHT_DECAY_TYPES:
         fail("retrain.weight_decay_type", f"unknown {config.retrain.weight_decay_type!r}; choose one of "
              f"{', '.join(WEIGHT_DECAY_TYPES)}.")
+    for key in ("search.learning_rate", "search.arch_learning_rate", "retrain.learning_rate", "search.budget_weight"):
+        section, name = key.split(".")
+        if not (math.isfinite(config[section][name]) and config[section][name] > 0):
+            fail(key, f"must be positive (and a number), got {config[section][name]}.")
     if not 0 <= config.search.min_learning_rate <= config.search.learning_rate:
         fail("search.min_learning_rate", f"must be in [0, search.learning_rate={config.search.learning_rate}], "
              f"got {config.search.min_learning_rate}.")
-    if config.search.arch_learning_rate <= 0:
-        fail("search.arch_learning_rate", f"must be positive, got {config.search.arch_learning_rate}.")
     if not 0 < config.search.arch_final_learning_rate <= config.search.arch_learning_rate:
         fail("search.arch_final_learning_rate", "must be in (0, search.arch_learning_rate="
              f"{config.search.arch_learning_rate}], got {config.search.arch_final_learning_rate}.")
@@ -196,7 +205,10 @@ def validate(config):
         fail("search.train_weights", "False keeps the supernet's weights as they are, and freshly initialised "
              "weights tell the gates nothing: give a trained model with --config.search.initial_weights=PATH.keras, "
              "or leave search.train_weights True.")
-    if weights and not (os.path.isfile(weights) and weights.endswith(".keras")):
+    if weights and not os.path.isfile(weights):
+        fail("search.initial_weights", f"{weights!r} does not exist; give a trained model saved with "
+             "model.save('x.keras') whose layer names match the supernet's (or leave it empty).")
+    if weights and not weights.endswith(".keras"):
         fail("search.initial_weights", f"{weights!r} is not a .keras file; give a trained model saved with "
              "model.save('x.keras') whose layer names match the supernet's (or leave it empty).")
     if config.retrain.inherit not in INHERITED_WEIGHTS:
@@ -205,8 +217,13 @@ def validate(config):
         fail("retrain.inherit", "\"initial_weights\" fine-tunes the trained model the search started from: it needs "
              "--config.search.initial_weights=PATH.keras and --config.retrain.from_scratch=False.")
     unknown = set(quantizations(config)) - set(QUANTIZATIONS)
-    if unknown:
-        fail("export.quantizations", f"unknown {sorted(unknown)}; choose from {', '.join(QUANTIZATIONS)}.")
+    if unknown or not quantizations(config):
+        fail("export.quantizations", f"unknown {sorted(unknown)}; choose from {', '.join(QUANTIZATIONS)}." if unknown
+             else f"names no TFLite variant ({config.export.quantizations!r}); choose from {', '.join(QUANTIZATIONS)}, "
+             "comma-separated.")
+    if config.export.latency_runs < 1:
+        fail("export.latency_runs", f"must be at least 1 (the latency is the median of the runs), got "
+             f"{config.export.latency_runs}.")
     return budget
 
 

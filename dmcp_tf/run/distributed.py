@@ -25,11 +25,16 @@ Example (on every machine, with TF_CONFIG set):
 
 import json
 import os
+import socket
+import sys
+import time
 
 import keras
 import tensorflow as tf
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+WORKER_TIMEOUT = 600  # seconds a multi-worker task waits for the others to start (--worker_timeout)
+WAIT_REPORT_EVERY = 10  # seconds between the lines that say which tasks it waits for
 
 
 class StrategyError(ValueError):
@@ -48,7 +53,73 @@ def cluster_workers():
     return sum(len(cluster.get(role, [])) for role in ("chief", "worker"))
 
 
-def make_strategy(name="auto"):
+def _log(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+def wait_for_workers(timeout=WORKER_TIMEOUT, *, poll=1.0, log=_log):
+    """Waits until every other task `TF_CONFIG` lists accepts connections, before TensorFlow connects to them.
+
+    `MultiWorkerMirroredStrategy` waits for missing workers inside TensorFlow:
+    silently, forever, deaf to SIGTERM and Ctrl-C. This waits in Python
+    instead: it says which tasks it waits for every `WAIT_REPORT_EVERY` seconds,
+    stops on a signal, and gives up after `timeout` seconds. Meanwhile this task
+    listens on its own address, so the others see it start too.
+
+    Raises:
+        StrategyError: a task did not start within `timeout`, or this task's port is taken.
+    """
+    config = json.loads(os.environ["TF_CONFIG"])
+    task = config.get("task", {})
+    tasks = {f"{role} {i}": address for role in ("chief", "worker")
+             for i, address in enumerate(config.get("cluster", {}).get(role, []))}
+    own = tasks.pop(f"{task.get('type')} {task.get('index')}", None)
+    listener = socket.socket()
+    try:
+        if own is not None:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                listener.bind(("", int(own.rpartition(":")[2])))
+            except OSError as e:
+                raise StrategyError(f"This task's address {own} (TF_CONFIG) cannot be listened on: {e}. Another "
+                                    "process uses the port: stop it or give this task another port.") from e
+            listener.listen(len(tasks) + 1)
+        start, reported = time.monotonic(), None
+        pending = dict(tasks)
+        while True:
+            pending = {name: address for name, address in pending.items() if not _accepts(address)}
+            waited = time.monotonic() - start
+            if not pending:
+                return
+            if waited >= timeout:
+                raise StrategyError(
+                    f"Gave up after {waited:.0f} s waiting for {_tasks(pending)} (TF_CONFIG) to start. Start the same "
+                    "command there (with its own TF_CONFIG task), check the addresses and firewalls, or wait longer "
+                    "with --worker_timeout=SECONDS.")
+            if reported is None or time.monotonic() - reported >= WAIT_REPORT_EVERY:
+                log(f"waiting for {_tasks(pending)} (TF_CONFIG) to start: {waited:.0f} s of {timeout:g} s "
+                    "(--worker_timeout)")
+                reported = time.monotonic()
+            time.sleep(min(poll, max(0.0, timeout - waited)))
+    finally:
+        listener.close()
+
+
+def _accepts(address, timeout=1.0):
+    """True if `host:port` accepts a TCP connection now."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def _tasks(tasks):
+    return ", ".join(f"{name} at {address}" for name, address in tasks.items())
+
+
+def make_strategy(name="auto", worker_timeout=WORKER_TIMEOUT):
     """Returns the `tf.distribute` strategy `name` names.
 
     Args:
@@ -57,6 +128,7 @@ def make_strategy(name="auto"):
             cluster in `TF_CONFIG`), or `auto`: `multi_worker` when `TF_CONFIG`
             lists several tasks, else `mirrored` when several GPUs are visible,
             else `default`.
+        worker_timeout: seconds `multi_worker` waits for the other tasks to start (`wait_for_workers`).
 
     Call it before any other TensorFlow work: `MultiWorkerMirroredStrategy`
     configures the runtime's collective operations, which must happen first.
@@ -77,6 +149,7 @@ def make_strategy(name="auto"):
                 '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}} '
                 "on the first machine (index 1 on the second, ...)."
             )
+        wait_for_workers(worker_timeout)
         try:
             return tf.distribute.MultiWorkerMirroredStrategy()
         except (RuntimeError, ValueError) as e:

@@ -15,16 +15,24 @@ single-machine steps (sample, eval, export, report).
 """
 
 import contextlib
+import os
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 
+from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.run import config as config_lib
 from dmcp_tf.run import distributed, report
 from dmcp_tf.run.context import RunContext
 from dmcp_tf.run.rundir import TRAINING_STEPS, PipelineError, RunDirectory
-from dmcp_tf.run.steps import RUN
+from dmcp_tf.run.steps import RUN, sample
+from dmcp_tf.search import pretrained
+
+# Training keeps every layer's outputs for the backward pass and their gradients beside them. A lower bound
+# of what it needs rather than an estimate: the check refuses what cannot fit, not what might not.
+TRAINING_MEMORY_FACTOR = 2
 
 
 @contextlib.contextmanager
@@ -79,19 +87,51 @@ class Pipeline:
         """Raises `PipelineError`/`ValueError` for anything that would fail later; reads the budget."""
         ctx = self.context
         ctx.budget = config_lib.validate(self.config)
-        if ctx.multi_worker and ctx.strategy.num_replicas_in_sync > self.config.data.batch_size:
-            raise PipelineError(f"data.batch_size {self.config.data.batch_size} is smaller than the number of "
-                                f"replicas ({ctx.strategy.num_replicas_in_sync}).")
+        batch, replicas = self.config.data.batch_size, ctx.strategy.num_replicas_in_sync
+        if batch < 2 * replicas:
+            raise PipelineError(f"data.batch_size={batch} over {replicas} replicas gives fewer than 2 images per "
+                                "replica, on which batch normalization cannot train. Use --config.data.batch_size="
+                                f"{2 * replicas} or more.")
         self.dir.check(self.config, steps)
         self.dir.check_inputs(steps)
         if any(s in steps for s in ("search", "retrain", "eval", "export")):
             ctx.data  # noqa: B018 (loads the data now, so a missing data set fails before training)
+        fresh = ctx.new_supernet() if any(s in steps for s in TRAINING_STEPS) else None
+        if fresh is not None:
+            self._check_memory(fresh)
+            if self.config.search.initial_weights:  # a damaged file or a custom layer fails now, not in the step
+                pretrained.load_trained_model(self.config.search.initial_weights)
         test_limit, wanted = self.config.data.test_limit, self.config.export.representative_images
-        if "export" in steps and test_limit and test_limit < wanted:
-            raise PipelineError(f"export.representative_images={wanted} needs that many test images, but "
-                                f"data.test_limit={test_limit}: lower the one or raise the other.")
+        if "export" in steps and ctx.data.test_examples < wanted:
+            limited = f" (data.test_limit={test_limit})" if test_limit else ""
+            raise PipelineError(f"export.representative_images={wanted} needs that many test images, but the test "
+                                f"split has {ctx.data.test_examples}{limited}: lower --config.export."
+                                "representative_images" + (" or raise data.test_limit." if test_limit else "."))
+        if "sample" in steps:
+            sample.check_round_to(ChannelGraph(fresh if "search" in steps else ctx.supernet), ctx.budget, self.config)
         if "search" in steps:
             ctx.build_search_model(steps_per_epoch=1)  # checks the model and the budget
+
+    def _check_memory(self, supernet):
+        """Raises `PipelineError` if training `supernet` on one machine's share of a batch cannot fit in memory.
+
+        On CPUs only (a GPU's memory is its own): the supernet's activations (every
+        layer's outputs) for this machine's images of a batch, times
+        `TRAINING_MEMORY_FACTOR` for what training keeps beside them, against the
+        machine's physical memory.
+        """
+        if tf.config.list_logical_devices("GPU"):
+            return
+        images = self.config.data.batch_size // max(1, distributed.cluster_workers())
+        values = sum(int(np.prod(t.shape[1:])) for layer in supernet.layers  # a shared layer: once per call
+                     for node in layer._inbound_nodes for t in node.output_tensors)
+        needed = values * images * 4 * TRAINING_MEMORY_FACTOR
+        available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        if needed > available:
+            raise PipelineError(
+                f"Training {supernet.name} on {images} images of {'x'.join(map(str, supernet.input_shape[1:]))} "
+                f"needs about {needed / 2**30:.1f} GiB of memory for its activations, more than this machine's "
+                f"{available / 2**30:.1f} GiB. Lower --config.data.image_size or --config.data.batch_size.")
 
     def run(self, steps):
         """Runs `steps` in order, then writes the report; returns the summary rows.
@@ -103,16 +143,20 @@ class Pipeline:
         """
         if self.deterministic:
             enable_determinism(self.config.seed)
-        self.skipped = self.dir.resumable_prefix(steps)
-        todo = [s for s in steps if s not in self.skipped]
-        self.preflight(todo)
-        for step in self.skipped:
-            self.context.log(f"== {step} == finished earlier in {self.dir.root} ({step}.json); skipped")
-        self.dir.begin(self.config, todo)
         try:
-            with dtype_policy(self.config.mixed_precision):
-                self._run_steps(todo)
-            return report.write_run_report(self.dir, self.config.search.budget) if self.chief else []
+            with self.dir.owned():
+                self.skipped = self.dir.resumable_prefix(steps)
+                todo = [s for s in steps if s not in self.skipped]
+                self.preflight(todo)
+                for step in self.skipped:
+                    self.context.log(f"== {step} == finished earlier in {self.dir.root} ({step}.json); skipped")
+                stale = self.dir.begin(self.config, todo)
+                if stale:
+                    self.context.log(f"removed the outputs of {', '.join(stale)}: they were made from outputs "
+                                     "this run replaces (run those steps again)")
+                with dtype_policy(self.config.mixed_precision):
+                    self._run_steps(todo)
+                return report.write_run_report(self.dir, self.config.search.budget) if self.chief else []
         finally:
             self.dir.close()
 

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from dmcp_tf import costs
 from dmcp_tf.costs import format_count
 from dmcp_tf.io_utils import atomic_write_bytes, atomic_write_text
+from dmcp_tf.run.rundir import STEPS
 from dmcp_tf.search.trajectory import budget_verdict, verdict
 
 
@@ -374,6 +375,7 @@ def write_run_report(rundir, budget):
     search, sample = rundir.load_json("search.json"), rundir.load_json("sample.json")
     sections = [("Summary", markdown_table(rows, SUMMARY_COLUMNS))]
     sections += _comparison_section(rows)
+    sections += _missing_steps_section(rundir)
     if search:
         sections.append(("Search", (
             f"Budget `{budget}` = {_cost(search, search['target'])} of {_cost(search, search['full_cost'])}; "
@@ -408,6 +410,20 @@ def write_run_report(rundir, budget):
             sections.append(("Structure", f.read()))
     write_report(rundir.path("report.md"), sections)
     return rows
+
+
+def _missing_steps_section(rundir):
+    """The line that names the steps without results after one that has them (not run yet, or since it was redone)."""
+    done = [os.path.exists(rundir.path(f"{step}.json")) for step in STEPS]
+    if True not in done:
+        return []
+    missing = [step for step, ran in zip(STEPS, done) if not ran and STEPS.index(step) > done.index(True)]
+    if not missing:
+        return []
+    return [("Steps without results", (
+        f"{', '.join(missing)}: no results here, as they have not run since the steps before them last ran (a "
+        "redone step removes the outputs of the steps after it, made from what it replaced). Run them "
+        f"(`--mode={missing[0]}`, one step at a time) to complete the report."))]
 
 
 def _comparison_section(rows):

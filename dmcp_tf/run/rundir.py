@@ -7,15 +7,24 @@ a step runs, a marker `.<step>.started` says that its partial outputs are this
 run directory's own: the same command started again redoes them. Any other
 output that exists is protected; `--overwrite` allows replacing it.
 
-Under `MultiWorkerMirroredStrategy` only the chief writes the run directory; the
-other workers write what they must to a scratch folder of their own (`out`).
+A run directory is owned by one process at a time (`owned`): the lock file
+`.lock` names the holder. Redoing a step removes the outputs of the steps after
+it (`begin`), which were made from the outputs it replaces.
+
+Under `MultiWorkerMirroredStrategy` only the chief writes the run directory (and
+holds its lock); the other workers write what they must to a scratch folder of
+their own (`out`).
 """
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
+import socket
+import sys
 import tempfile
+import time
 
 from dmcp_tf.io_utils import atomic_write_json, atomic_write_text
 
@@ -40,6 +49,7 @@ TABLE_IDENTITY = ("data.name", "data.image_size", "model")
 NOT_IDENTITY = ("search.checkpoint_every_steps", "retrain.checkpoint_every_steps")
 # Identity keys added after runs were made: a config.json without them had these values.
 IDENTITY_DEFAULTS = {"mixed_precision": "float32", "data.preprocess": "normalize", "model.path": ""}
+LOCK = ".lock"
 
 
 class PipelineError(ValueError):
@@ -75,16 +85,83 @@ class RunDirectory:
         if self._scratch:
             shutil.rmtree(self._scratch, ignore_errors=True)
 
+    @contextlib.contextmanager
+    def owned(self):
+        """Holds the run directory's lock inside the block (the chief only; a no-op on other workers).
+
+        The lock is an `fcntl.flock` on `.lock`, which names the holder (pid,
+        host, start time, command). The kernel releases it when the holder dies
+        (killed, crashed), so a lock file left by a dead process is taken over.
+        A run directory this block created is removed again if it stays empty
+        (a run refused before writing anything leaves nothing behind).
+
+        Raises:
+            PipelineError: another process holds the lock (the message names it),
+                or the run directory is a file.
+        """
+        if not self.chief:
+            yield
+            return
+        if os.path.exists(self.root) and not os.path.isdir(self.root):
+            raise PipelineError(f"Run directory {self.root} is a file, not a directory: pass another --run_dir "
+                                "(or move the file away).")
+        created = not os.path.exists(self.root)
+        os.makedirs(self.root, exist_ok=True)
+        fd = self._lock()
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path(LOCK))  # while still holding it: a waiting process then sees a new file
+            os.close(fd)
+            if created:
+                with contextlib.suppress(OSError):
+                    os.rmdir(self.root)  # only if nothing was written
+
+    def _lock(self):
+        """Takes the lock; returns the open lock file's descriptor (closing it releases the lock)."""
+        path = self.path(LOCK)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise PipelineError(
+                    f"Run directory {self.root} is in use by another process ({_holder(path)}). Wait for it "
+                    "to finish or stop it, or choose another --run_dir; --overwrite does not take a run "
+                    "directory from a running process.") from None
+            with contextlib.suppress(FileNotFoundError):
+                if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                    break  # else the holder removed the file we opened as it released the lock: try again
+            os.close(fd)
+        holder = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": " ".join(sys.argv)}
+        os.ftruncate(fd, 0)
+        os.write(fd, (json.dumps(holder) + "\n").encode())
+        return fd
+
     # --- checks before any training ------------------------------------------
     def check(self, config, steps):
         """Raises `PipelineError` if `steps` may not run here: another config's directory, or outputs to protect.
 
         A step that started in this run directory but did not finish (no
         `<step>.json`) left partial outputs: they are redone, not protected.
+        `--overwrite` with another config is refused where it would keep outputs
+        of earlier steps made with the old one.
         """
         saved = self.path("config.json")
-        if os.path.exists(saved) and not self.overwrite:
-            self.check_identity(config)
+        changed = self.changed_identity(config) if os.path.exists(saved) else []
+        if changed and not self.overwrite:
+            raise PipelineError(
+                f"Run directory {self.root} belongs to another config (these settings differ: "
+                f"{', '.join(changed)}). Use another --run_dir, or --overwrite to replace that run.")
+        kept = self._kept_before(steps)
+        if changed and kept:
+            raise PipelineError(
+                f"--overwrite would redo {', '.join(steps)} with settings that differ from those of this run "
+                f"directory ({', '.join(changed)}), beside the outputs of {', '.join(kept)} made with the old ones. "
+                "Redo the run from the search (--mode=all --overwrite), or use another --run_dir.")
         if self.overwrite:
             return
         if not os.path.exists(saved) and os.path.exists(self.path("report.md")):
@@ -100,18 +177,18 @@ class RunDirectory:
                 "replace. Pass --overwrite to replace them, or choose another --run_dir."
             )
 
-    def check_identity(self, config):
-        """Raises `PipelineError` if the run directory's `config.json` defines another supernet than `config`."""
+    def changed_identity(self, config):
+        """The settings in which `config` defines another supernet than the run directory's `config.json`."""
         with open(self.path("config.json")) as f:
             previous = json.load(f)
         current = json.loads(config.to_json())
         keys = TABLE_IDENTITY if self.holds_only_latency_table() else IDENTITY
-        changed = [key for key in keys if _identity_value(previous, key) != _identity_value(current, key)]
-        if changed:
-            raise PipelineError(
-                f"Run directory {self.root} belongs to another config (these settings differ: "
-                f"{', '.join(changed)}). Use another --run_dir, or --overwrite to replace that run."
-            )
+        return [key for key in keys if _identity_value(previous, key) != _identity_value(current, key)]
+
+    def _kept_before(self, steps):
+        """The finished pipeline steps before the first of `steps`: a run of `steps` keeps their outputs."""
+        redone = [s for s in steps if s in STEPS]
+        return [s for s in STEPS[:STEPS.index(redone[0])] if self.finished(s)] if redone else []
 
     def holds_only_latency_table(self):
         """True if the latency table is here and no other step wrote or started anything."""
@@ -155,17 +232,52 @@ class RunDirectory:
 
     # --- writing ----------------------------------------------------------------
     def begin(self, config, steps):
-        """Before the first step: discards the checkpoints `--overwrite` replaces; writes `config.json`."""
+        """Before the first step: discards the checkpoints `--overwrite` replaces and the outputs `steps` make
+        stale (`invalidate_later_steps`, whose result it returns); writes `config.json`."""
         if self.chief and self.overwrite:
             for step in steps:
                 shutil.rmtree(self.path("checkpoints", step), ignore_errors=True)
+        stale = self.invalidate_later_steps(steps) if self.chief else []
         if not os.path.exists(self.path("config.json")) or self.overwrite or self.holds_only_latency_table():
             atomic_write_json(self.out("config.json"), json.loads(config.to_json()))
+        return stale
+
+    def invalidate_later_steps(self, steps):
+        """Removes the outputs of the pipeline steps after the first of `steps`; returns those `steps` do not redo.
+
+        They were made from outputs that `steps` replace (a slim model retrained
+        on the channels a redone sample step replaces): kept, they would be
+        reported beside results they do not belong to, or, if this run fails
+        before it redoes them, stay beside a config.json they were not made with.
+        """
+        redone = [s for s in steps if s in STEPS]
+        if not redone:
+            return []
+        removed = []
+        for step in STEPS[STEPS.index(redone[0]) + 1:]:
+            paths = [self.path(f) for f in (*OUTPUTS[step], f"{step}.json", _started(step))]
+            paths.append(self.path("checkpoints", step))
+            if not any(os.path.lexists(p) for p in paths):
+                continue
+            for path in paths:
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                elif os.path.lexists(path):
+                    os.remove(path)
+            removed.append(step)
+        return [step for step in removed if step not in steps]
 
     def start_step(self, step):
-        """Marks the step's outputs as this run directory's own until `finish_step` (chief only)."""
+        """Marks the step's outputs as this run directory's own until `finish_step` (chief only).
+
+        A `<step>.json` of an earlier run of the step goes: until this run
+        finishes the step, the step did not finish (killed halfway, the same
+        command then redoes it instead of taking half-replaced outputs for done).
+        """
         if self.chief:
             atomic_write_text(self.path(_started(step)), "")
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path(f"{step}.json"))
 
     def finish_step(self, step, result):
         """Writes `<step>.json`, the step's last output; removes its marker and its checkpoints."""
@@ -192,6 +304,17 @@ class RunDirectory:
             return None
         with open(path) as f:
             return json.load(f)
+
+
+def _holder(path):
+    """Who holds a lock file, as its content names them."""
+    try:
+        with open(path) as f:
+            holder = json.load(f)
+        return (f"pid {holder['pid']} on {holder['host']}, started {holder['started']}: "
+                f"{holder['command']}")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "which has not written its name into the lock file yet"
 
 
 def _started(step):

@@ -10,6 +10,9 @@ consistently in every producer and reader, so the network computes the same
 function before and after.
 """
 
+import re
+import zipfile
+
 import keras
 
 from dmcp_tf.channels.graph import ChannelGraph
@@ -53,14 +56,36 @@ def sort_channels_by_l1(supernet):
     copy_weights_by_name(rebuild(supernet, graph=graph, channel_order=order), supernet)
 
 
+def load_trained_model(path):
+    """The model of a `.keras` file, with errors that say what is wrong with the file.
+
+    Raises:
+        ValueError: the file is no `.keras` zip (damaged, or another format), or holds
+            a custom layer class that Keras cannot find (the message names it).
+    """
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a readable .keras file (a zip archive): it is damaged or in another format "
+                         "(.h5, a SavedModel). Save the trained model again with model.save('model.keras').")
+    try:
+        return keras.models.load_model(path, safe_mode=True, compile=False)
+    except TypeError as error:
+        missing = re.search(r"Could not locate class '([^']+)'", str(error))
+        if not missing:
+            raise
+        raise ValueError(
+            f"{path} holds a layer of class {missing.group(1)!r} that Keras cannot rebuild here: a custom class of "
+            "the code that trained it. Register it with @keras.saving.register_keras_serializable() in a module "
+            "imported before the run (Keras then finds it as custom_objects would pass it), or save the model with "
+            "built-in layers only.") from None
+
+
 def load_initial_weights(supernet, path, *, sort_channels=True):
     """Loads the trained model at `path` (`.keras`) into `supernet` by layer name; see the module docstring.
 
     The trained model may be the plain network (no gates, e.g. `rebuild(supernet)`
     trained by the user) or a supernet of the same architecture.
     """
-    trained = keras.models.load_model(path, safe_mode=True, compile=False)
-    copy_weights_by_name(trained, supernet)
+    copy_weights_by_name(load_trained_model(path), supernet)
     if sort_channels:
         sort_channels_by_l1(supernet)
 

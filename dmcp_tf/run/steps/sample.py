@@ -9,6 +9,7 @@ import numpy as np
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.io_utils import atomic_write_json, atomic_write_text
 from dmcp_tf.run import report
+from dmcp_tf.run.rundir import PipelineError
 from dmcp_tf.search import sampling
 
 
@@ -29,6 +30,12 @@ def run(ctx):
         # measured runs keep the nearest structure on either side.
         chosen, chosen_cost = sampling.fit_to_budget(graph, chosen, target, cost=cost,
                                                      at_most=bool(ctx.config.model.path))
+    if chosen_cost > (1 + cfg.over_budget) * target:
+        raise PipelineError(
+            f"The sampled structure costs {cost.format(chosen_cost)}, {chosen_cost / target:.2f}x the budget "
+            f"{ctx.config.search.budget} ({cost.format(target)}), more than sample.over_budget={cfg.over_budget} "
+            "above it; retraining it would break the budget, so the sample step stops (nothing written). "
+            f"{_over_budget_advice(ctx.config)}")
     sampling.save_config(ctx.dir.path("channels.json"), chosen)
     direct, note = [], None
     try:
@@ -60,3 +67,27 @@ def run(ctx):
         "direct_mean_cost": stats["mean"], "direct_std_cost": stats["std"],
         "direct_samples": len(direct), "within_budget_samples": int(len(next(iter(dists.values())))),
     }
+
+
+def check_round_to(graph, budget, config):
+    """Raises `PipelineError` if `sample.round_to` keeps so many channels that even the smallest structure
+    costs more than the budget allows (before any training)."""
+    cost, target, round_to = budget.cost, budget.target(graph), config.sample.round_to
+    smallest = cost.of(graph, sampling.round_config(graph, graph.smallest_config(), round_to))
+    if smallest > (1 + config.sample.over_budget) * target:
+        raise PipelineError(
+            f"sample.round_to={round_to} keeps at least that many channels per layer, so even the smallest "
+            f"structure costs {cost.format(smallest)}, {smallest / target:.2f}x the budget {config.search.budget} "
+            f"({cost.format(target)}). Use a smaller --config.sample.round_to (0 does not round).")
+
+
+def _over_budget_advice(config):
+    """What brings a sampled structure down to the budget, for the error that it is above."""
+    options = []
+    if config.sample.round_to > 1:
+        options.append(f"a smaller --config.sample.round_to (now {config.sample.round_to}; 0 does not round)")
+    if not config.sample.fit_to_budget:
+        options.append("--config.sample.fit_to_budget=True (with round_to=0) to scale the widths to the budget")
+    options.append("a longer search (search.epochs) or a larger search.budget_weight, so that the gates reach "
+                   "the budget (or accept more with --config.sample.over_budget)")
+    return f"Use {', or '.join(options)}."
