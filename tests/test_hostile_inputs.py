@@ -234,7 +234,8 @@ def test_a_config_file_that_fails_is_named_with_overrides_given(tmp_path, conten
 
 def test_a_round_to_that_cannot_meet_the_budget_is_refused_before_training(tmp_path, fashion_dir):
     code, out = main_in_process(f"--run_dir={tmp_path / 'run'}", f"--data_dir={fashion_dir}",
-                                "--config.sample.round_to=1000", "--config.sample.fit_to_budget=False")
+                                "--config.sample.round_to=1000", "--config.sample.fit_to_budget=False",
+                                "--config.search.budget=0.5x")
     assert code == 2, out
     assert re.search(r"sample.round_to=1000 keeps .* even the smallest structure costs .*, 2.00x the budget 0.5x", out)
     assert "Use a smaller --config.sample.round_to (0 does not round)." in out and "Traceback" not in out
@@ -243,13 +244,15 @@ def test_a_round_to_that_cannot_meet_the_budget_is_refused_before_training(tmp_p
 
 def test_a_sampled_structure_over_the_budget_stops_the_sample_step_before_retraining(tmp_path, fashion_dir):
     config = fashion_mnist.get_config()
-    config.data.data_dir, config.model.options.channels = fashion_dir, (16, 32)
+    config.data.data_dir, config.model.options.channels, config.model.options.blocks = fashion_dir, (16, 32), 1
+    config.search.budget = "0.5x"
     supernet = Pipeline(config, str(tmp_path / "unused")).context.new_supernet()
     search_init.set_uniform_fraction(ChannelGraph(supernet), 0.95)  # gates that were never pulled to the budget
     (tmp_path / "run").mkdir()
     supernet.save(tmp_path / "run" / "supernet.keras")
     code, out = main_in_process(f"--run_dir={tmp_path / 'run'}", f"--data_dir={fashion_dir}", "--mode=sample",
-                                "--config.model.options.channels=(16, 32)", "--config.sample.fit_to_budget=False")
+                                "--config.model.options.channels=(16, 32)", "--config.model.options.blocks=1",
+                                "--config.search.budget=0.5x", "--config.sample.fit_to_budget=False")
     assert code == 2, out
     assert re.search(r"The sampled structure costs .*, 1\.\d\dx the budget 0.5x .*; retraining it would break the "
                      r"budget, so the sample step stops \(nothing written\)\. Use --config.sample.fit_to_budget=True", out)

@@ -50,6 +50,7 @@ def test_whole_pipeline_writes_every_artefact(tmp_path, data_dir):
     code, out = main(f"--data_dir={data_dir}", f"--run_dir={run_dir}", *ROUNDED, *TINY)
     assert code == 0, out
     assert "DMCP slim" in out and "unpruned supernet" in out  # the console summary table
+    assert "━" not in out and "Epoch 1/2" in out  # not a terminal: one line per epoch, no progress bar
     assert "uniform width, same MACs" in out
     for name in ("config.json", "supernet.keras", "search.json", "search_trajectory.png", "channels.json", "samples.json", "structure.md",
                  "cost_histogram.png", "channel_distributions.png", "slim.keras", "retrain.json", "eval.json",
@@ -142,6 +143,15 @@ def test_impossible_budget_stops_before_training(tmp_path, data_dir):
     assert code == 2
     assert "outside what the supernet can reach" in out and "Epoch" not in out
     assert not (tmp_path / "run").exists()
+
+
+def test_help_lists_the_flags_and_every_config_key_with_its_default():
+    for flag in ("--help", "--helpshort"):
+        code, out = main(flag)
+        assert code == 1 and "Traceback" not in out, out  # absl ends its help with exit code 1
+        for expected in ("--mode", "--model", "--run_dir", "--[no]overwrite", "search.budget = '0.25x'",
+                         "retrain.epochs = 3", "data.batch_size = 128"):
+            assert expected in out, (flag, expected)
 
 
 def test_unknown_mode_is_rejected():

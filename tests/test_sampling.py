@@ -30,22 +30,33 @@ def _expected(graph):
     return {g.name: float(g.expected_channels()) for g in graph.gates}
 
 
-@pytest.mark.parametrize("target_factor", [0.9, 0.97, 1.04, 1.12])
-def test_expected_config_with_a_target_lands_in_the_budget_band(target_factor):
-    """A budget whose band plain rounding misses, from above and below (wide gates: one channel is ~1-3%)."""
+def _roundings(graph):
+    """Each gate's two roundings of E[c] (equal when E[c] is whole)."""
+    return {g.name: (np.floor(float(g.expected_channels())), np.ceil(float(g.expected_channels())))
+            for g in graph.gates}
+
+
+def wide_graph():
     graph = ChannelGraph(tiny_supernet(channels=(32, 64)))
     rng = np.random.default_rng(1)
     for gate in graph.gates:
         gate.alpha.assign(rng.normal(1.0, 1.0, gate.num_groups).astype("float32"))
+    return graph
+
+
+@pytest.mark.parametrize("factor", [0.99, 1.01 / 0.95])
+def test_expected_config_with_a_target_lands_in_the_budget_band(factor):
+    """Plain rounding 1% above the band, or 1% below it; one channel of these gates is 1.5-3.3% of the MACs."""
+    graph = wide_graph()
     rounded = sampling.expected_config(graph)
-    target = target_factor * graph.flops(rounded)
+    target = factor * graph.flops(rounded)
+    assert not 0.95 * target <= graph.flops(rounded) <= target
     config = sampling.expected_config(graph, target)
     assert 0.95 * target <= graph.flops(config) <= target
-    expected = _expected(graph)
-    for gate in graph.gates:  # moved the way the budget asks, and not far from E[c]
-        moved = config[gate.name] - rounded[gate.name]
-        assert moved <= 0 if target_factor < 1 else moved >= 0
-        assert abs(config[gate.name] - expected[gate.name]) <= 4, gate.name
+    roundings = _roundings(graph)
+    for gate in graph.gates:  # each gate kept one of its two roundings of E[c]
+        assert config[gate.name] in roundings[gate.name], gate.name
+    assert config != rounded
 
 
 def test_expected_config_in_the_band_is_plain_rounding(graph):
@@ -54,10 +65,11 @@ def test_expected_config_in_the_band_is_plain_rounding(graph):
         assert sampling.expected_config(graph, factor * graph.flops(rounded)) == rounded
 
 
-def test_expected_config_for_an_unreachable_budget_goes_as_low_as_it_can(graph):
+def test_expected_config_of_a_search_off_its_budget_stays_rounding(graph):
+    """Far above the budget, every gate takes its lower rounding and no more: the miss is not hidden."""
     config = sampling.expected_config(graph, 0.5 * graph.flops(graph.smallest_config()))
-    for gate in graph.gates:  # no gate could give up another channel step
-        assert max(gate.prefix, 1) <= config[gate.name] < max(gate.prefix, 1) + gate.channel_multiple
+    for gate in graph.gates:
+        assert config[gate.name] == max(np.floor(float(gate.expected_channels())), gate.prefix), gate.name
 
 
 def test_fit_to_budget_scales_a_structure_together_to_the_budget():

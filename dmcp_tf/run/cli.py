@@ -25,7 +25,8 @@ def define_flags(flag_values=FLAGS, argv=None):
     """
     config_flags.DEFINE_config_file(
         "config", os.path.join(CONFIG_DIR, "fashion_mnist.py"),
-        "Config file (configs/<name>.py[:argument]); override keys with --config.<key>=<value>.",
+        "Config file (configs/<name>.py[:argument]); override keys with --config.<key>=<value>. The keys, "
+        f"with the default run's values:\n{_config_keys()}",
         lock_config=True, flag_values=flag_values, sys_argv=argv,
     )
     fv = {"flag_values": flag_values}
@@ -50,6 +51,23 @@ def define_flags(flag_values=FLAGS, argv=None):
     flags.DEFINE_string("channels", None, "With --mode=flops: a channels.json to count.", **fv)
     flags.DEFINE_string("structure", None, "With --mode=flops: a paper structure, e.g. mobilenet_v2_210M or "
                         "resnet50_2.8G.", **fv)
+    for name in ("config", "mode", "model", "run_dir", "overwrite", "data_dir", "strategy", "worker_timeout",
+                 "deterministic", "channels", "structure"):  # what --help and --helpshort list
+        flag_values.register_key_flag_for_module(sys.argv[0], flag_values[name])
+
+
+def _config_keys():
+    """Every config key with its value in the default config, one `  key = value` line each."""
+    from dmcp_tf.configs import fashion_mnist  # noqa: PLC0415 (no TensorFlow: --help stays fast)
+
+    def lines(section, prefix):
+        for key, value in sorted(section.items()):
+            if hasattr(value, "items") and key != "options":
+                yield from lines(value, f"{prefix}{key}.")
+            else:
+                yield f"  {prefix}{key} = {value!r}"
+
+    return "\n".join(lines(fashion_mnist.get_config(), ""))
 
 
 def _strategy(name):

@@ -11,6 +11,7 @@ fails, with `distributed.train_loop`.
 import dataclasses
 import json
 import math
+import sys
 
 import keras
 import numpy as np
@@ -115,18 +116,24 @@ class Trainer:
             if isinstance(model, DMCPModel):
                 callbacks = [*callbacks, SearchPhaseSwitch()]
             distributed.train_loop(model, data.train_stream(initial_step, stop), epochs=epochs,
-                                   steps_per_epoch=steps_per_epoch, initial_step=initial_step, callbacks=callbacks)
+                                   steps_per_epoch=steps_per_epoch, initial_step=initial_step, callbacks=callbacks,
+                                   verbose=progress_verbosity())
             return
         epoch, batch = divmod(initial_step, steps_per_epoch)
         if batch:  # finish the interrupted epoch, then the others
             model.fit(data.train_stream(initial_step, stop), initial_epoch=epoch, epochs=epoch + 1,
                       steps_per_epoch=steps_per_epoch - batch, validation_data=validation_data, shuffle=False,
-                      callbacks=list(callbacks))
+                      callbacks=list(callbacks), verbose=progress_verbosity())
             epoch += 1
         if epoch < epochs:
             model.fit(data.train_stream(epoch * steps_per_epoch, stop), initial_epoch=epoch, epochs=epochs,
                       steps_per_epoch=steps_per_epoch, validation_data=validation_data, shuffle=False,
-                      callbacks=list(callbacks))
+                      callbacks=list(callbacks), verbose=progress_verbosity())
+
+
+def progress_verbosity():
+    """Keras' `verbose` for training: a progress bar with ETA on a terminal, one line per epoch in a log file."""
+    return 1 if sys.stdout.isatty() else 2
 
 
 class TrainingDivergedError(RuntimeError):

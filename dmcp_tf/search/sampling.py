@@ -21,10 +21,12 @@ def expected_config(graph, target=None, *, cost=costs.MACS):
     Rounding every gate on its own can move the cost out of the band the search
     held it in: the budget loss is flat on [FLAT_BAND_LOW, 1] of the budget, and
     one channel of a wide layer is worth several percent of a small network.
-    Given `target`, roundings are then moved one channel step at a time, each to
-    the gate it moves least far from its expected width, until the cost is back
-    within [FLAT_BAND_LOW, 1] of `target` (never above it when the band cannot be
-    hit). A structure rounding left in the band is the paper's, unchanged.
+    Given `target`, roundings are then turned the other way (a gate rounded up
+    rounded down, or the reverse), each time on the gate whose expected width is
+    nearest the other side, until the cost is within [FLAT_BAND_LOW, 1] of
+    `target` or no turn helps. Every gate stays within one channel step of `E[c]`:
+    a search that ended off its budget is not hidden (the sample step then says
+    so), and a structure that rounding leaves in the band is the paper's, unchanged.
 
     Args:
         graph: the searched supernet's `ChannelGraph`.
@@ -39,30 +41,35 @@ def expected_config(graph, target=None, *, cost=costs.MACS):
 
 
 def _into_band(graph, config, expected, target, cost):
-    """`config` with roundings moved until its cost is within [FLAT_BAND_LOW, 1] of `target` (see `expected_config`)."""
+    """`config` with roundings turned until its cost is within [FLAT_BAND_LOW, 1] of `target` (see `expected_config`)."""
     config = dict(config)
 
-    def distance(gate, step):  # how far (in channel steps) the moved width would be from E[c]
-        return abs(config[gate.name] + step * gate.channel_multiple - expected[gate.name]) / gate.channel_multiple
+    def turned(gate):  # the gate's other rounding of E[c], and how far it is from E[c] in channel steps
+        step = gate.channel_multiple if config[gate.name] < expected[gate.name] else -gate.channel_multiple
+        width = config[gate.name] + step
+        return width, abs(width - expected[gate.name]) / gate.channel_multiple
+
+    def turnable(gate, down):
+        width, distance = turned(gate)
+        return distance < 1 and (width < config[gate.name]) == down and max(gate.prefix, 1) <= width <= gate.channels
 
     value = cost.of(graph, config)
     while value > target:
-        movable = [g for g in graph.gates if config[g.name] - g.channel_multiple >= max(g.prefix, 1)]
-        if not movable:
+        candidates = [g for g in graph.gates if turnable(g, down=True)]
+        if not candidates:
             break
-        gate = min(movable, key=lambda g: distance(g, -1))
-        config[gate.name] -= gate.channel_multiple
+        gate = min(candidates, key=lambda g: turned(g)[1])
+        config[gate.name] = turned(gate)[0]
         value = cost.of(graph, config)
     while value < costs.FLAT_BAND_LOW * target:
         grown = {}
-        for g in graph.gates:
-            if config[g.name] + g.channel_multiple <= g.channels:
-                trial = dict(config, **{g.name: config[g.name] + g.channel_multiple})
-                grown[g.name] = (trial, cost.of(graph, trial))
-        fitting = [g for g in graph.gates if g.name in grown and grown[g.name][1] <= target]
+        for gate in (g for g in graph.gates if turnable(g, down=False)):
+            trial = dict(config, **{gate.name: turned(gate)[0]})
+            grown[gate.name] = (trial, cost.of(graph, trial), turned(gate)[1])
+        fitting = [v for v in grown.values() if v[1] <= target]
         if not fitting:
             break
-        config, value = grown[min(fitting, key=lambda g: distance(g, +1)).name]
+        config, value, _ = min(fitting, key=lambda v: v[2])
     return config
 
 
