@@ -157,3 +157,14 @@ def test_run_report_writes_costs_in_their_unit(tmp_path):
     R.write_run_report(RunDirectory(str(tmp_path)), "0.5x")
     assert "Budget `0.5x` = 5.1M MACs of 10.2M MACs; expected MACs after search 5.0M MACs" in (
         tmp_path / "report.md").read_text()
+
+
+def test_run_report_flags_an_int8_model_slower_than_float32(tmp_path):
+    entry = {"bytes": 1000, "top1_agreement": 1.0, "max_abs_diff": 0.0}
+    for int8_ms, flagged in ((0.2, True), (0.05, False)):
+        atomic_write_json(tmp_path / "export.json", {"slim_float32": dict(entry, latency_ms=0.1),
+                                                     "slim_int8": dict(entry, latency_ms=int8_ms),
+                                                     "full_float32": dict(entry, latency_ms=0.3)})
+        R.write_run_report(RunDirectory(str(tmp_path)), "0.5x")
+        text = (tmp_path / "report.md").read_text()
+        assert ("`slim_int8` ran slower than float32" in text) == flagged, text

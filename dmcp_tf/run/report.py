@@ -404,7 +404,8 @@ def write_run_report(rundir, budget):
                        for k, v in exported.items() if isinstance(v, dict)]
         sections.append(("TFLite", markdown_table(parity_rows, [
             ("name", "model"), ("bytes", "bytes"), ("latency_ms", "latency ms"),
-            ("top1_agreement", "top-1 agreement with Keras"), ("max_abs_diff", "max |prob diff|")])))
+            ("top1_agreement", "top-1 agreement with Keras"), ("max_abs_diff", "max |prob diff|")])
+            + _paragraph(_slower_int8_note(exported))))
     if os.path.exists(rundir.path("structure.md")):
         with open(rundir.path("structure.md")) as f:
             sections.append(("Structure", f.read()))
@@ -424,6 +425,17 @@ def _missing_steps_section(rundir):
         f"{', '.join(missing)}: no results here, as they have not run since the steps before them last ran (a "
         "redone step removes the outputs of the steps after it, made from what it replaced). Run them "
         f"(`--mode={missing[0]}`, one step at a time) to complete the report."))]
+
+
+def _slower_int8_note(exported):
+    """A warning when an int8 model ran slower than its float32 one here (None otherwise)."""
+    slower = [name for name, entry in exported.items() if name.endswith("_int8") and isinstance(entry, dict)
+              and (entry.get("latency_ms") or 0) > (exported.get(name[:-5] + "_float32", {}).get("latency_ms") or 1e99)]
+    if not slower:
+        return None
+    return ("\n**Warning**: " + ", ".join(f"`{name}`" for name in slower) + " ran slower than float32 on this "
+            "machine. Interpreters on x86 CPUs often lack fast int8 kernels for some layers; measure on the target "
+            "phone before choosing int8 for speed (it still is 4x smaller).")
 
 
 def _comparison_section(rows):
