@@ -67,6 +67,14 @@ def rgb32(x):
     return keras.ops.convert_to_numpy(keras.ops.image.resize(np.repeat(x, 3, axis=-1).astype("float32"), (32, 32)))
 
 
+def all_layers(model):
+    """Every layer of `model`, nested models' included."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from all_layers(layer)
+
+
 def trained_model(name, work_dir, epochs, seed):
     """`name` trained by plain Keras on Fashion-MNIST 32x32 RGB and saved; returns `(path, test top-1, seconds)`."""
     path = os.path.join(work_dir, f"{name}.keras")
@@ -77,6 +85,11 @@ def trained_model(name, work_dir, epochs, seed):
     keras.utils.set_random_seed(seed)
     (x_train, y_train), (x_test, y_test) = data_lib.load_fashion_mnist()
     model = MODELS[name]()
+    for layer in all_layers(model):
+        # Keras' MobileNetV3 keeps batch-norm statistics with momentum 0.999: after 3 epochs they are
+        # still mostly their initial values (test top-1 0.10 against 0.88 in training, measured).
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = min(layer.momentum, 0.99)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     start = time.time()

@@ -433,7 +433,7 @@ def _slower_int8_note(exported):
               and (entry.get("latency_ms") or 0) > (exported.get(name[:-5] + "_float32", {}).get("latency_ms") or 1e99)]
     if not slower:
         return None
-    return ("\n**Warning**: " + ", ".join(f"`{name}`" for name in slower) + " ran slower than float32 on this "
+    return ("\n\n**Warning**: " + ", ".join(f"`{name}`" for name in slower) + " ran slower than float32 on this "
             "machine. Interpreters on x86 CPUs often lack fast int8 kernels for some layers; measure on the target "
             "phone before choosing int8 for speed (it still is 4x smaller).")
 
