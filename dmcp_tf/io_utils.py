@@ -65,6 +65,14 @@ def atomic_write_json(path, obj):
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def read_json(path):
+    """The content of the JSON file `path`, or None if there is none."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def atomic_save_model(model, path):
     """Saves a Keras model as a `.keras` file atomically (Keras needs the suffix on the temporary name)."""
     path = os.fspath(path)

@@ -1,7 +1,6 @@
 """`dmcp_tf.prune`: a trained Keras classifier in, a slim fine-tuned Keras classifier out, one call."""
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -11,7 +10,7 @@ import keras
 from dmcp_tf import costs
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.channels.rebuild import rebuild
-from dmcp_tf.io_utils import atomic_save_model, atomic_write_json, atomic_write_text
+from dmcp_tf.io_utils import atomic_save_model, atomic_write_json, atomic_write_text, read_json
 from dmcp_tf.pruning import checks
 from dmcp_tf.pruning.inputs import Batches, top1
 from dmcp_tf.run import config as config_lib
@@ -237,11 +236,7 @@ class _Stages:
         return os.path.join(self.root, name)
 
     def _json(self, name):
-        path = self._path(name)
-        if not os.path.exists(path):
-            return None
-        with open(path) as f:
-            return json.load(f)
+        return read_json(self._path(name))
 
     def _found(self, name):
         found = self.root is not None and os.path.exists(self._path(name))

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 
-from dmcp_tf.io_utils import atomic_write_json, atomic_write_text
+from dmcp_tf.io_utils import atomic_save_model, atomic_write_json, atomic_write_text, read_json
 
 STEPS = ("search", "sample", "retrain", "eval", "export")
 TRAINING_STEPS = ("search", "retrain")  # run on every worker; the others on the chief only
@@ -291,19 +291,12 @@ class RunDirectory:
                 os.rmdir(self.path("checkpoints"))  # if no other step's checkpoints remain
 
     def save_model(self, model, name):
-        """Saves a `.keras` file of the run directory atomically (Keras needs the suffix on the temporary name)."""
-        path = self.out(name)
-        tmp = f"{path}.tmp.keras"
-        model.save(tmp)
-        os.replace(tmp, path)
+        """Saves a `.keras` file of the run directory atomically."""
+        atomic_save_model(model, self.out(name))
 
     def load_json(self, name):
         """The content of a JSON file of the run directory, or None if there is none."""
-        path = self.path(name)
-        if not os.path.exists(path):
-            return None
-        with open(path) as f:
-            return json.load(f)
+        return read_json(self.path(name))
 
 
 def _holder(path):
