@@ -1,10 +1,15 @@
 """Top-1 accuracy of DMCP against simpler ways of choosing channels, on Fashion-MNIST.
 
-For every seed and budget, on a supernet with room to choose (a constant-width
-ResNet, 10 channels everywhere: 12 gates on the 10% grid, 1 to 10 channels; a
-channel of the first stage costs 16x the MACs of one of the last; narrow enough
-that a quarter of its MACs loses several points), trained with the default
-config's hyperparameters (`--set` changes any of them):
+For every seed and budget, on a supernet with room to choose, trained with the
+default config's hyperparameters (`--set` changes any of them). The supernet
+(`--model`) is by default a constant-width ResNet, 10 channels everywhere (12 gates
+on the 10% grid, 1 to 10 channels; a channel of the first stage costs 16x the MACs
+of one of the last; narrow enough that a quarter of its MACs loses several points);
+`--model=mobilenet_v2` is the zoo's MobileNetV2 at `--width` with CIFAR's stride-1
+stem, gates on a grid of eighths of that width; `--model=keras.applications.<Name>`
+is that network with gates inserted automatically (its batch norms' momentum capped
+at 0.99: Keras' MobileNetV3 keeps 0.999, too slow for a few epochs). Mobile networks
+take `--image_size=32` (bilinear RGB copies of the images).
 
   dmcp_budget      DMCP search started at the uniform width of the budget, expected
                    sampling, trained from scratch
@@ -44,6 +49,9 @@ network and warm-up it cached beside it), so a run cut short continues.
 
     TF_ENABLE_ONEDNN_OPTS=1 nohup python benchmarks/accuracy.py --json_out=docs/accuracy.json > /tmp/accuracy.log &
     python benchmarks/accuracy.py --from_json=docs/accuracy.json --plot=docs/accuracy_vs_flops.png  # redraw
+    nohup python benchmarks/accuracy.py --model=mobilenet_v2 --image_size=32 --train_limit=12000 \
+        --budgets=0.5x,0.25x --methods=uniform,dmcp_fit,l1,dmcp_pretrained \
+        --json_out=docs/accuracy_mobilenet_v2.json > /tmp/accuracy_mnv2.log &
 """
 
 import argparse
@@ -70,7 +78,7 @@ from dmcp_tf.configs import fashion_mnist  # noqa: E402
 from dmcp_tf.io_utils import atomic_write_json  # noqa: E402
 from dmcp_tf.models import build_supernet  # noqa: E402
 from dmcp_tf.run import config as config_lib  # noqa: E402
-from dmcp_tf.run import recipes, report  # noqa: E402
+from dmcp_tf.run import recipes, report, user_model  # noqa: E402
 from dmcp_tf.search import baselines, calibration, pretrained, sampling, search_init  # noqa: E402
 from dmcp_tf.search import trajectory as trajectory_lib  # noqa: E402
 
@@ -92,7 +100,7 @@ METHODS = {
 # section 3): DMCP against uniform width from scratch, as searched and scaled to the budget, and DMCP's widths
 # against uniform ones in L1 pruning of the trained network. Others by --methods.
 DEFAULT_METHODS = ("dmcp_budget", "dmcp_fit", "uniform", "l1", "dmcp_l1")
-TAKES_DMCP_BUDGET = ("dmcp_fit", "dmcp_l1")  # methods built from dmcp_budget's structure
+TAKES_DMCP_BUDGET = ("dmcp_fit", "dmcp_l1")  # methods built from dmcp_budget's structure (searched if not listed)
 FULL = "full"  # the unpruned network, trained from scratch
 # The search each method needs: (gate kind, origin, start of the gates).
 SEARCHES = {"dmcp_budget": ("markov", "warmup", "budget"), "dmcp_authors": ("markov", "warmup", "authors"),
@@ -119,16 +127,15 @@ class Benchmark:
         self.config = benchmark_config(args)
         self.data = data_lib.load("fashion_mnist", batch_size=args.batch_size, data_dir=args.data_dir or None,
                                   train_limit=args.train_limit or None, test_limit=args.test_limit or None,
-                                  seed=seed)
+                                  image_size=args.image_size or None, seed=seed,
+                                  preprocess=self.config.data.preprocess)
         self.steps = self.data.train_examples // args.batch_size
         self.template = self.supernet("markov")
         self.graph = ChannelGraph(self.template)
         self.rows = []
 
     def supernet(self, gate_kind):
-        return build_supernet(self.config.model.name, input_shape=self.data.input_shape,
-                              num_classes=self.data.num_classes, gate_kind=gate_kind,
-                              **self.config.model.options.to_dict())
+        return supernet(self.args, self.config, self.data.input_shape, self.data.num_classes, gate_kind)
 
     def _cached(self, name):
         return None if self.cache is None else self.cache / f"seed{self.seed}_{name}"
@@ -229,10 +236,6 @@ class Benchmark:
     # --- one seed ---------------------------------------------------------------
     def run(self, budgets, methods):
         todo = [(m, b) for b in budgets for m in methods if (m, b) not in self.done]
-        if any(m in TAKES_DMCP_BUDGET and ("dmcp_budget", b) not in self.done and "dmcp_budget" not in methods
-               for m, b in todo):
-            raise SystemExit(f"{' and '.join(TAKES_DMCP_BUDGET)} take dmcp_budget's structure: add dmcp_budget to "
-                             "--methods.")
         if not todo and (FULL, "1.0x") in self.done:
             return self.rows
         # Baselines matched to every budget first: a budget they cannot meet fails before any training.
@@ -242,7 +245,7 @@ class Benchmark:
         full = self.full_network()
         if not todo:
             return self.rows
-        kinds = sorted({SEARCHES[m][0] for m, _ in todo if m in SEARCHES})
+        kinds = sorted({SEARCHES[_searched_as(m)][0] for m, _ in todo if _searched_as(m) in SEARCHES})
         models = {kind: self.search_model(kind) for kind in kinds}
         initial = {kind: [v.numpy() for v in _search_state(model)] for kind, model in models.items()}
         # Warmed up on first use (a search cached by an earlier run needs none), from the
@@ -259,7 +262,9 @@ class Benchmark:
         for budget in budgets:
             target, uniform = targets[budget], uniforms[budget]
             pending = [m for m in methods if (m, budget) not in self.done]
-            searched = self.searched_structures(budget, pending, models, initial, warm, full)
+            needs_search = any(m in TAKES_DMCP_BUDGET for m in pending) and ("dmcp_budget", budget) not in self.done
+            searched = self.searched_structures(budget, pending + ["dmcp_budget"] * needs_search, models, initial,
+                                                warm, full)
             rng = np.random.default_rng([self.seed, budgets.index(budget)])
             for method in pending:
                 keras.utils.set_random_seed(self.seed)
@@ -271,8 +276,8 @@ class Benchmark:
                 elif method == "l1":
                     config, slim = uniform, rebuild(l1_supernet, uniform, channel_order=l1_order)
                 elif method in TAKES_DMCP_BUDGET:  # dmcp_budget's widths (its row, or its search just now)
-                    config = searched["dmcp_budget"][1] if "dmcp_budget" in searched else \
-                        self.done["dmcp_budget", budget]["config"]
+                    _, config, extra = searched["dmcp_budget"] if "dmcp_budget" in searched else \
+                        (None, self.done["dmcp_budget", budget]["config"], {})
                     if method == "dmcp_l1":
                         slim = rebuild(l1_supernet, config, channel_order=l1_order)
                     else:
@@ -328,6 +333,23 @@ class Benchmark:
         calibration.calibrate_batch_norm(slim, self.data.calibration_batches(20))
         extra["inherited_accuracy"] = recipes.evaluate(slim, self.data.test)["accuracy"]
         return slim, config, extra
+
+
+def _searched_as(method):
+    """The method whose search gives `method`'s structure."""
+    return "dmcp_budget" if method in TAKES_DMCP_BUDGET else method
+
+
+def supernet(args, config, input_shape, num_classes, gate_kind):
+    """The benchmark's gated supernet (`--model`) for images of `input_shape`."""
+    if user_model.is_application(args.model):
+        model = user_model.supernet(args.model, input_shape, num_classes, gate_kind)
+        for layer in model._flatten_layers():
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = min(layer.momentum, 0.99)
+        return model
+    return build_supernet(config.model.name, input_shape=input_shape, num_classes=num_classes, gate_kind=gate_kind,
+                          **config.model.options.to_dict())
 
 
 def _search_state(model):
@@ -432,8 +454,13 @@ def parse_args(argv=None):
     parser.add_argument("--retrain_epochs", type=int, default=3, help="training epochs of every model")
     parser.add_argument("--init", default="budget", choices=search_init.INITS,
                         help="the gates' start for dmcp_pretrained")
-    parser.add_argument("--channels", default="10,10,10", help="the supernet's stage widths")
-    parser.add_argument("--blocks", type=int, default=3, help="basic blocks per stage")
+    parser.add_argument("--model", default="fashion_resnet", help="fashion_resnet, mobilenet_v2 or "
+                        "keras.applications.<Name> (gates inserted automatically)")
+    parser.add_argument("--channels", default="10,10,10", help="fashion_resnet's stage widths")
+    parser.add_argument("--blocks", type=int, default=3, help="fashion_resnet's basic blocks per stage")
+    parser.add_argument("--width", type=float, default=0.5, help="mobilenet_v2's width multiplier")
+    parser.add_argument("--image_size", type=int, default=0, help="image side (0: 28x28x1 as stored; "
+                        "otherwise RGB copies at that side, e.g. 32 for keras.applications networks)")
     parser.add_argument("--trajectory_every", type=int, default=10, help="steps between trajectory points")
     parser.add_argument("--tolerance", type=float, default=0.08, help="largest relative miss of the budget "
                         "accepted for the uniform, L1 and random widths (integer channels move the MACs in steps)")
@@ -460,14 +487,15 @@ def parse_args(argv=None):
     if not 0 < args.pretrained_arch_final_learning_rate <= args.pretrained_arch_learning_rate:
         parser.error("--pretrained_arch_final_learning_rate must be in (0, --pretrained_arch_learning_rate="
                      f"{args.pretrained_arch_learning_rate}], got {args.pretrained_arch_final_learning_rate}")
+    if not (args.model in ("fashion_resnet", "mobilenet_v2") or user_model.is_application(args.model)):
+        parser.error(f"--model={args.model}: give fashion_resnet, mobilenet_v2 or keras.applications.<Name>")
     try:  # a wrong --set fails here, not after hours of training
         config = benchmark_config(args)
         config_lib.validate(config)
-        supernet = build_supernet(config.model.name, input_shape=(28, 28, 1), num_classes=10,
-                                  **config.model.options.to_dict())
+        shape = data_lib.DATASET_SHAPES["fashion_mnist"](args.image_size or None)[0]
+        graph = ChannelGraph(supernet(args, config, shape, 10, "markov"))
     except (AttributeError, KeyError, TypeError, ValueError) as error:
-        parser.error(f"the benchmark's config (--channels, --blocks, --set): {error}")
-    graph = ChannelGraph(supernet)
+        parser.error(f"the benchmark's config (--model, --channels, --blocks, --width, --image_size, --set): {error}")
     for budget in args.budgets:
         try:
             parsed = costs.Budget.parse(budget)
@@ -486,7 +514,14 @@ def benchmark_config(args):
     config.search.epochs = args.search_epochs
     config.search.steps_per_epoch = 0
     config.retrain.epochs = args.retrain_epochs
-    config.model.options = {"channels": tuple(args.channels), "blocks": args.blocks}
+    if args.model == "mobilenet_v2":  # CIFAR's stride-1 stem; 8 widths per gate (its narrowest stage has 8 channels)
+        config.model.name = args.model
+        config.model.options = {"width_multiplier": args.width, "stem_stride": 1, "min_width": args.width / 8,
+                                "width_offset": args.width / 8}
+    else:
+        config.model.options = {"channels": tuple(args.channels), "blocks": args.blocks}
+    if user_model.is_application(args.model):
+        config.data.preprocess = "raw"  # keras.applications networks scale their own input
     for key, value in args.set or ():
         _set_config_key(config, key, value)
     return config

@@ -260,19 +260,35 @@ def _native_size(name, image_size, size):
 
 
 def _fashion_mnist(data_dir, image_size):
-    """Fashion-MNIST from IDX files or TFDS: 28x28x1, pad-2 crop + flip."""
-    _native_size("fashion_mnist", image_size, 28)
+    """Fashion-MNIST from IDX files or TFDS: 28x28x1, pad-2 crop + flip.
+
+    With an `image_size`, bilinear RGB copies at that side (keras.applications
+    networks take 3 channels and at least 32x32), resized once in memory.
+    """
     train, test = load_fashion_mnist(data_dir)
+    shape, crop_pad = (28, 28, 1), 2
+    if image_size not in (None, 28):
+        train, test = ((_resized_rgb(x, image_size), y) for x, y in (train, test))
+        shape, crop_pad = (image_size, image_size, 3), max(2, image_size // 14)
     return _Source(
         train=tf.data.Dataset.from_tensor_slices(train),
         test=tf.data.Dataset.from_tensor_slices(test),
         num_classes=10,
-        input_shape=(28, 28, 1),
-        mean=(0.2860,),
-        std=(0.3530,),
-        random_crop=_pad_random_crop(2),
+        input_shape=shape,
+        mean=(0.2860,) * shape[-1],
+        std=(0.3530,) * shape[-1],
+        random_crop=_pad_random_crop(crop_pad),
         center_crop=tf.identity,
     )
+
+
+def _resized_rgb(images, size, chunk=10000):
+    """uint8 (N, H, W, 1) -> uint8 (N, size, size, 3), bilinear, in chunks (bounded memory)."""
+    if size < 8:
+        raise DataError(f"fashion_mnist image_size={size} is too small; give 28 (native) or a side of 8 or more.")
+    parts = [tf.cast(tf.round(tf.image.resize(tf.cast(images[i:i + chunk], tf.float32), (size, size))), tf.uint8)
+             for i in range(0, len(images), chunk)]
+    return np.repeat(tf.concat(parts, 0).numpy(), 3, axis=-1)
 
 
 def _cifar10(data_dir, image_size):
@@ -472,7 +488,8 @@ def load(
         data_dir: where the data lives (see each data set); None for defaults.
         train_limit: use only the first N training examples.
         test_limit: use only the first N test examples.
-        image_size: output side for imagenet2012/image_folder (default 224).
+        image_size: output side for imagenet2012/image_folder (default 224); for
+            fashion_mnist, RGB copies at that side (default: 28x28x1 as stored).
         augment: random crop + horizontal flip on the training split.
         seed: seed for shuffling and augmentation.
         preprocess: `"normalize"` (the data set's mean and standard deviation) or
@@ -507,7 +524,7 @@ def _image_folder_spec(image_size):
 
 # (input shape, classes) of each data set, known without reading it.
 DATASET_SHAPES = {
-    "fashion_mnist": lambda image_size: ((28, 28, 1), 10),
+    "fashion_mnist": lambda image_size: ((28, 28, 1) if image_size in (None, 28) else (image_size, image_size, 3), 10),
     "cifar10": lambda image_size: ((32, 32, 3), 10),
     "imagenet2012": lambda image_size: ((image_size or 224, image_size or 224, 3), 1000),
     "image_folder": _image_folder_spec,

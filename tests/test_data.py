@@ -242,10 +242,20 @@ def test_train_limit_smaller_than_batch(fashion):
         data.load("fashion_mnist", data_dir=str(folder), batch_size=16, train_limit=10)
 
 
-def test_image_size_not_supported_for_fixed_size_sets(fashion):
-    folder, _ = fashion
-    with pytest.raises(data.DataError, match="image_size"):
-        data.load("fashion_mnist", data_dir=str(folder), batch_size=16, image_size=32)
+def test_fashion_mnist_at_an_image_size_is_resized_rgb(fashion):
+    folder, arrays = fashion
+    bundle = data.load("fashion_mnist", data_dir=str(folder), batch_size=16, image_size=32, augment=False,
+                       preprocess="raw")
+    assert bundle.input_shape == (32, 32, 3)
+    x_test, _ = _collect(bundle.test)
+    assert x_test.shape == (32, 32, 32, 3)
+    np.testing.assert_array_equal(x_test[..., 0], x_test[..., 2])  # grey in three equal channels
+    expected = tf.image.resize(arrays[FILES[2]][..., None].astype(np.float32), (32, 32)).numpy()[..., 0]
+    np.testing.assert_allclose(x_test[..., 1], np.round(expected), atol=1)
+    assert data.DATASET_SHAPES["fashion_mnist"](32) == ((32, 32, 3), 10)
+    assert data.load("fashion_mnist", data_dir=str(folder), batch_size=16, image_size=28).input_shape == (28, 28, 1)
+    with pytest.raises(data.DataError, match="image_size=4"):
+        data.load("fashion_mnist", data_dir=str(folder), batch_size=16, image_size=4)
 
 
 def test_unknown_name_lists_valid_names():
