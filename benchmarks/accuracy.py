@@ -43,6 +43,12 @@ is the reference and the source of `l1`, `dmcp_pretrained` and `from_full`. The
 warm-up does not depend on the budget, the start or the gate kind, so it runs
 once per seed and every search continues from a copy of its state.
 
+With `--latency`, every row's structure (each distinct one once, rebuilt untrained) is
+converted to float32 and int8 TFLite and timed at batch 1 on 1 thread (LiteRT
+interpreter, the thread's CPU time), all structures interleaved over `--latency_rounds`
+rounds; each row keeps its `latency_ms`, and the tables gain latency columns. With
+`--from_json` it times an earlier run's rows and writes them back into that file.
+
 Every finished model is appended to `--json_out` at once; run again with the same
 settings, the script skips the models the file holds (and the trained unpruned
 network and warm-up it cached beside it), so a run cut short continues.
@@ -74,6 +80,7 @@ from dmcp_tf import costs  # noqa: E402
 from dmcp_tf import data as data_lib  # noqa: E402
 from dmcp_tf.channels.graph import ChannelGraph  # noqa: E402
 from dmcp_tf.channels.rebuild import rebuild  # noqa: E402
+from dmcp_tf.deploy import export  # noqa: E402
 from dmcp_tf.configs import fashion_mnist  # noqa: E402
 from dmcp_tf.io_utils import atomic_write_json  # noqa: E402
 from dmcp_tf.models import build_supernet  # noqa: E402
@@ -107,7 +114,10 @@ SEARCHES = {"dmcp_budget": ("markov", "warmup", "budget"), "dmcp_authors": ("mar
             "dmcp_full": ("markov", "warmup", "full"), "dmcp_finetune": ("markov", "warmup", "budget"),
             "bernoulli": ("bernoulli", "warmup", "budget"), "from_full": ("markov", "full", "budget")}
 # Settings that do not change a row's result: a rerun may differ in them and still skip finished rows.
-SELECTION = ("seeds", "budgets", "methods", "json_out", "from_json", "plot", "trajectory_plots")
+SELECTION = ("seeds", "budgets", "methods", "json_out", "from_json", "plot", "trajectory_plots", "latency",
+             "latency_rounds", "latency_invokes")
+QUANTIZATIONS = ("float32", "int8")
+MODEL_FLAGS = ("model", "channels", "blocks", "width", "image_size", "set")  # what builds a file's supernet
 
 
 class Benchmark:
@@ -380,8 +390,10 @@ def summarize(rows):
         accuracy = np.array([m["accuracy"] for m in members])
         macs = np.array([m["macs"] for m in members], dtype=np.float64)
         target = members[0].get("target_macs")
+        timed = [m["latency_ms"] for m in members if "latency_ms" in m]
+        latency = {f"{q}_ms_mean": float(np.mean([t[q] for t in timed])) for q in QUANTIZATIONS} if timed else {}
         summary.append({
-            "method": method, "budget": budget, "seeds": len(members),
+            "method": method, "budget": budget, "seeds": len(members), **latency,
             "accuracy_mean": float(accuracy.mean()), "accuracy_std": float(accuracy.std(ddof=1 if len(members) > 1 else 0)),
             "macs_mean": float(macs.mean()), "macs_over_budget": float(macs.mean() / target) if target else None,
         })
@@ -406,8 +418,85 @@ def tables(summary, budgets, methods):
     reference = (f"Unpruned network ({report.format_count(full['macs_mean'])} MACs), from scratch: "
                  f"{100 * full['accuracy_mean']:.2f} ± {100 * full['accuracy_std']:.2f} "
                  f"({full['seeds']} seeds).") if full else ""
-    return (f"Test top-1 (%), mean ± standard deviation over seeds:\n\n{accuracy}\n\n{reference}\n\n"
+    text = (f"Test top-1 (%), mean ± standard deviation over seeds:\n\n{accuracy}\n\n{reference}\n\n"
             f"MACs met, mean over seeds (ratio to the budget):\n\n{macs}")
+    latency = latency_table(summary, budgets, methods)
+    if latency:
+        text += ("\n\nTFLite latency (ms, float32 / int8, batch 1, 1 thread, CPU time; mean over seeds' "
+                 f"structures):\n\n{latency}")
+    return text
+
+
+# Each method against the baseline it must beat: from scratch against uniform width, from the trained
+# network against L1-norm pruning at uniform widths.
+BASELINES = {"dmcp_budget": "uniform", "dmcp_fit": "uniform", "dmcp_authors": "uniform", "dmcp_full": "uniform",
+             "random": "uniform", "bernoulli": "uniform", "from_full": "uniform", "dmcp_pretrained": "l1",
+             "dmcp_l1": "l1", "dmcp_finetune": "uniform"}
+
+
+def paired(rows, budgets, methods):
+    """Markdown table: each method minus its baseline (`BASELINES`) on the same seed, in points, per budget."""
+    by = {(r["method"], r["budget"], r["seed"]): r for r in rows}
+    lines = ["| method - baseline | " + " | ".join(budgets) + " |", "|---|" + "---:|" * len(budgets)]
+    for method in (m for m in methods if m in BASELINES):
+        cells = []
+        for budget in budgets:
+            diffs = [100 * (r["accuracy"] - by[BASELINES[method], budget, seed]["accuracy"])
+                     for (m, b, seed), r in sorted(by.items()) if m == method and b == budget
+                     and (BASELINES[method], budget, seed) in by]
+            cells.append("" if not diffs else f"{np.mean(diffs):+.2f} ± {np.std(diffs, ddof=1 if len(diffs) > 1 else 0):.2f} "
+                         f"({', '.join(f'{d:+.2f}' for d in diffs)})")
+        lines.append(f"| {method} - {BASELINES[method]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def latency_table(summary, budgets, methods):
+    """Markdown table: float32 / int8 TFLite ms of each method's structures (mean over seeds), or "" if untimed."""
+    cell = {(s["method"], s["budget"]): s for s in summary if "float32_ms_mean" in s}
+    if not cell:
+        return ""
+    lines = ["| method | " + " | ".join(budgets) + " |", "|---|" + "---:|" * len(budgets)]
+    for method in methods:
+        cells = [f"{cell[method, b]['float32_ms_mean']:.4f} / {cell[method, b]['int8_ms_mean']:.4f}"
+                 if (method, b) in cell else "" for b in budgets]
+        lines.append(f"| {METHODS[method]} | " + " | ".join(cells) + " |")
+    full = cell.get((FULL, "1.0x"))
+    if full:
+        lines.append(f"\nUnpruned network: {full['float32_ms_mean']:.4f} / {full['int8_ms_mean']:.4f} ms.")
+    return "\n".join(lines)
+
+
+def time_structures(args, rows, log=print):
+    """Adds `latency_ms` {float32, int8} to every row: its structure's TFLite latency, all timed interleaved.
+
+    Each distinct structure is rebuilt once from the untrained supernet (latency does not depend on
+    the weights), converted, and timed at batch 1 on 1 thread in the thread's CPU time.
+    """
+    import tempfile  # noqa: PLC0415 (only this mode writes files of its own)
+
+    config = benchmark_config(args)
+    shape = data_lib.DATASET_SHAPES["fashion_mnist"](args.image_size or None)[0]
+    keras.utils.set_random_seed(0)
+    template = supernet(args, config, shape, 10, "markov")
+    graph = ChannelGraph(template)
+    key = lambda row: json.dumps(row.get("config") or graph.full_config(), sort_keys=True)  # noqa: E731
+    structures = {key(row): row.get("config") or graph.full_config() for row in rows}
+    images = np.random.default_rng(0).normal(size=(8, *shape)).astype(np.float32)
+    timers = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for i, (name, channels) in enumerate(structures.items()):
+            model = rebuild(template, channels, copy_weights=False)
+            for quantization in QUANTIZATIONS:
+                path = export.export_tflite(model, os.path.join(folder, f"s{i}_{quantization}.tflite"),
+                                            quantization=quantization, representative_images=images)
+                timers[name, quantization] = export.latency_timer(path, threads=1, runs=args.latency_invokes,
+                                                                  warmup=10, clock="cpu")
+        log(f"[accuracy] timing {len(structures)} structures x {len(QUANTIZATIONS)} in {args.latency_rounds} "
+            "interleaved rounds")
+        values = common.interleaved(timers, rounds=args.latency_rounds, warmup=1)
+    for row in rows:
+        row["latency_ms"] = {q: common.median(values[key(row), q]) for q in QUANTIZATIONS}
+    return rows
 
 
 def plot(summary, methods, path):
@@ -472,6 +561,10 @@ def parse_args(argv=None):
     parser.add_argument("--trajectory_plots", default=None, help="write seed 0's search trajectories into this folder")
     parser.add_argument("--json_out", default=None, help="every finished model is appended here (JSON); "
                         "rerun with the same settings to continue")
+    parser.add_argument("--latency", action="store_true", help="time every row's structure as TFLite (float32, "
+                        "int8) and add latency columns; with --from_json, writes the times into that file")
+    parser.add_argument("--latency_rounds", type=int, default=7, help="interleaved timing rounds (median)")
+    parser.add_argument("--latency_invokes", type=int, default=100, help="timed invokes per round (median)")
     parser.add_argument("--from_json", default=None, help="train nothing: print the tables and draw the plots "
                         "of a JSON file an earlier run wrote with --json_out")
     args = parser.parse_args(argv)
@@ -630,6 +723,11 @@ def main(argv=None):
         budgets = sorted({r["budget"] for r in rows if r["method"] != FULL},
                          key=lambda b: -max(r["target_macs"] for r in rows if r["budget"] == b))
         methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+        if args.latency:  # the structures of the file's network (its settings), times written back into it
+            saved_args = {k: settings[k] for k in MODEL_FLAGS if k in settings}
+            time_structures(argparse.Namespace(**{**vars(args), **saved_args}), rows)
+            saved["results"]["summary"] = summarize(rows)
+            atomic_write_json(args.from_json, saved)
     else:
         results = Results(args)
         start, earlier = time.time(), results.minutes
@@ -640,11 +738,14 @@ def main(argv=None):
         for seed in args.seeds:
             Benchmark(args, seed, done=results.done(seed), cache=results.cache, log=lambda m: print(m, flush=True),
                       save=lambda row: results.add(row, args, elapsed())).run(args.budgets, args.methods)
+        if args.latency:
+            time_structures(args, results.rows, log=lambda m: print(m, flush=True))
         results.write(args, elapsed())
         rows, minutes, seeds = results.rows, elapsed(), args.seeds
         budgets, methods = args.budgets, [m for m in METHODS if any(r["method"] == m for r in rows)]
     summary = summarize(rows)
-    print(f"\n{tables(summary, budgets, methods)}\n\nTotal time: {minutes:.1f} min "
+    print(f"\n{tables(summary, budgets, methods)}\n\nPaired differences in points, mean ± std (per seed):\n\n"
+          f"{paired(rows, budgets, methods)}\n\nTotal time: {minutes:.1f} min "
           f"({len(seeds)} seeds, {len(rows)} trained models).")
     if args.plot:
         print(f"wrote {plot(summary, methods, args.plot)}")

@@ -14,8 +14,11 @@ Then every slim model's TFLite file (and the full network's) is timed side by
 side, interleaved over `--rounds` rounds (1 thread, the thread's CPU time as the
 table measures), and set against its budget. A run directory whose export
 finished is reused: run the script again to re-time without training.
+`--main_flag` passes a flag to every `main.py`, e.g. another config:
 
     nohup python benchmarks/budget_kinds.py > /tmp/budget_kinds.log 2>&1 &
+    nohup python benchmarks/budget_kinds.py --only=latency,macs_at_latency --runs_dir=runs/budget_kinds_mnv2 \
+        --main_flag=--config=configs/fashion_mobilenet_v2.py --json_out=docs/budget_kinds_mobilenet_v2.json &
 """
 
 import argparse
@@ -31,9 +34,9 @@ from benchmarks import common  # noqa: E402  (sets up the path and TF logging)
 RUNS = ("latency", "params", "macs", "macs_at_latency")
 
 
-def main_py(run_dir, *flags):
+def main_py(run_dir, *flags, main_flags=()):
     """Runs `main.py` in a new process (as a user does); raises if it fails."""
-    command = [sys.executable, str(common.ROOT / "main.py"), f"--run_dir={run_dir}",
+    command = [sys.executable, str(common.ROOT / "main.py"), *main_flags, f"--run_dir={run_dir}",
                "--config.retrain.compare_uniform=False", *flags]
     print("$", " ".join(command[1:]), flush=True)
     subprocess.run(command, check=True, cwd=common.ROOT)
@@ -56,7 +59,7 @@ def read(folder, run, name):
         return json.load(f)
 
 
-def train(folder, names):
+def train(folder, names, main_flags=()):
     """Every run of `names` through export, skipping the finished ones."""
     for name in names:
         run_dir = os.path.join(folder, name)
@@ -64,8 +67,8 @@ def train(folder, names):
             print(f"[budget_kinds] {name}: finished earlier", flush=True)
             continue
         if name == "latency" and not os.path.exists(os.path.join(run_dir, "latency_table.json")):
-            main_py(run_dir, "--mode=latency_table")
-        main_py(run_dir, *budget_flags(name, folder))
+            main_py(run_dir, "--mode=latency_table", main_flags=main_flags)
+        main_py(run_dir, *budget_flags(name, folder), main_flags=main_flags)
 
 
 def time_models(folder, names, rounds, runs):
@@ -107,6 +110,8 @@ def parse_args(argv=None):
     parser.add_argument("--only", default=",".join(RUNS), help=f"runs, from {','.join(RUNS)}")
     parser.add_argument("--rounds", type=int, default=9, help="interleaved timing rounds (median)")
     parser.add_argument("--invokes", type=int, default=200, help="timed invokes per round (median)")
+    parser.add_argument("--main_flag", action="append", default=[], help="a flag for every main.py (repeatable), "
+                        "e.g. --main_flag=--config=configs/fashion_mobilenet_v2.py")
     parser.add_argument("--json_out", default="docs/budget_kinds.json")
     return parser.parse_args(argv)
 
@@ -114,7 +119,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     names = [n for n in RUNS if n in args.only.split(",")]
-    train(args.runs_dir, names)
+    train(args.runs_dir, names, args.main_flag)
     ms, rounds = time_models(args.runs_dir, names, args.rounds, args.invokes)
     rows = rows_of(args.runs_dir, names, ms)
     print(common.format_table(
