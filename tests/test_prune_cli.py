@@ -131,3 +131,34 @@ def test_a_run_directory_from_before_model_path_and_preprocess_still_resumes(tmp
     config.data.preprocess = "raw"
     with pytest.raises(PipelineError, match="belongs to another config.*data.preprocess, model"):
         Pipeline(config, str(tmp_path)).dir.check(config, ["search"])
+
+
+def test_model_exclude_keeps_layers_whole_and_sync_bn_synchronizes_the_batch_norms(tmp_path):
+    from dmcp_tf.run import config as config_lib
+    from dmcp_tf.run import user_model
+
+    path = saved_model(tmp_path / "my_cnn.keras")
+    every = user_model.supernet(path, (SIZE, SIZE, 3), CLASSES)
+    config = config_lib.base_config()
+    config.model.path, config.model.exclude = path, " c1 , "
+    config_lib.validate(config)
+    kept = user_model.supernet(path, (SIZE, SIZE, 3), CLASSES, exclude=config_lib.excluded_layers(config),
+                               sync_bn=True)
+    gated = lambda model: {g.name for g in ChannelGraph(model).gates}  # noqa: E731
+    assert gated(every) == {"c1_gate", "c2_gate"} and gated(kept) == {"c2_gate"}
+    norms = lambda model: [layer.synchronized for layer in model._flatten_layers()  # noqa: E731
+                           if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms(kept) == [True, True] and norms(every) == [False, False]
+    with pytest.raises(ValueError, match=r"exclude=\['c9'\] matches no layer"):
+        user_model.supernet(path, (SIZE, SIZE, 3), CLASSES, exclude=("c1", "c9"))
+
+
+@pytest.mark.parametrize("path, exclude, message", [("", "c1", "Give --model"),
+                                                    ("m.keras", "c1,(", "not a regular expression")])
+def test_a_bad_model_exclude_is_named(path, exclude, message):
+    from dmcp_tf.run import config as config_lib
+
+    config = config_lib.base_config()
+    config.model.path, config.model.exclude = path, exclude
+    with pytest.raises(ValueError, match=f"model.exclude.*{message}"):
+        config_lib.validate(config)

@@ -11,6 +11,7 @@ so that reading a config file stays light.
 
 import math
 import os
+import re
 
 import ml_collections
 
@@ -20,6 +21,11 @@ import ml_collections
 DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 # What a fine-tuned slim model inherits (`retrain.inherit`, with `retrain.from_scratch=False`).
 INHERITED_WEIGHTS = ("supernet", "initial_weights")
+
+
+def excluded_layers(config):
+    """The patterns of `model.exclude` (comma-separated), as a tuple."""
+    return tuple(p.strip() for p in config.model.exclude.split(",") if p.strip())
 
 
 def base_config():
@@ -46,6 +52,7 @@ def base_config():
     c.model.gate_kind = "markov"  # or "bernoulli" (the paper's ablation)
     c.model.options = ml_collections.ConfigDict()  # keyword arguments of the model builder
     c.model.path = ""             # --model: a trained .keras classifier, or keras.applications.<Name> (run/user_model.py)
+    c.model.exclude = ""          # --model: comma-separated layer names or regular expressions kept whole
 
     c.search = ml_collections.ConfigDict()
     c.search.budget = "0.5x"      # MACs "210M", "2.8G", a fraction "0.5x"; "params:1.5M", "params:0.4x";
@@ -137,6 +144,14 @@ def validate(config):
         fail("data.name", f"unknown data set {config.data.name!r}; choose one of {sorted(DATASETS)}.")
     if config.data.preprocess not in PREPROCESSING:
         fail("data.preprocess", f"unknown {config.data.preprocess!r}; choose one of {', '.join(PREPROCESSING)}.")
+    if config.model.exclude and not config.model.path:
+        fail("model.exclude", "keeps layers of a --model network whole; the zoo's supernets place their gates "
+             "themselves. Give --model, or leave model.exclude empty.")
+    for pattern in excluded_layers(config):
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            fail("model.exclude", f"{pattern!r} is not a regular expression ({error}).")
     if not config.model.path and config.model.name not in SUPERNETS:
         fail("model.name", f"unknown model {config.model.name!r}; choose one of {sorted(SUPERNETS)}.")
     if config.model.gate_kind not in GATE_TYPES:

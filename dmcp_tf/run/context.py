@@ -8,6 +8,7 @@ import keras
 from dmcp_tf import data as data_lib
 from dmcp_tf.channels.rebuild import rebuild
 from dmcp_tf.models import build_supernet
+from dmcp_tf.run import config as config_lib
 from dmcp_tf.run import distributed, recipes, user_model
 from dmcp_tf.run.rundir import PipelineError
 from dmcp_tf.run.trainer import Trainer
@@ -89,7 +90,8 @@ class RunContext:
         """A new supernet of `config.model` for the data set (fresh weights; `--model`: the user's, gated)."""
         m = self.config.model
         if m.path:
-            return user_model.supernet(m.path, self.data.input_shape, self.data.num_classes, gate_kind=m.gate_kind)
+            return user_model.supernet(m.path, self.data.input_shape, self.data.num_classes, gate_kind=m.gate_kind,
+                                       exclude=config_lib.excluded_layers(self.config), sync_bn=sync_bn)
         return build_supernet(m.name, input_shape=self.data.input_shape, num_classes=self.data.num_classes,
                               gate_kind=m.gate_kind, sync_bn=sync_bn, **m.options.to_dict())
 

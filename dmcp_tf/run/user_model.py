@@ -120,11 +120,14 @@ def configure(config, value, overridden=()):
     return notes
 
 
-def supernet(value, input_shape, classes, gate_kind="markov"):
+def supernet(value, input_shape, classes, gate_kind="markov", *, exclude=(), sync_bn=False):
     """The gated supernet of `--model=value` for images of `input_shape` and `classes` classes.
 
     A trained model's gated channels are sorted by the L1 norm of their filters (the
-    channels every sub-network keeps are those L1-norm pruning would keep).
+    channels every sub-network keeps are those L1-norm pruning would keep). Layers
+    matching `exclude` (names or regular expressions) keep their channels whole; with
+    `sync_bn`, batch norms compute their statistics over all replicas' batches (as the
+    zoo's supernets do under a distribution strategy).
 
     Raises:
         ValueError: the model does not fit the data, or cannot be pruned (`pruning.checks`).
@@ -137,7 +140,10 @@ def supernet(value, input_shape, classes, gate_kind="markov"):
     if model.outputs[0].shape[-1] != classes:
         raise ValueError(f"--model={value} has {model.outputs[0].shape[-1]} outputs, but the data set has {classes} "
                          "classes: the data's class count differs from the model's.")
-    gated = checks.gated_supernet(model, gate_kind=gate_kind)
+    gated = checks.gated_supernet(model, exclude, gate_kind=gate_kind)
+    for layer in gated._flatten_layers() if sync_bn else ():
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = True
     if not is_application(value):
         pretrained.sort_channels_by_l1(gated)
     return gated
