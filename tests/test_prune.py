@@ -177,6 +177,34 @@ def test_nested_backbone_from_a_dataset_with_one_hot_labels_and_a_params_budget(
     assert any(isinstance(layer, keras.layers.Rescaling) for layer in result.model.layers)
 
 
+@pytest.mark.slow
+def test_a_keras_application_saved_by_plain_keras_is_pruned_end_to_end(tmp_path):
+    """MobileNetV3Small (squeeze-and-excitation, hard-swish, its own Rescaling) in a transfer-learning wrapper."""
+    rng = np.random.default_rng(1)
+    (x, y), (xv, yv) = (blob_data(rng, n=n, input_shape=(32, 32, 3), classes=CLASSES) for n in (128, 32))
+    x, xv = 127.5 * (x + 1.0), 127.5 * (xv + 1.0)  # pixels around 0-255, as the application expects
+    inputs = keras.Input((32, 32, 3))
+    base = keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), weights=None, include_top=False,
+                                               minimalistic=False, include_preprocessing=True)
+    head = keras.layers.Dense(CLASSES, activation="softmax", name="head")
+    wrapper = keras.Model(inputs, head(keras.layers.GlobalAveragePooling2D()(base(inputs))), name="transfer")
+    model = trained(wrapper, x, y, str(tmp_path / "transfer.keras"))
+    result = dmcp_tf.prune(model, "0.5x", (x, y), validation_data=(xv, yv), search_epochs=1, finetune_epochs=1,
+                           verbose=0)
+    assert 0.9 <= result.summary["budget_fraction"] <= 1.0
+    assert not any(isinstance(layer, keras.Model) for layer in result.model.layers)
+    path = str(tmp_path / "slim.keras")
+    result.model.save(path)
+    code = ("import sys, keras, numpy as np; m = keras.saving.load_model(sys.argv[1], safe_mode=True); "
+            "assert 'dmcp_tf' not in sys.modules; print(m.count_params())")
+    out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, check=True, cwd="/",
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert int(out.stdout.split()[-1]) == result.model.count_params()
+    tflite = dmcp_tf.export.export_tflite(result.model, str(tmp_path / "slim.tflite"))
+    parity = dmcp_tf.export.tflite_parity(tflite, result.model, xv, outputs_are_logits=False)
+    assert parity.top1_agreement == 1.0 and parity.max_abs_diff < 1e-4
+
+
 # --- bad input: a clear ValueError before any training ----------------------------------------------
 class ChannelShift(keras.layers.Layer):
     """A custom layer with a weight and no channel rule."""
