@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import pytest
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.configs import fashion_mnist
 from dmcp_tf.run import report
+from dmcp_tf.run.rundir import RunDirectory
 from dmcp_tf.search import baselines, trajectory
 from tests.helpers import learnable_fashion_mnist, main_in_process
 
@@ -44,11 +46,26 @@ def data_dir(tmp_path_factory):
     return str(learnable_fashion_mnist(tmp_path_factory.mktemp("fashion")))
 
 
-@pytest.mark.slow
-def test_whole_pipeline_writes_every_artefact(tmp_path, data_dir):
-    run_dir = tmp_path / "run"
+# The tests of one finished run (`finished_run`) share it: one xdist worker builds it once.
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, data_dir):
+    """`main.py` end to end in a new Python (TINY, ROUNDED): (run directory, output); read it, copy it to change it."""
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
     code, out = main(f"--data_dir={data_dir}", f"--run_dir={run_dir}", *ROUNDED, *TINY)
     assert code == 0, out
+    return run_dir, out
+
+
+def copy_of(finished_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run[0], run_dir)
+    return run_dir
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("finished_run")
+def test_whole_pipeline_writes_every_artefact(finished_run):
+    run_dir, out = finished_run
     assert "DMCP slim" in out and "unpruned supernet" in out  # the console summary table
     assert "━" not in out and "Epoch 1/2" in out  # not a terminal: one line per epoch, no progress bar
     assert "uniform width, same MACs" in out
@@ -101,6 +118,12 @@ def test_whole_pipeline_writes_every_artefact(tmp_path, data_dir):
     assert f"{100 * (evaluated['slim']['accuracy'] - uniform['accuracy']):+.2f} points" in report
 
     assert not list(run_dir.glob(".*.started"))  # every step finished
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("finished_run")
+def test_a_run_killed_during_export_finishes_with_the_same_command(finished_run, data_dir, tmp_path):
+    run_dir = copy_of(finished_run, tmp_path)
     # Killed during export: half an export directory, a temporary one, no export.json.
     # The same command finishes the run; the finished steps are kept.
     (run_dir / "export.json").unlink()
@@ -108,7 +131,7 @@ def test_whole_pipeline_writes_every_artefact(tmp_path, data_dir):
     (run_dir / "export" / "slim_int8.tflite").unlink()
     (run_dir / "export" / ".tmp-saved_modelab12cd34").mkdir()
     supernet_bytes = (run_dir / "supernet.keras").read_bytes()
-    code, out = main(f"--data_dir={data_dir}", f"--run_dir={run_dir}", *ROUNDED, *TINY)
+    code, out = main_in_process(f"--data_dir={data_dir}", f"--run_dir={run_dir}", *ROUNDED, *TINY)
     assert code == 0, out
     assert all(f"== {step} == finished earlier" in out for step in ("search", "sample", "retrain", "eval"))
     assert (run_dir / "export.json").exists() and (run_dir / "export" / "slim_int8.tflite").exists()
@@ -133,7 +156,7 @@ def test_missing_data_dir_stops_before_anything_is_written(tmp_path):
 
 
 def test_unknown_config_key_is_named():
-    code, out = main("--config.search.bugdet=0.5x", "--mode=flops")
+    code, out = main("--config.search.bugdet=0.5x", "--mode=flops")  # main.py: the config flag fails when defined
     assert code == 2
     assert "bugdet" in out and "budget" in out and "Traceback" not in out
 
@@ -155,7 +178,7 @@ def test_help_lists_the_flags_and_every_config_key_with_its_default():
 
 
 def test_unknown_mode_is_rejected():
-    code, out = main("--mode=prune")
+    code, out = main_in_process("--mode=prune")
     assert code == 2
     assert "prune" in out and "search" in out
 
@@ -243,14 +266,34 @@ def test_bad_search_settings_are_named_before_training(tmp_path, data_dir, key, 
     assert not (tmp_path / "run").exists()
 
 
-def test_a_params_budget_is_searched_sampled_and_reported_in_params(tmp_path, data_dir):
-    run_dir = tmp_path / "run"
-    code, out = main_in_process(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--mode=search", *TINY,
-                     "--config.search.budget=params:0.5x")
-    assert code == 0, out
-    code, out = main_in_process(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--mode=sample", *TINY,
-                     "--config.search.budget=params:0.5x")
-    assert code == 0, out
+# One run serves the params-budget and the fine-tuning tests: search, sample and retrain in params,
+# from a trained model's weights (the L1-sorted channels the retraining inherits).
+@pytest.fixture(scope="module")
+def fine_tuned(tmp_path_factory, data_dir):
+    """search, sample, retrain (`retrain.inherit="initial_weights"`) at `params:0.5x`: (run dir, trained .keras)."""
+    from dmcp_tf.channels.rebuild import rebuild
+    from dmcp_tf.models import fashion_resnet
+
+    folder = tmp_path_factory.mktemp("fine_tuned")
+    keras.utils.set_random_seed(4)
+    trained = rebuild(fashion_resnet(channels=(16, 32)), copy_weights=False, name="trained")
+    trained.save(folder / "trained.keras")
+    run_dir, flags = folder / "run", [f"--data_dir={data_dir}", f"--run_dir={folder / 'run'}", *TINY,
+                                      f"--config.search.initial_weights={folder / 'trained.keras'}",
+                                      "--config.search.budget=params:0.5x"]
+    for mode in ("search", "sample"):
+        code, out = main_in_process(*flags, f"--mode={mode}")
+        assert code == 0, out
+    code, out = main_in_process(*flags, "--mode=retrain", "--config.retrain.from_scratch=False",
+                                "--config.retrain.inherit=initial_weights", "--config.retrain.learning_rate=1e-9",
+                                "--config.retrain.steps_per_epoch=1")
+    assert code == 0 and "inherits the weights of" in out, out
+    return run_dir, folder / "trained.keras"
+
+
+@pytest.mark.xdist_group("fine_tuned")
+def test_a_params_budget_is_searched_sampled_and_reported_in_params(fine_tuned):
+    run_dir, _ = fine_tuned
     supernet = keras.models.load_model(run_dir / "supernet.keras", safe_mode=True, compile=False)
     graph = ChannelGraph(supernet)
     search = json.loads((run_dir / "search.json").read_text())
@@ -274,7 +317,7 @@ def test_search_from_a_trained_model_starts_from_its_sorted_weights(tmp_path, da
     trained = rebuild(fashion_resnet(channels=(16, 32)), copy_weights=False, name="trained")
     trained.save(tmp_path / "trained.keras")
     run_dir = tmp_path / "run"
-    code, out = main(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--mode=search", *TINY,
+    code, out = main_in_process(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--mode=search", *TINY,
                      f"--config.search.initial_weights={tmp_path / 'trained.keras'}",
                      "--config.search.train_weights=False")
     assert code == 0, out
@@ -289,28 +332,17 @@ def test_search_from_a_trained_model_starts_from_its_sorted_weights(tmp_path, da
     np.testing.assert_allclose(*(np.sort(np.abs(k).sum(axis=(0, 1, 2))) for k in (searched, source)), rtol=1e-6)
 
 
-def test_fine_tuning_can_inherit_the_trained_models_l1_largest_channels(tmp_path, data_dir):
+@pytest.mark.xdist_group("fine_tuned")
+def test_fine_tuning_can_inherit_the_trained_models_l1_largest_channels(fine_tuned):
     """`retrain.inherit="initial_weights"`: L1-norm pruning of the trained model at DMCP's widths."""
-    from dmcp_tf.channels.rebuild import rebuild
-    from dmcp_tf.models import build_supernet, fashion_resnet
+    from dmcp_tf.models import build_supernet
     from dmcp_tf.search.pretrained import load_initial_weights
 
-    keras.utils.set_random_seed(4)
-    trained = rebuild(fashion_resnet(channels=(16, 32)), copy_weights=False, name="trained")
-    trained.save(tmp_path / "trained.keras")
-    run_dir, flags = tmp_path / "run", [f"--data_dir={data_dir}", f"--run_dir={tmp_path / 'run'}", *TINY,
-                                        f"--config.search.initial_weights={tmp_path / 'trained.keras'}"]
-    for mode in ("search", "sample"):
-        code, out = main_in_process(*flags, f"--mode={mode}")
-        assert code == 0, out
-    code, out = main_in_process(*flags, "--mode=retrain", "--config.retrain.from_scratch=False",
-                                "--config.retrain.inherit=initial_weights", "--config.retrain.learning_rate=1e-9",
-                                "--config.retrain.steps_per_epoch=1")
-    assert code == 0 and "inherits the weights of" in out, out
+    run_dir, trained = fine_tuned
     slim = keras.models.load_model(run_dir / "slim.keras", compile=False)
     supernet = keras.models.load_model(run_dir / "supernet.keras", compile=False)
     sorted_trained = build_supernet("fashion_resnet", channels=(16, 32))
-    load_initial_weights(sorted_trained, tmp_path / "trained.keras")  # each gate's channels by L1 norm, as the search
+    load_initial_weights(sorted_trained, trained)  # each gate's channels by L1 norm, as the search
     for layer in ("stem_conv", "stage2_block1_conv1_conv"):
         kernel = slim.get_layer(layer).kernel.numpy()
         kept = kernel.shape[-1]
@@ -322,15 +354,20 @@ def test_fine_tuning_can_inherit_the_trained_models_l1_largest_channels(tmp_path
 
 
 @pytest.mark.slow
-def test_a_diverging_search_or_retraining_stops_at_once_and_writes_no_result(tmp_path, data_dir):
-    run_dir = tmp_path / "run"
+@pytest.mark.xdist_group("finished_run")
+def test_a_diverging_search_or_retraining_stops_at_once_and_writes_no_result(tmp_path, data_dir, finished_run):
+    run_dir = tmp_path / "diverged"
     code, out = main_in_process(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--mode=search", *TINY,
                      "--config.search.learning_rate=1e6", "--config.search.checkpoint_every_steps=1")
     assert code == 2 and "Traceback" not in out, out
     assert "The search diverged at step" in out and "--config.search.learning_rate" in out
     assert not (run_dir / "supernet.keras").exists() and not (run_dir / "search.json").exists()
-    code, out = main_in_process(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--overwrite", *TINY,
-                     "--config.retrain.learning_rate=1e6")
+    # The retraining of a run whose search and sample finished: `finished_run`'s, its later steps removed.
+    run_dir = copy_of(finished_run, tmp_path)
+    RunDirectory(str(run_dir), overwrite=True).invalidate_later_steps(["sample"])
+    assert not (run_dir / "slim.keras").exists() and not (run_dir / "retrain.json").exists()
+    code, out = main_in_process(f"--data_dir={data_dir}", f"--run_dir={run_dir}", *ROUNDED, *TINY,
+                     "--config.retrain.learning_rate=1e6")  # search and sample are skipped, finished earlier
     assert code == 2 and "The retrain diverged at step" in out and "--config.retrain.learning_rate" in out, out
     assert (run_dir / "search.json").exists() and not (run_dir / "slim.keras").exists()
 
