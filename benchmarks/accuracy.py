@@ -78,7 +78,8 @@ from dmcp_tf.configs import fashion_mnist  # noqa: E402
 from dmcp_tf.io_utils import atomic_write_json  # noqa: E402
 from dmcp_tf.models import build_supernet  # noqa: E402
 from dmcp_tf.run import config as config_lib  # noqa: E402
-from dmcp_tf.run import recipes, report, user_model  # noqa: E402
+from dmcp_tf.run import report, user_model  # noqa: E402
+from dmcp_tf.search import recipes  # noqa: E402
 from dmcp_tf.search import baselines, calibration, pretrained, sampling, search_init  # noqa: E402
 from dmcp_tf.search import trajectory as trajectory_lib  # noqa: E402
 

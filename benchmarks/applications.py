@@ -52,7 +52,7 @@ from dmcp_tf.channels.rebuild import rebuild  # noqa: E402
 from dmcp_tf.deploy import export  # noqa: E402
 from dmcp_tf.io_utils import atomic_write_json, atomic_write_text  # noqa: E402
 from dmcp_tf.run import report  # noqa: E402
-from dmcp_tf.search import gates  # noqa: E402
+from dmcp_tf.channels import gates  # noqa: E402
 from dmcp_tf.search.supernet import DMCPModel  # noqa: E402
 from tests.helpers import grid_config, randomize_batch_norm, unit_layer_scales  # noqa: E402
 

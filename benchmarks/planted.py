@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 
 from dmcp_tf.channels.graph import ChannelGraph  # noqa: E402
 from dmcp_tf.search import baselines, sampling  # noqa: E402
-from dmcp_tf.search.gates import MarkovGate  # noqa: E402
+from dmcp_tf.channels.gates import MarkovGate  # noqa: E402
 from dmcp_tf.search.supernet import DMCPModel, default_arch_optimizer, default_weight_optimizer  # noqa: E402
 
 INPUTS, CLASSES, FULL = 32, 10, (64, 64, 64)

@@ -10,8 +10,8 @@ import pytest
 
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.channels.rebuild import rebuild
-from dmcp_tf.search import gates as G
-from dmcp_tf.search.gates import MarkovGate
+from dmcp_tf.channels import gates as G
+from dmcp_tf.channels.gates import MarkovGate
 
 
 def tiny_supernet(input_shape=(12, 12, 3), classes=4, gate_cls=MarkovGate, sync_bn=False, channels=(16, 32)):

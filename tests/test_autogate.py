@@ -4,11 +4,12 @@ import keras
 import numpy as np
 import pytest
 
-from dmcp_tf.channels.autogate import analyze, insert_gates, make_supernet
+from dmcp_tf.channels.autogate import insert_gates
 from dmcp_tf.channels.graph import ChannelGraph, GraphError
 from dmcp_tf.channels.rebuild import rebuild
 from dmcp_tf.search import sampling
-from dmcp_tf.search.gates import MarkovGate
+from dmcp_tf.search.autogate import analyze, make_supernet
+from dmcp_tf.channels.gates import MarkovGate
 from tests.helpers import assert_rebuild_exact, blob_data
 
 L = keras.layers

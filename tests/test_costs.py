@@ -73,7 +73,7 @@ def test_expected_flops_is_differentiable_and_bounded():
 
 def test_expected_flops_equals_flops_of_expected_channels_for_one_layer():
     inputs = keras.Input((8, 8, 16))
-    from dmcp_tf.search.gates import MarkovGate
+    from dmcp_tf.channels.gates import MarkovGate
     gate = MarkovGate(width=(0.25, 1.0, 0.25), name="g")
     x = gate(keras.layers.Conv2D(16, 3, padding="same")(inputs))
     outputs = keras.layers.Conv2D(5, 1)(x)

@@ -4,10 +4,11 @@ import keras
 import numpy as np
 import pytest
 
-from dmcp_tf.channels.autogate import analyze, insert_gates
+from dmcp_tf.channels.autogate import insert_gates
+from dmcp_tf.search.autogate import analyze
 from dmcp_tf.channels.graph import ChannelGraph, GraphError
 from dmcp_tf.channels.rebuild import rebuild
-from dmcp_tf.search.gates import MarkovGate
+from dmcp_tf.channels.gates import MarkovGate
 from tests.helpers import assert_rebuild_exact, grid_config
 from tests.test_autogate import WIDTH, conv_bn, gate_of, gated_exactly, model_of
 from tests.test_ops_nodes import analysis, head

@@ -9,7 +9,7 @@ import tensorflow as tf
 from dmcp_tf import costs
 from dmcp_tf.deploy import latency
 from dmcp_tf.costs import Budget
-from dmcp_tf.search.gates import MarkovGate
+from dmcp_tf.channels.gates import MarkovGate
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.deploy.latency import LatencyTable, LatencyTableError, LayerLatency
 from dmcp_tf.search.supernet import DMCPModel, default_arch_optimizer

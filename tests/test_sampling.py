@@ -7,7 +7,7 @@ import pytest
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.models import fashion_resnet
 from dmcp_tf.search import sampling
-from dmcp_tf.search.gates import MarkovGate
+from dmcp_tf.channels.gates import MarkovGate
 from tests.helpers import tiny_supernet
 
 

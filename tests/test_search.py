@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from dmcp_tf.search import sampling
-from dmcp_tf.search.gates import BernoulliGate
+from dmcp_tf.channels.gates import BernoulliGate
 from dmcp_tf.search.supernet import DMCPModel, default_arch_optimizer
 from tests.helpers import blob_data, tiny_supernet
 

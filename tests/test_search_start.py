@@ -10,7 +10,7 @@ from dmcp_tf.models import fashion_resnet
 from dmcp_tf.models.common import kernel_initializer
 from dmcp_tf.search import baselines, pretrained, search_init
 from dmcp_tf.search import trajectory as trajectory_lib
-from dmcp_tf.search.gates import BernoulliGate, MarkovGate
+from dmcp_tf.channels.gates import BernoulliGate, MarkovGate
 from dmcp_tf.search.supernet import DMCPModel, default_arch_optimizer, default_weight_optimizer
 from tests.helpers import blob_data, randomize_batch_norm, tiny_supernet
 
@@ -109,7 +109,7 @@ def test_weight_schedule_warms_up_and_keeps_its_floor():
 
 
 def test_coupled_weight_decay_is_an_l2_term_of_the_gradient():
-    from dmcp_tf.run.recipes import CoupledSGD
+    from dmcp_tf.search.recipes import CoupledSGD
 
     w = keras.Variable(np.array([1.0, -2.0], np.float32), name="kernel")
     b = keras.Variable(np.array([3.0], np.float32), name="bias")

@@ -31,7 +31,7 @@ import tensorflow as tf
 from keras.src.ops import nn as nn_ops
 from keras.src.ops import numpy as numpy_ops
 
-from dmcp_tf.search.gates import ChannelGate
+from dmcp_tf.channels.gates import ChannelGate
 
 PRODUCE = "produce"
 THROUGH = "through"

@@ -81,7 +81,6 @@ def _flops(config):
     configuration or paper structure."""
     from dmcp_tf import costs, models, sampling  # noqa: PLC0415 (after flag parsing: --help stays fast)
     from dmcp_tf.channels.graph import ChannelGraph  # noqa: PLC0415
-    from dmcp_tf.deploy import latency  # noqa: PLC0415
 
     kinds = [costs.MACS, costs.PARAMS]
 
@@ -100,8 +99,8 @@ def _flops(config):
     supernet = models.build_supernet(config.model.name, input_shape=shape, num_classes=classes,
                                      gate_kind=config.model.gate_kind, **config.model.options.to_dict())
     graph = ChannelGraph(supernet)
-    kinds += latency.latency_costs(config.search.latency_table)
-    budget = costs.Budget.parse(config.search.budget, latency=latency.configured_cost(config.search))
+    kinds += costs.latency_costs(config.search.latency_table)
+    budget = costs.Budget.parse(config.search.budget, latency=costs.configured_cost(config.search))
     print(f"{supernet.name}: {describe(graph)}, {len(graph.gates)} gates; smallest sub-network "
           f"{describe(graph, graph.smallest_config())}; budget {config.search.budget} = "
           f"{budget.cost.format(budget.target(graph))}")
@@ -121,7 +120,7 @@ def run(argv):
     if FLAGS.mode == "flops":
         if FLAGS.model:
             raise ValueError("--mode=flops counts the config's zoo supernet; count your model's MACs in Python with "
-                             "dmcp_tf.count_flops(keras.models.load_model(PATH)).")
+                             "dmcp_tf.count_macs(keras.models.load_model(PATH)).")
         return _flops(config)
     ignored = [f"--{name}" for name in ("channels", "structure") if getattr(FLAGS, name)]
     if ignored:

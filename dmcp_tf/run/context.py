@@ -8,9 +8,10 @@ import keras
 from dmcp_tf import data as data_lib
 from dmcp_tf.channels.rebuild import rebuild
 from dmcp_tf.models import build_supernet
-from dmcp_tf.run import distributed, recipes, user_model
+from dmcp_tf.run import distributed, user_model
 from dmcp_tf.run.rundir import PipelineError
 from dmcp_tf.run.trainer import Trainer
+from dmcp_tf.search import recipes
 from dmcp_tf.search.calibration import calibrate_batch_norm
 
 

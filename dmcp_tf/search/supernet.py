@@ -14,8 +14,7 @@ from keras import ops
 from dmcp_tf import costs
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.channels.slicing import SlicedForward
-from dmcp_tf.run.checkpoints import seed_generator_states
-from dmcp_tf.search import gates as gates_lib
+from dmcp_tf.channels import gates as gates_lib
 from dmcp_tf.search import losses as losses_lib
 from dmcp_tf.search import search_init
 
@@ -56,6 +55,11 @@ def default_arch_optimizer(search_steps, learning_rate=0.5, final_learning_rate=
 # shift of one step (a logit of 2 moves a transition probability from 0.5 to 0.88).
 PROJECTION_STEPS = 5
 MAX_PROJECTION_SHIFT = 2.0
+
+
+def seed_generator_states(model):
+    """The state variables of every Keras `SeedGenerator` a model (or layer) owns (checkpointed with it)."""
+    return [v for v in model.variables if v.name == "seed_generator_state"]
 
 
 class DMCPModel(keras.Model):

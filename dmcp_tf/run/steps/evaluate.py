@@ -2,7 +2,7 @@
 
 from dmcp_tf import costs
 from dmcp_tf.channels.graph import ChannelGraph
-from dmcp_tf.run import recipes
+from dmcp_tf.search import recipes
 
 
 def run(ctx):

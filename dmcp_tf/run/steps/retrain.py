@@ -14,9 +14,9 @@ from dmcp_tf import costs
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.channels.rebuild import rebuild
 from dmcp_tf.io_utils import file_sha256
-from dmcp_tf.run import recipes
-from dmcp_tf.run.checkpoints import list_checkpoints, seed_generator_states
-from dmcp_tf.search import baselines, pretrained, sampling
+from dmcp_tf.run.checkpoints import list_checkpoints
+from dmcp_tf.search import baselines, pretrained, recipes, sampling
+from dmcp_tf.search.supernet import seed_generator_states
 
 
 def run(ctx):
