@@ -160,7 +160,7 @@ def search_check(gated, x, y, steps=SEARCH_STEPS, batch=SEARCH_BATCH):
     nonfinite = sorted(k for k, v in history.items() if not np.isfinite(v).all())
     return {"search_ran": bool(not nonfinite and moved == len(model.gates) and model.searching),
             "search_gates_moved": moved, "search_nonfinite": nonfinite, "search_batch": batch,
-            "search_expected": round(float(history["expected_cost"][-1]) / model.full_flops, 3)}
+            "search_expected": round(float(history["expected_cost"][-1]) / model.full_macs, 3)}
 
 
 def search_cell(row):

@@ -48,3 +48,25 @@ def test_a_planted_bad_import_breaks_the_contracts(tmp_path, module, planted):
     code, output = lint_imports(str(tmp_path))
     assert code != 0, output
     assert "BROKEN" in output, output
+
+
+def test_the_old_import_paths_still_work():
+    import dmcp_tf
+    from dmcp_tf import costs, tables
+    from dmcp_tf.channels import gates
+    from dmcp_tf.configs import base
+    from dmcp_tf.costs import latency as table
+    from dmcp_tf.deploy import latency
+    from dmcp_tf.run import checkpoints, config, recipes, report
+    from dmcp_tf.search import autogate, supernet
+    from dmcp_tf.search import gates as old_gates
+    from dmcp_tf.search import recipes as new_recipes
+
+    assert old_gates.MarkovGate is gates.MarkovGate and old_gates.make_gate is gates.make_gate
+    assert recipes.compile_classifier is new_recipes.compile_classifier and recipes.CoupledSGD is new_recipes.CoupledSGD
+    assert config.base_config is base.base_config and checkpoints.seed_generator_states is supernet.seed_generator_states
+    assert latency.load_latency_table is table.load_latency_table is costs.load_latency_table
+    assert latency.LatencyTable is table.LatencyTable and latency.latency_cost is costs.latency_cost
+    assert report.markdown_table is tables.markdown_table and report.format_count is costs.format_count
+    assert dmcp_tf.make_supernet is autogate.make_supernet and dmcp_tf.analyze is autogate.analyze
+    assert dmcp_tf.MarkovGate is gates.MarkovGate and dmcp_tf.count_macs is costs.count_macs

@@ -64,7 +64,7 @@ def base_config():
     c.search.trajectory_every_steps = 10   # E[MACs]/budget and gate widths logged (TensorBoard, plot)
 
     c.sample = ml_collections.ConfigDict()
-    c.sample.statistics_samples = 3000  # direct samples for the FLOPs histogram (Fig. 6)
+    c.sample.statistics_samples = 3000  # direct samples for the MACs histogram (Fig. 6)
     c.sample.direct_samples = 3         # budget-constrained direct samples saved beside the ES result
     c.sample.tolerance = 0.01
     c.sample.round_to = 0               # >1: round kept channels to a multiple (faster kernels on phones)

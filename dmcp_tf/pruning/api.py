@@ -130,7 +130,7 @@ def prune(model, budget, train_data, *, validation_data=None, search_epochs=None
 
     original = ChannelGraph(model)
     summary = {"budget": str(budget), "target": target, "unit": budget.cost.unit,
-               "macs_before": original.flops(), "params_before": original.params(),
+               "macs_before": costs.MACS.of(original), "params_before": costs.PARAMS.of(original),
                "search_epochs": search_epochs, "finetune_epochs": finetune_epochs, "steps_per_epoch": train.steps,
                "accuracy_before": top1(model, validation) if validation else None}
 
@@ -144,7 +144,8 @@ def prune(model, budget, train_data, *, validation_data=None, search_epochs=None
         _finetune(slim, train, validation, finetune_epochs, fit("finetune"), log)
         slim = stages.save_model("slim.keras", _deliverable(slim, train.one_hot))
     pruned = ChannelGraph(slim)
-    summary = dict(stages.previous_summary(), **summary, macs_after=pruned.flops(), params_after=pruned.params(),
+    summary = dict(stages.previous_summary(), **summary, macs_after=costs.MACS.of(pruned),
+                   params_after=costs.PARAMS.of(pruned),
                    cost_after=budget.cost.of(pruned), accuracy_after=top1(slim, validation) if validation else None)
     summary["budget_fraction"] = summary["cost_after"] / target
     stages.save_summary(summary)

@@ -12,7 +12,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-MODES = ("all", "search", "sample", "retrain", "eval", "export", "flops", "latency_table")
+MODES = ("all", "search", "sample", "retrain", "eval", "export", "macs", "flops", "latency_table")  # flops: macs
 
 FLAGS = flags.FLAGS
 
@@ -31,7 +31,8 @@ def define_flags(flag_values=FLAGS, argv=None):
     )
     fv = {"flag_values": flag_values}
     flags.DEFINE_enum("mode", "all", MODES, "Pipeline step to run; `all` runs search, sample, retrain, eval, export; "
-                      "`latency_table` measures the supernet's per-layer TFLite latency into the run directory.", **fv)
+                      "`latency_table` measures the supernet's per-layer TFLite latency into the run directory; "
+                      "`macs` counts MACs and parameters (`flops` is its old name).", **fv)
     flags.DEFINE_string("model", None, "Prune your own model: a trained classifier saved with model.save('x.keras') "
                         "(pruned from its trained weights, as dmcp_tf.prune does; image size from its input), or "
                         "keras.applications.<Name> (built untrained for the data, searched from scratch) instead of "
@@ -48,8 +49,8 @@ def define_flags(flag_values=FLAGS, argv=None):
                        "start (saying which, every 10 s) before giving up with exit code 2.", lower_bound=0, **fv)
     flags.DEFINE_bool("deterministic", False, "TensorFlow op determinism and fixed seeds: two runs of the same "
                       "config give identical results (slower on GPUs).", **fv)
-    flags.DEFINE_string("channels", None, "With --mode=flops: a channels.json to count.", **fv)
-    flags.DEFINE_string("structure", None, "With --mode=flops: a paper structure, e.g. mobilenet_v2_210M or "
+    flags.DEFINE_string("channels", None, "With --mode=macs: a channels.json to count.", **fv)
+    flags.DEFINE_string("structure", None, "With --mode=macs: a paper structure, e.g. mobilenet_v2_210M or "
                         "resnet50_2.8G.", **fv)
     for name in ("config", "mode", "model", "run_dir", "overwrite", "data_dir", "strategy", "worker_timeout",
                  "deterministic", "channels", "structure"):  # what --help and --helpshort list
@@ -76,7 +77,7 @@ def _strategy(name):
     return distributed.make_strategy(name, worker_timeout=FLAGS.worker_timeout)
 
 
-def _flops(config):
+def _count(config):
     """Prints the MACs, parameters (and latency, given a table) of the supernet and its budget, or of a channel
     configuration or paper structure."""
     from dmcp_tf import costs, models, sampling  # noqa: PLC0415 (after flag parsing: --help stays fast)
@@ -117,15 +118,15 @@ def run(argv):
     config = FLAGS.config
     if FLAGS.data_dir:
         config.data.data_dir = FLAGS.data_dir
-    if FLAGS.mode == "flops":
+    if FLAGS.mode in ("macs", "flops"):
         if FLAGS.model:
-            raise ValueError("--mode=flops counts the config's zoo supernet; count your model's MACs in Python with "
+            raise ValueError("--mode=macs counts the config's zoo supernet; count your model's MACs in Python with "
                              "dmcp_tf.count_macs(keras.models.load_model(PATH)).")
-        return _flops(config)
+        return _count(config)
     ignored = [f"--{name}" for name in ("channels", "structure") if getattr(FLAGS, name)]
     if ignored:
-        raise ValueError(f"{' and '.join(ignored)} only apply to --mode=flops (counting a structure); "
-                         f"--mode={FLAGS.mode} would ignore them. Drop them, or add --mode=flops.")
+        raise ValueError(f"{' and '.join(ignored)} only apply to --mode=macs (counting a structure); "
+                         f"--mode={FLAGS.mode} would ignore them. Drop them, or add --mode=macs.")
     strategy = _strategy(FLAGS.strategy)  # first: multi-worker set-up must precede other TensorFlow work
     from dmcp_tf.run import pipeline, report, user_model  # noqa: PLC0415
     from dmcp_tf.run.rundir import STEPS  # noqa: PLC0415

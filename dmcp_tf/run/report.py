@@ -188,7 +188,7 @@ def plot_channel_distributions(distributions, channels, path, *, expected=None, 
     return _save_png(figure, path)
 
 
-def plot_accuracy_vs_flops(series, path, *, reference=None, title=None):
+def plot_accuracy_vs_macs(series, path, *, reference=None, title=None):
     """Top-1 accuracy against MACs, one line with error bars per method.
 
     Args:
@@ -220,6 +220,9 @@ def plot_accuracy_vs_flops(series, path, *, reference=None, title=None):
     return _save_png(figure, path)
 
 
+plot_accuracy_vs_flops = plot_accuracy_vs_macs  # its old name
+
+
 # --- the report of a run directory ------------------------------------------------
 UNIFORM_ROW = "uniform width"  # the summary row of the uniform baseline: "uniform width, same <unit>"
 SUMMARY_COLUMNS = [("model", "model"), ("macs", "MACs"), ("params", "params"), ("top1", "top-1"),
@@ -244,7 +247,7 @@ def summary_rows(rundir):
         tfl = exported.get(f"{label}_float32", {})
         int8 = exported.get(f"{label}_int8", {})
         rows.append({
-            "model": title, "macs": _count(ev.get("flops")), "params": _count(ev.get("params")),
+            "model": title, "macs": _count(ev.get("macs", ev.get("flops"))), "params": _count(ev.get("params")),
             "top1": ev.get("accuracy"), "fp32_kb": _kb(tfl.get("bytes")), "fp32_ms": tfl.get("latency_ms"),
             "int8_kb": _kb(int8.get("bytes")), "int8_ms": int8.get("latency_ms"),
         })

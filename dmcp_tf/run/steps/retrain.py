@@ -117,11 +117,11 @@ def _train_uniform(ctx, graph, source, target, steps):
         _calibrate_inherited(ctx, model, source, config)
     with ctx.strategy.scope():
         recipes.compile_classifier(model, r, steps * r.epochs)
-    macs = graph.flops(config)
+    macs = costs.MACS.of(graph, config)
     ctx.log(f"uniform width {fraction:.3f} ({costs.MACS.format(macs)}): training {r.epochs} epochs")
     ctx.trainer.train(model, epochs=r.epochs, steps_per_epoch=steps)
-    measured = {"fraction": fraction, "flops": macs, "params": graph.params(config), "unit": ctx.budget.cost.unit,
-                "inherited": not r.from_scratch}
+    measured = {"fraction": fraction, "macs": macs, "params": costs.PARAMS.of(graph, config),
+                "unit": ctx.budget.cost.unit, "inherited": not r.from_scratch}
     if ctx.multi_worker:
         return dict(measured, note="not evaluated")
     return dict(recipes.evaluate(model, ctx.data.test), channels=config, **measured)
