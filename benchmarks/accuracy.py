@@ -85,7 +85,8 @@ from dmcp_tf.configs import fashion_mnist  # noqa: E402
 from dmcp_tf.io_utils import atomic_write_json  # noqa: E402
 from dmcp_tf.models import build_supernet  # noqa: E402
 from dmcp_tf.run import config as config_lib  # noqa: E402
-from dmcp_tf.run import recipes, report, user_model  # noqa: E402
+from dmcp_tf.run import report, user_model  # noqa: E402
+from dmcp_tf.search import recipes  # noqa: E402
 from dmcp_tf.search import baselines, calibration, pretrained, sampling, search_init  # noqa: E402
 from dmcp_tf.search import trajectory as trajectory_lib  # noqa: E402
 
@@ -161,7 +162,7 @@ class Benchmark:
 
     def record(self, method, budget, model, **extra):
         """Trains and evaluates `model`, keeping (and saving) a row with its MACs, top-1 and training time."""
-        macs = ChannelGraph(model).flops()
+        macs = costs.MACS.of(ChannelGraph(model))
         start = time.time()
         accuracy = self.train(model, self.args.retrain_epochs)
         row = dict(seed=self.seed, method=method, budget=budget, macs=macs, accuracy=accuracy,
@@ -217,7 +218,7 @@ class Benchmark:
         tracker = trajectory_lib.SearchTrajectory(self.args.trajectory_every)
         model.fit(self.data.train_stream(first, model.total_steps), epochs=1,
                   steps_per_epoch=model.total_steps - first, shuffle=False, verbose=0, callbacks=[tracker])
-        extra = {"search_seconds": round(time.time() - began, 1), "expected_macs": float(model.graph.expected_flops()),
+        extra = {"search_seconds": round(time.time() - began, 1), "expected_macs": float(costs.MACS.expected(model.graph)),
                  "search_init": init, "trajectory": _compact(tracker.records), "warmup_steps": model.warmup_steps,
                  "settling": trajectory_lib.settling(tracker.records, model.warmup_steps, model.total_steps)}
         return sampling.expected_config(model.graph), extra
@@ -504,7 +505,7 @@ def plot(summary, methods, path):
                            if s["method"] == m] for m in methods}
     full = next((s for s in summary if s["method"] == FULL), None)
     reference = ("unpruned", full["accuracy_mean"]) if full else None
-    return report.plot_accuracy_vs_flops(series, path, reference=reference,
+    return report.plot_accuracy_vs_macs(series, path, reference=reference,
                                          title="Fashion-MNIST: top-1 against MACs (mean ± std over seeds)")
 
 
@@ -525,7 +526,7 @@ def plot_trajectories(rows, folder, seed=0):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--budgets", default="0.5x,0.25x,0.1x", help="comma-separated FLOPs budgets")
+    parser.add_argument("--budgets", default="0.5x,0.25x,0.1x", help="comma-separated MACs budgets")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                         help=f"comma-separated, from {', '.join(METHODS)}")

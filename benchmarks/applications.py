@@ -52,7 +52,7 @@ from dmcp_tf.channels.rebuild import rebuild  # noqa: E402
 from dmcp_tf.deploy import export  # noqa: E402
 from dmcp_tf.io_utils import atomic_write_json, atomic_write_text  # noqa: E402
 from dmcp_tf.run import report  # noqa: E402
-from dmcp_tf.search import gates  # noqa: E402
+from dmcp_tf.channels import gates  # noqa: E402
 from dmcp_tf.search.supernet import DMCPModel  # noqa: E402
 from tests.helpers import grid_config, randomize_batch_norm, unit_layer_scales  # noqa: E402
 
@@ -160,7 +160,7 @@ def search_check(gated, x, y, steps=SEARCH_STEPS, batch=SEARCH_BATCH):
     nonfinite = sorted(k for k, v in history.items() if not np.isfinite(v).all())
     return {"search_ran": bool(not nonfinite and moved == len(model.gates) and model.searching),
             "search_gates_moved": moved, "search_nonfinite": nonfinite, "search_batch": batch,
-            "search_expected": round(float(history["expected_cost"][-1]) / model.full_flops, 3)}
+            "search_expected": round(float(history["expected_cost"][-1]) / model.full_macs, 3)}
 
 
 def search_cell(row):

@@ -50,8 +50,13 @@ def budget_flags(name, folder):
         return ["--config.search.budget=params:0.5x"]
     if name == "macs":
         return ["--config.search.budget=0.5x"]
-    macs = read(folder, "latency", "sample.json")["es_flops"]  # the latency run's slim MACs
+    macs = es_macs(read(folder, "latency", "sample.json"))  # the latency run's slim MACs
     return [f"--config.search.budget={macs}"]
+
+
+def es_macs(sample):
+    """The expected-sampled structure's MACs in a sample.json (`es_flops` in run directories written before)."""
+    return sample["es_macs"] if "es_macs" in sample else sample["es_flops"]
 
 
 def read(folder, run, name):
@@ -97,9 +102,9 @@ def rows_of(folder, names, ms):
         rows.append({
             "run": name, "budget": budget_flags(name, folder)[0].split("=", 1)[1], "unit": unit, "target": target,
             "achieved": achieved, "achieved_over_target": achieved / target,
-            "macs": sample["es_flops"], "params": sample.get("es_params"), "float32_ms": ms[name],
+            "macs": es_macs(sample), "params": sample.get("es_params"), "float32_ms": ms[name],
             "ms_over_full": ms[name] / ms["full"], "top1": read(folder, name, "eval.json")["slim"]["accuracy"],
-            "channels": channels, "macs_text": format_count(sample["es_flops"]),
+            "channels": channels, "macs_text": format_count(es_macs(sample)),
         })
     return rows
 

@@ -24,6 +24,7 @@ from benchmarks import common  # noqa: E402  (sets up the path and TF logging)
 
 import numpy as np  # noqa: E402
 
+from dmcp_tf import costs  # noqa: E402
 from dmcp_tf.channels.graph import ChannelGraph  # noqa: E402
 from dmcp_tf.channels.rebuild import rebuild  # noqa: E402
 from dmcp_tf.deploy.export import export_tflite, tflite_latency_ms  # noqa: E402
@@ -51,10 +52,10 @@ def variants(graph, structures, round_to=0):
         A list of dicts with `label`, `kind` ("full", "dmcp", "uniform", "rounded"),
         `structure`, `config`, `macs`, `macs_ratio` (vs full) and for uniform `fraction`.
     """
-    full = graph.flops()
+    full = costs.MACS.of(graph)
     out = [{"label": "full", "kind": "full", "structure": None, "config": graph.full_config(), "macs": full}]
     for name, config in structures.items():
-        macs = graph.flops(config)
+        macs = costs.MACS.of(graph, config)
         out.append({"label": f"DMCP {name}", "kind": "dmcp", "structure": name, "config": dict(config), "macs": macs})
         uniform, fraction, uniform_macs = uniform_config(graph, macs)
         out.append({"label": f"uniform x{fraction:.3f} (={name})", "kind": "uniform", "structure": name,
@@ -62,7 +63,7 @@ def variants(graph, structures, round_to=0):
         if round_to > 1:
             rounded = round_config(graph, config, round_to)
             out.append({"label": f"DMCP {name} round_to {round_to}", "kind": "rounded", "structure": name,
-                        "config": rounded, "macs": graph.flops(rounded)})
+                        "config": rounded, "macs": costs.MACS.of(graph, rounded)})
     for v in out:
         v["macs_ratio"] = v["macs"] / full
     return out

@@ -182,7 +182,7 @@ def main(argv=None):
                           for q in QUANTIZATIONS}
         for index, config in batch.items():
             rows.append({
-                "index": index, "on_grid": index % 2 == 0, "channels": config, "macs": graph.flops(config),
+                "index": index, "on_grid": index % 2 == 0, "channels": config, "macs": costs.MACS.of(graph, config),
                 "measured_ms": {q: common.median(measured[index, q]) for q in QUANTIZATIONS},
                 "rounds_ms": {q: measured[index, q] for q in QUANTIZATIONS}, "calibration_ms": calibration_ms,
                 "load_average_before": list(load_before),

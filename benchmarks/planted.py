@@ -27,9 +27,10 @@ from benchmarks import common  # noqa: E402,F401  (sets up the path and TF loggi
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from dmcp_tf import costs  # noqa: E402
 from dmcp_tf.channels.graph import ChannelGraph  # noqa: E402
 from dmcp_tf.search import baselines, sampling  # noqa: E402
-from dmcp_tf.search.gates import MarkovGate  # noqa: E402
+from dmcp_tf.channels.gates import MarkovGate  # noqa: E402
 from dmcp_tf.search.supernet import DMCPModel, default_arch_optimizer, default_weight_optimizer  # noqa: E402
 
 INPUTS, CLASSES, FULL = 32, 10, (64, 64, 64)
@@ -64,7 +65,7 @@ def run(teacher_widths, seed, *, examples=8192, epochs=30, batch_size=128, init=
     student = perceptron(FULL)
     graph = ChannelGraph(student)
     teacher = {f"gate{i}": w for i, w in enumerate(teacher_widths)}
-    target = graph.flops(teacher)
+    target = costs.MACS.of(graph, teacher)
     total = epochs * (examples // batch_size)
     model = DMCPModel(student, budget=target, total_steps=total, warmup_fraction=0.5, seed=seed,
                       budget_weight_growth=budget_weight_growth)
@@ -83,7 +84,7 @@ def run(teacher_widths, seed, *, examples=8192, epochs=30, batch_size=128, init=
 
     return {"teacher": list(teacher_widths), "seed": seed, "dmcp": fractions(found), "uniform": fractions(uniform),
             "teacher_fractions": fractions(teacher), "dmcp_distance": distance(found),
-            "uniform_distance": distance(uniform), "expected_over_budget": float(graph.expected_flops()) / target,
+            "uniform_distance": distance(uniform), "expected_over_budget": float(costs.MACS.expected(graph)) / target,
             "seconds": round(time.time() - start, 1)}
 
 

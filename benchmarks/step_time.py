@@ -33,7 +33,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from dmcp_tf import data as data_lib  # noqa: E402
+from dmcp_tf import costs, data as data_lib  # noqa: E402
 from dmcp_tf.models import fashion_resnet, mobilenet_v2  # noqa: E402
 from dmcp_tf.run.config import DTYPE_POLICIES  # noqa: E402
 from dmcp_tf.run.pipeline import dtype_policy  # noqa: E402
@@ -136,9 +136,9 @@ def sandwich_macs(graph, samples=2000, seed=0):
     sub-networks drawn uniformly from every gate's width grid (the warm-up rule).
     """
     rng = np.random.default_rng(seed)
-    full = graph.flops()
+    full = costs.MACS.of(graph)
     configs = {g.name: g.prefix + g.group * rng.integers(0, g.num_groups + 1, samples) for g in graph.gates}
-    return graph.flops(graph.smallest_config()) / full, float(np.mean(graph.flops(configs))) / full
+    return costs.MACS.of(graph, graph.smallest_config()) / full, float(np.mean(costs.MACS.of(graph, configs))) / full
 
 
 def _synced(step, x, y):
@@ -181,7 +181,7 @@ def benchmark_model(name, *, batch=None, steps=5, warmup=1, profile="auto", targ
     plain_s, dmcp_s = common.median(times["plain"]), common.median(times["dmcp"])
     masked_s = common.median(times["dmcp_masked"])
     result = {
-        "model": name, "batch": batch, "full_macs": dmcp.full_flops, "plain_s": plain_s, "dmcp_s": dmcp_s,
+        "model": name, "batch": batch, "full_macs": dmcp.full_macs, "plain_s": plain_s, "dmcp_s": dmcp_s,
         "ratio": dmcp_s / plain_s, "masked_s": masked_s, "masked_ratio": masked_s / plain_s,
         "subnetworks": dmcp.slicing_note, "plain_times": times["plain"], "dmcp_times": times["dmcp"],
         "masked_times": times["dmcp_masked"], "trace_s": trace, "profile": None,

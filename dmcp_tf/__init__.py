@@ -18,20 +18,21 @@ startup.import_tensorflow()  # before anything loads it: without TensorFlow's C+
 
 from dmcp_tf import costs, models  # noqa: E402
 from dmcp_tf.channels import layer_rules  # noqa: E402  (documented as `dmcp_tf.layer_rules`, README)
-from dmcp_tf.channels.autogate import analyze, insert_gates, make_supernet  # noqa: E402
+from dmcp_tf.channels.autogate import insert_gates  # noqa: E402
+from dmcp_tf.channels.gates import BernoulliGate, MarkovGate  # noqa: E402
 from dmcp_tf.channels.graph import ChannelGraph, GraphError  # noqa: E402
 from dmcp_tf.channels.layer_rules import register_rule  # noqa: E402
 from dmcp_tf.channels.rebuild import rebuild  # noqa: E402
-from dmcp_tf.costs import Budget, count_flops, count_params  # noqa: E402
+from dmcp_tf.costs import Budget, count_flops, count_macs, count_params  # noqa: E402
 from dmcp_tf.deploy import export  # noqa: E402
 from dmcp_tf.pruning import PruneResult, prune  # noqa: E402
 from dmcp_tf.search import baselines, sampling  # noqa: E402  (baselines: `dmcp_tf.baselines`, README)
+from dmcp_tf.search.autogate import analyze, make_supernet  # noqa: E402
 from dmcp_tf.search.calibration import calibrate_batch_norm  # noqa: E402
-from dmcp_tf.search.gates import BernoulliGate, MarkovGate  # noqa: E402
 from dmcp_tf.search.supernet import DMCPModel  # noqa: E402
 
 __all__ = [
     "BernoulliGate", "Budget", "ChannelGraph", "DMCPModel", "GraphError", "MarkovGate", "analyze", "calibrate_batch_norm",
-    "costs", "count_flops", "count_params", "export", "insert_gates", "make_supernet", "models", "prune", "PruneResult",
-    "rebuild", "register_rule", "sampling",
+    "costs", "count_flops", "count_macs", "count_params", "export", "insert_gates", "make_supernet", "models", "prune",
+    "PruneResult", "rebuild", "register_rule", "sampling",
 ]

@@ -517,7 +517,7 @@ def load(
 
 def _image_folder_spec(image_size):
     raise DataError(
-        "An image folder's number of classes is only known from its files; --mode=flops "
+        "An image folder's number of classes is only known from its files; --mode=macs "
         "cannot count its classifier without loading it. Use --mode=all or a fixed data set."
     )
 

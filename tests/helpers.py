@@ -8,10 +8,11 @@ import keras
 import numpy as np
 import pytest
 
+from dmcp_tf import costs
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.channels.rebuild import rebuild
-from dmcp_tf.search import gates as G
-from dmcp_tf.search.gates import MarkovGate
+from dmcp_tf.channels import gates as G
+from dmcp_tf.channels.gates import MarkovGate
 
 
 def tiny_supernet(input_shape=(12, 12, 3), classes=4, gate_cls=MarkovGate, sync_bn=False, channels=(16, 32)):
@@ -127,8 +128,8 @@ def assert_rebuild_exact(model, rng, trials=2, atol=1e-5, draw=random_config):
             gated = np.asarray(model(x, training=False))
         np.testing.assert_allclose(np.asarray(slim(x, training=False)), gated, atol=atol)
         slim_graph = ChannelGraph(slim)
-        assert slim_graph.flops() == graph.flops(config)
-        assert slim.count_params() == graph.params(config)
+        assert costs.MACS.of(slim_graph) == costs.MACS.of(graph, config)
+        assert slim.count_params() == costs.PARAMS.of(graph, config)
     return graph
 
 
@@ -149,7 +150,7 @@ def main_exit_message(monkeypatch, capsys, error):
 def main_in_process(*args):
     """`main.py *args` in this process: (exit code, stdout + stderr).
 
-    For runs that end before training (bad input, `--mode=flops`): they test
+    For runs that end before training (bad input, `--mode=macs`): they test
     what main.py does with its flags without the seconds of a new Python
     importing TensorFlow. The command line is defined afresh (`cli.define_flags`
     on new flag values) and parsed as `main.py` parses it (`cli._parse_flags`).

@@ -4,11 +4,13 @@ import keras
 import numpy as np
 import pytest
 
-from dmcp_tf.channels.autogate import analyze, insert_gates, make_supernet
+from dmcp_tf import costs
+from dmcp_tf.channels.autogate import insert_gates
 from dmcp_tf.channels.graph import ChannelGraph, GraphError
 from dmcp_tf.channels.rebuild import rebuild
 from dmcp_tf.search import sampling
-from dmcp_tf.search.gates import MarkovGate
+from dmcp_tf.search.autogate import analyze, make_supernet
+from dmcp_tf.channels.gates import MarkovGate
 from tests.helpers import assert_rebuild_exact, blob_data
 
 L = keras.layers
@@ -104,7 +106,7 @@ def test_dilated_strided_and_transposed_convolutions():
     x = L.ReLU()(L.BatchNormalization()(L.Conv2DTranspose(12, 3, strides=2, padding="same", name="up")(x)))
     graph = gated_exactly(model_of(inputs, L.Dense(3)(L.GlobalAveragePooling2D()(x))))
     assert {gate_of(graph, n) is not None for n in ("dilated", "strided", "up")} == {True}
-    assert ChannelGraph(graph.model).flops() > 0
+    assert costs.MACS.of(ChannelGraph(graph.model)) > 0
 
 
 @pytest.mark.parametrize("fold", [lambda: L.Flatten(), lambda: L.Reshape((4 * 4 * 16,))], ids=["flatten", "reshape"])
@@ -244,10 +246,10 @@ def test_keras_application_search_rebuild_and_tflite(tmp_path):
     assert any(not np.allclose(a, g.alpha.numpy()) for a, g in zip(alphas, model.gates))  # the gates moved
     config = sampling.expected_config(model.graph)
     slim = rebuild(model.supernet, config)
-    slim_flops = ChannelGraph(slim).flops()
-    assert slim_flops == model.graph.flops(config)  # the slim model costs what the search counted
+    slim_macs = costs.MACS.of(ChannelGraph(slim))
+    assert slim_macs == costs.MACS.of(model.graph, config)  # the slim model costs what the search counted
     # 16 steps from the budget's uniform width on untrained weights: near the budget, not settled.
-    assert slim_flops == pytest.approx(0.5 * ChannelGraph(backbone).flops(), rel=0.15)
+    assert slim_macs == pytest.approx(0.5 * costs.MACS.of(ChannelGraph(backbone)), rel=0.15)
     path = export.export_tflite(slim, tmp_path / "slim.tflite")
     parity = export.tflite_parity(path, slim, x[:64], outputs_are_logits=False)
     assert parity.top1_agreement >= 0.99

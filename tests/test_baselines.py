@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+from dmcp_tf import costs
 from dmcp_tf.channels.autogate import insert_gates
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.channels.rebuild import rebuild
@@ -89,28 +90,28 @@ def test_bad_channel_order_is_refused():
 def test_uniform_config_matches_paper_structures_macs():
     graph = ChannelGraph(mobilenet_v2(1.5))
     for name in ("300M", "59M"):
-        target = graph.flops(mobilenet_v2_config(name))
+        target = costs.MACS.of(graph, mobilenet_v2_config(name))
         config, fraction, macs = baselines.uniform_config(graph, target)
-        assert macs == graph.flops(config) and abs(macs - target) <= 0.01 * target
+        assert macs == costs.MACS.of(graph, config) and abs(macs - target) <= 0.01 * target
         scaled = baselines.scaled_config(graph, {g.name: fraction for g in graph.gates})
-        assert abs(macs - target) <= abs(graph.flops(scaled) - target) and 0 < fraction < 1
+        assert abs(macs - target) <= abs(costs.MACS.of(graph, scaled) - target) and 0 < fraction < 1
         # Uniform up to one channel per gate (rounding up some gates fills the steps of a single scale).
         assert all(abs(config[g.name] - fraction * g.channels) <= 1.0 + 1e-9 for g in graph.gates)
     equal = ChannelGraph(fashion_resnet(channels=(32, 32, 32), blocks=3))  # one scale jumps ~6% of the MACs here
-    config, _, macs = baselines.uniform_config(equal, 0.5 * equal.flops(), tolerance=0.01)
-    assert abs(macs - 0.5 * equal.flops()) <= 0.01 * 0.5 * equal.flops() and max(config.values()) - min(config.values()) <= 1
+    config, _, macs = baselines.uniform_config(equal, 0.5 * costs.MACS.of(equal), tolerance=0.01)
+    assert abs(macs - 0.5 * costs.MACS.of(equal)) <= 0.01 * 0.5 * costs.MACS.of(equal) and max(config.values()) - min(config.values()) <= 1
     tiny = ChannelGraph(fashion_resnet())
     with pytest.raises(ValueError, match="MACs move in steps"):  # outside the network: said, not hidden
-        baselines.uniform_config(tiny, 2 * tiny.flops())
+        baselines.uniform_config(tiny, 2 * costs.MACS.of(tiny))
 
 
 def test_random_configs_meet_the_budget_and_differ():
     graph = ChannelGraph(fashion_resnet())
-    target = 0.3 * graph.flops()
+    target = 0.3 * costs.MACS.of(graph)
     configs = [baselines.random_config(graph, target, np.random.default_rng(seed), tolerance=0.02)
                for seed in (0, 1, 0)]
     for config, macs in configs:
-        assert macs == graph.flops(config) and abs(macs - target) <= 0.02 * target
+        assert macs == costs.MACS.of(graph, config) and abs(macs - target) <= 0.02 * target
         assert all(1 <= config[g.name] <= g.channels for g in graph.gates)
     assert configs[0] == configs[2] and configs[0][0] != configs[1][0]
     uniform, fraction, _ = baselines.uniform_config(graph, target, tolerance=0.03)

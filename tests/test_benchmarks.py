@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from benchmarks import accuracy, applications, budget_kinds, common, latency, onednn, step_time
+from dmcp_tf import costs
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.models import fashion_resnet
 from tests.helpers import blob_data, learnable_fashion_mnist, tiny_supernet
@@ -67,7 +68,7 @@ def test_latency_tiny_model(tmp_path):
     assert rows[0]["latency_ratio"]["float32"][1] == pytest.approx(1.0)
     for row in rows:
         assert row["latency_ms"]["float32"][1] > 0
-        assert row["macs"] == graph.flops(row["config"])
+        assert row["macs"] == costs.MACS.of(graph, row["config"])
         assert row["macs_ratio"] == pytest.approx(row["macs"] / rows[0]["macs"])
         assert (tmp_path / row["paths"]["float32"].split("/")[-1]).exists()
     assert abs(rows[2]["macs"] - rows[1]["macs"]) <= 0.01 * rows[1]["macs"]
@@ -227,17 +228,17 @@ def test_gpu_script_without_a_gpu_says_so_and_exits_0():
 
 
 def test_budget_kinds_sets_each_slim_model_against_its_budget(tmp_path):
-    def run(name, cost, unit, target, es_cost, es_flops, accuracy_):
+    def run(name, cost, unit, target, es_cost, es_macs, accuracy_, macs_key="es_macs"):
         folder = tmp_path / name
         folder.mkdir()
         files = {"search.json": {"cost": cost, "unit": unit, "target": target},
-                 "sample.json": {"es_cost": es_cost, "es_flops": es_flops, "es_params": 100},
+                 "sample.json": {"es_cost": es_cost, macs_key: es_macs, "es_params": 100},
                  "channels.json": {"stem": 8}, "eval.json": {"slim": {"accuracy": accuracy_}}}
         for file, content in files.items():
             (folder / file).write_text(json.dumps(content))
 
     run("latency", "latency", "ms", 0.1, 0.095, 3_000_000, 0.88)
-    run("params", "params", "params", 1000, 960, 5_000_000, 0.87)
+    run("params", "params", "params", 1000, 960, 5_000_000, 0.87, macs_key="es_flops")  # a run written before
     run("macs_at_latency", "macs", "MACs", 3_000_000, 2_900_000, 2_900_000, 0.86)
     assert budget_kinds.budget_flags("macs_at_latency", str(tmp_path)) == ["--config.search.budget=3000000"]
     ms = {"latency": 0.103, "params": 0.15, "macs_at_latency": 0.1, "full": 0.2}
@@ -246,6 +247,7 @@ def test_budget_kinds_sets_each_slim_model_against_its_budget(tmp_path):
     assert rows["params"]["achieved_over_target"] == pytest.approx(0.96)
     assert rows["macs_at_latency"]["achieved_over_target"] == pytest.approx(2.9 / 3)
     assert rows["params"]["ms_over_full"] == pytest.approx(0.75) and rows["latency"]["budget"] == "latency:0.5x"
+    assert rows["params"]["macs"] == 5_000_000 and rows["latency"]["macs"] == 3_000_000
 
 
 def test_accuracy_results_of_an_older_config_continue_unless_a_value_changed():

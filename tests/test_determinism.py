@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-import dmcp_tf.search.gates  # noqa: F401 (registers the gate layers for loading)
+import dmcp_tf.channels.gates  # noqa: F401 (registers the gate layers for loading)
 from tests.helpers import learnable_fashion_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,7 +11,7 @@ import dmcp_tf
 from dmcp_tf.configs import fashion_mnist
 from dmcp_tf.run import cli
 from dmcp_tf.run.pipeline import Pipeline, PipelineError
-from dmcp_tf.search.gates import MarkovGate
+from dmcp_tf.channels.gates import MarkovGate
 from tests.helpers import FASHION_FILES, learnable_fashion_mnist, main_exit_message, tiny_supernet
 
 

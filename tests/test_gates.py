@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from dmcp_tf.search import gates as G
+from dmcp_tf.channels import gates as G
 from tests.helpers import tiny_supernet
 
 

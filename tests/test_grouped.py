@@ -4,10 +4,12 @@ import keras
 import numpy as np
 import pytest
 
-from dmcp_tf.channels.autogate import analyze, insert_gates
+from dmcp_tf import costs
+from dmcp_tf.channels.autogate import insert_gates
+from dmcp_tf.search.autogate import analyze
 from dmcp_tf.channels.graph import ChannelGraph, GraphError
 from dmcp_tf.channels.rebuild import rebuild
-from dmcp_tf.search.gates import MarkovGate
+from dmcp_tf.channels.gates import MarkovGate
 from tests.helpers import assert_rebuild_exact, grid_config
 from tests.test_autogate import WIDTH, conv_bn, gate_of, gated_exactly, model_of
 from tests.test_ops_nodes import analysis, head
@@ -53,7 +55,7 @@ def test_slim_grouped_conv_keeps_whole_groups_with_their_macs_and_params():
     assert conv.kernel.shape == (3, 3, 4, 8)
     row = next(r for r in graph.layer_rows(config) if r["layer"] == "grouped")
     assert row["macs_kept"] == 3 * 3 * 4 * 8 * 8 * 8 and row["macs_full"] == 3 * 3 * 4 * 16 * 8 * 8
-    assert graph.params(config) == slim.count_params()
+    assert costs.PARAMS.of(graph, config) == slim.count_params()
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "inference"])
@@ -213,7 +215,7 @@ def test_baselines_and_rounding_keep_whole_groups():
     grouped = [g for g in graph.gates if g.channel_multiple > 1]
     assert grouped
     for fraction in (0.3, 0.55, 0.8):
-        config, _, _ = baselines.uniform_config(graph, fraction * graph.flops(), tolerance=0.5)
+        config, _, _ = baselines.uniform_config(graph, fraction * costs.MACS.of(graph), tolerance=0.5)
         assert all(config[g.name] % g.channel_multiple == 0 for g in grouped), config
         rebuild(gated, config)  # whole groups: the slim grouped conv builds
     rounded = sampling.round_config(graph, {g.name: g.channels // 2 + 1 for g in graph.gates}, 3)

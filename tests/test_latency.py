@@ -9,7 +9,7 @@ import tensorflow as tf
 from dmcp_tf import costs
 from dmcp_tf.deploy import latency
 from dmcp_tf.costs import Budget
-from dmcp_tf.search.gates import MarkovGate
+from dmcp_tf.channels.gates import MarkovGate
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.deploy.latency import LatencyTable, LatencyTableError, LayerLatency
 from dmcp_tf.search.supernet import DMCPModel, default_arch_optimizer
@@ -251,20 +251,20 @@ def test_measured_table_of_a_tiny_model(tmp_path):
             assert predicted == pytest.approx(recorded["scale"] * total + recorded["overhead_ms"], rel=1e-6)
 
 
-def test_flops_mode_prints_latency_given_a_table(tmp_path):
+def test_macs_mode_prints_latency_given_a_table(tmp_path):
     from tests.helpers import main_in_process as main  # noqa: PLC0415
     from tests.test_pipeline import fashion_mnist_supernet  # noqa: PLC0415
 
     graph = ChannelGraph(fashion_mnist_supernet())
     path = latency.save_latency_table(tmp_path / "latency_table.json", synthetic_table(graph, curved_ms))
     cost = costs.Latency(latency.load_latency_table(path))
-    code, out = main("--mode=flops", f"--config.search.latency_table={path}", "--config.search.budget=latency:0.5x")
+    code, out = main("--mode=macs", f"--config.search.latency_table={path}", "--config.search.budget=latency:0.5x")
     assert code == 0, out
     assert f"{cost.format(cost.of(graph))} (" in out and "MACs" in out and "params" in out
     assert f"budget latency:0.5x = {cost.format(0.5 * cost.of(graph))}" in out
-    code, out = main("--mode=flops", "--config.search.budget=latency:0.5x")
+    code, out = main("--mode=macs", "--config.search.budget=latency:0.5x")
     assert code == 2 and "needs a measured latency table" in out and "--config.search.latency_table=PATH" in out
-    code, out = main("--mode=flops", f"--config.search.latency_table={tmp_path / 'none.json'}")
+    code, out = main("--mode=macs", f"--config.search.latency_table={tmp_path / 'none.json'}")
     assert code == 2 and "No latency table at" in out
 
 

@@ -19,7 +19,7 @@ from dmcp_tf.channels.rebuild import rebuild
 from dmcp_tf.deploy import export
 from dmcp_tf.run import config as config_lib
 from dmcp_tf.run.pipeline import dtype_policy
-from dmcp_tf.search import gates as G
+from dmcp_tf.channels import gates as G
 from dmcp_tf.search.supernet import DMCPModel, default_weight_optimizer
 from tests.helpers import blob_data, learnable_fashion_mnist, randomize_batch_norm, tiny_supernet
 from tests.test_pipeline import TINY, main

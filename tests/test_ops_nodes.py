@@ -4,11 +4,12 @@ import keras
 import numpy as np
 import pytest
 
-from dmcp_tf.channels.autogate import analyze, insert_gates, make_supernet
+from dmcp_tf.channels.autogate import insert_gates
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.channels.rebuild import rebuild
 from dmcp_tf.channels.slicing import SlicedForward
-from dmcp_tf.search.gates import ChannelGate
+from dmcp_tf.search.autogate import analyze, make_supernet
+from dmcp_tf.channels.gates import ChannelGate
 from tests.helpers import blob_data, unit_layer_scales
 from tests.test_autogate import WIDTH, conv_bn, gate_of, gated_exactly, model_of
 from tests.test_slicing import float64, masked_and_sliced  # noqa: F401 (float64 is a fixture)

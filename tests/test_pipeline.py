@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 
+from dmcp_tf import costs
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.configs import fashion_mnist
 from dmcp_tf.run import report
@@ -100,8 +101,8 @@ def test_whole_pipeline_writes_every_artefact(finished_run):
                             str(run_dir / "slim.keras")], capture_output=True, text=True, timeout=120)
     assert plain.returncode == 0 and int(plain.stdout.split()[-1]) == slim.count_params(), plain.stderr
     evaluated = json.loads((run_dir / "eval.json").read_text())
-    assert evaluated["slim"]["flops"] == ChannelGraph(slim).flops() == graph.flops(channels)
-    assert evaluated["full"]["flops"] == graph.flops()
+    assert evaluated["slim"]["macs"] == costs.MACS.of(ChannelGraph(slim)) == costs.MACS.of(graph, channels)
+    assert evaluated["full"]["macs"] == costs.MACS.of(graph)
     for label in ("full", "slim"):
         assert 0.0 <= evaluated[label]["accuracy"] <= 1.0
     exported = json.loads((run_dir / "export.json").read_text())
@@ -114,7 +115,7 @@ def test_whole_pipeline_writes_every_artefact(finished_run):
     assert "search_trajectory.png" in report and trajectory.verdict(search["settling"]) in report
     retrained = json.loads((run_dir / "retrain.json").read_text())
     uniform = retrained["uniform"]
-    assert 0.0 <= uniform["accuracy"] <= 1.0 and abs(uniform["flops"] - evaluated["slim"]["flops"]) <= 0.03 * uniform["flops"]
+    assert 0.0 <= uniform["accuracy"] <= 1.0 and abs(uniform["macs"] - evaluated["slim"]["macs"]) <= 0.03 * uniform["macs"]
     assert f"{100 * (evaluated['slim']['accuracy'] - uniform['accuracy']):+.2f} points" in report
 
     assert not list(run_dir.glob(".*.started"))  # every step finished
@@ -156,7 +157,7 @@ def test_missing_data_dir_stops_before_anything_is_written(tmp_path):
 
 
 def test_unknown_config_key_is_named():
-    code, out = main("--config.search.bugdet=0.5x", "--mode=flops")  # main.py: the config flag fails when defined
+    code, out = main("--config.search.bugdet=0.5x", "--mode=macs")  # main.py: the config flag fails when defined
     assert code == 2
     assert "bugdet" in out and "budget" in out and "Traceback" not in out
 
@@ -232,21 +233,21 @@ def fashion_mnist_supernet():
     return build_supernet(config.model.name, **config.model.options.to_dict())
 
 
-def test_flops_mode_counts_supernet_and_paper_structures(tmp_path):
-    code, out = main_in_process("--mode=flops", "--config=" + os.path.join(ROOT, "configs", "mobilenet_v2_imagenet.py") + ":210M")
+def test_macs_mode_counts_supernet_and_paper_structures(tmp_path):
+    code, out = main_in_process("--mode=macs", "--config=" + os.path.join(ROOT, "configs", "mobilenet_v2_imagenet.py") + ":210M")
     assert code == 0, out
     assert "672.8M MACs" in out and "params" in out and "budget 210M = 210.0M MACs" in out
-    code, out = main_in_process("--mode=flops", "--structure=resnet50_2.8G")
+    code, out = main_in_process("--mode=flops", "--structure=resnet50_2.8G")  # the old name of --mode=macs
     assert code == 0, out
     assert "2.8G MACs (2832777865)" in out
     channels = tmp_path / "channels.json"
     graph = ChannelGraph(fashion_mnist_supernet())
     half = {g.name: g.channels // 2 for g in graph.gates}
     channels.write_text(json.dumps(half))
-    code, out = main_in_process("--mode=flops", f"--channels={channels}", "--config.search.budget=params:0.5x")
+    code, out = main_in_process("--mode=macs", f"--channels={channels}", "--config.search.budget=params:0.5x")
     assert code == 0, out
-    assert f"{channels}: " in out and f"({graph.flops(half)})" in out and f"({graph.params(half)})" in out
-    assert f"budget params:0.5x = {report.format_count(0.5 * graph.params())} params" in out
+    assert f"{channels}: " in out and f"({costs.MACS.of(graph, half)})" in out and f"({costs.PARAMS.of(graph, half)})" in out
+    assert f"budget params:0.5x = {report.format_count(0.5 * costs.PARAMS.of(graph))} params" in out
 
 
 @pytest.mark.parametrize("key, value, named", [
@@ -298,11 +299,11 @@ def test_a_params_budget_is_searched_sampled_and_reported_in_params(fine_tuned):
     graph = ChannelGraph(supernet)
     search = json.loads((run_dir / "search.json").read_text())
     assert (search["cost"], search["unit"]) == ("params", "params")
-    assert search["target"] == pytest.approx(0.5 * graph.params()) and search["full_cost"] == graph.params()
+    assert search["target"] == pytest.approx(0.5 * costs.PARAMS.of(graph)) and search["full_cost"] == costs.PARAMS.of(graph)
     assert search["start_cost"] == pytest.approx(search["target"], rel=1e-3)  # "budget" start, in params
     sample = json.loads((run_dir / "sample.json").read_text())
     channels = json.loads((run_dir / "channels.json").read_text())
-    assert sample["es_cost"] == graph.params(channels) and sample["es_params"] == sample["es_cost"]
+    assert sample["es_cost"] == costs.PARAMS.of(graph, channels) and sample["es_params"] == sample["es_cost"]
     # The default config scales the expected-sampling widths together to the budget, in params.
     assert sample["fit_to_budget"] and abs(sample["es_cost"] - search["target"]) <= 0.02 * search["target"]
     report = (run_dir / "report.md").read_text()
@@ -381,15 +382,15 @@ def test_a_diverging_search_or_retraining_stops_at_once_and_writes_no_result(tmp
 def test_bad_channel_files_are_named(tmp_path, content, named):
     path = tmp_path / "channels.json"
     path.write_text(content)
-    code, out = main_in_process("--mode=flops", f"--channels={path}")
+    code, out = main_in_process("--mode=macs", f"--channels={path}")
     assert code == 2 and named in out and "Traceback" not in out, out
     if "valid JSON" in named:
         assert str(path) in out
 
 
-def test_channels_flag_outside_flops_mode_is_refused(tmp_path):
+def test_channels_flag_outside_macs_mode_is_refused(tmp_path):
     code, out = main_in_process("--mode=search", "--channels=x.json", f"--run_dir={tmp_path / 'run'}")
-    assert code == 2 and "only apply to --mode=flops" in out
+    assert code == 2 and "only apply to --mode=macs" in out
     assert not (tmp_path / "run").exists()
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from dmcp_tf import costs
 from dmcp_tf.channels.graph import ChannelGraph
 from tests.helpers import main_in_process
 
@@ -71,12 +72,12 @@ def test_main_prunes_a_saved_model_into_a_run_directory(folder, tmp_path):
                  "export/slim_int8.tflite", "export/saved_model", "report.md"):
         assert (run / name).exists(), name
     slim = keras.saving.load_model(run / "slim.keras", safe_mode=True)
-    full = ChannelGraph(keras.saving.load_model(model)).flops()
-    assert 0.9 <= ChannelGraph(slim).flops() / (0.5 * full) <= 1.0
+    full = costs.MACS.of(ChannelGraph(keras.saving.load_model(model)))
+    assert 0.9 <= costs.MACS.of(ChannelGraph(slim)) / (0.5 * full) <= 1.0
     export = json.loads((run / "export.json").read_text())
     assert export["slim_float32"]["top1_agreement"] >= 0.99
     uniform = json.loads((run / "retrain.json").read_text())["uniform"]
-    assert uniform["inherited"] and 0.9 <= uniform["flops"] / (0.5 * full) <= 1.1  # L1 pruning at uniform widths
+    assert uniform["inherited"] and 0.9 <= uniform["macs"] / (0.5 * full) <= 1.1  # L1 pruning at uniform widths
     report = (run / "report.md").read_text()
     assert "my_cnn.keras (unpruned, batch norm re-estimated)" in report
     assert "uniform width (inherited weights, fine-tuned), same MACs" in report

@@ -5,7 +5,7 @@ import pytest
 from dmcp_tf.channels.graph import ChannelGraph, GraphError
 from dmcp_tf.channels.rebuild import rebuild
 from dmcp_tf.models import mobilenet_v2, resnet18, resnet50
-from dmcp_tf.search import gates as G
+from dmcp_tf.channels import gates as G
 from dmcp_tf.search.calibration import calibrate_batch_norm
 from tests.helpers import assert_rebuild_exact, tiny_supernet
 

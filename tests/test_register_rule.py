@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import dmcp_tf
+from dmcp_tf import costs
 from dmcp_tf.channels import layer_rules
 from dmcp_tf.channels.autogate import insert_gates
 from dmcp_tf.channels.graph import ChannelGraph
@@ -96,9 +97,9 @@ def test_registered_custom_layers_are_gated_and_rebuild_exactly(custom_rules):
     np.testing.assert_array_equal(slim.get_layer("scale").scale.numpy(), full_scale[:4])
     assert slim.get_layer("pw").kernel.shape == (4, 6)
     hw = 8 * 8  # c1, scale, pw, c2 and the head, by hand
-    assert graph.flops(config) == 9 * 3 * 4 * hw + 4 * hw + 4 * 6 * hw + 9 * 6 * 5 * hw + 5 * 3
+    assert costs.MACS.of(graph, config) == 9 * 3 * 4 * hw + 4 * hw + 4 * 6 * hw + 9 * 6 * 5 * hw + 5 * 3
     params = (9 * 3 * 4 + 4 + 4 * 4) + 4 + (4 * 6 + 6 * 4) + (9 * 6 * 5 + 5 + 5 * 4) + (5 * 3 + 3)
-    assert graph.params(config) == slim.count_params() == params
+    assert costs.PARAMS.of(graph, config) == slim.count_params() == params
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "inference"])

@@ -67,9 +67,9 @@ def _assert_png(path, folder):
 
 
 def test_plot_cost_histogram(tmp_path):
-    flops = np.random.default_rng(0).normal(305e6, 10e6, 3000)
+    macs = np.random.default_rng(0).normal(305e6, 10e6, 3000)
     path = tmp_path / "hist.png"
-    assert R.plot_cost_histogram(flops, 300e6, path, title="budget 300M") == str(path)
+    assert R.plot_cost_histogram(macs, 300e6, path, title="budget 300M") == str(path)
     _assert_png(path, tmp_path)
 
 
@@ -91,10 +91,10 @@ def test_plot_channel_distributions(tmp_path):
 
 
 ROWS = [
-    {"name": "baseline", "top1": 0.71234567, "flops": 300_774_272, "note": None},
-    {"name": "dmcp-210M", "top1": None, "flops": 210_000_000, "note": "pruned"},
+    {"name": "baseline", "top1": 0.71234567, "macs": 300_774_272, "note": None},
+    {"name": "dmcp-210M", "top1": None, "macs": 210_000_000, "note": "pruned"},
 ]
-COLUMNS = [("name", "model"), ("top1", "top-1"), ("flops", "MACs"), ("note", "note")]
+COLUMNS = [("name", "model"), ("top1", "top-1"), ("macs", "MACs"), ("note", "note")]
 
 
 def test_summary_table():
@@ -168,3 +168,12 @@ def test_run_report_flags_an_int8_model_slower_than_float32(tmp_path):
         R.write_run_report(RunDirectory(str(tmp_path)), "0.5x")
         text = (tmp_path / "report.md").read_text()
         assert ("`slim_int8` ran slower than float32" in text) == flagged, text
+
+
+def test_summary_rows_read_macs_and_the_flops_keys_of_older_runs(tmp_path):
+    evaluated = {"full": {"accuracy": 0.9, "macs": 4_000_000, "params": 1000},
+                 "slim": {"accuracy": 0.8, "flops": 2_000_000, "params": 500}}  # "flops": written before the rename
+    atomic_write_json(tmp_path / "eval.json", evaluated)
+    atomic_write_json(tmp_path / "retrain.json", {"uniform": {"accuracy": 0.7, "flops": 1_900_000, "unit": "MACs"}})
+    rows = R.summary_rows(RunDirectory(str(tmp_path)))
+    assert [row["macs"] for row in rows] == ["4.0M", "2.0M", "1.9M"]

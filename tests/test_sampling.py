@@ -4,10 +4,11 @@ import keras
 import numpy as np
 import pytest
 
+from dmcp_tf import costs
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.models import fashion_resnet
 from dmcp_tf.search import sampling
-from dmcp_tf.search.gates import MarkovGate
+from dmcp_tf.channels.gates import MarkovGate
 from tests.helpers import tiny_supernet
 
 
@@ -49,10 +50,10 @@ def test_expected_config_with_a_target_lands_in_the_budget_band(factor):
     """Plain rounding 1% above the band, or 1% below it; one channel of these gates is 1.5-3.3% of the MACs."""
     graph = wide_graph()
     rounded = sampling.expected_config(graph)
-    target = factor * graph.flops(rounded)
-    assert not 0.95 * target <= graph.flops(rounded) <= target
+    target = factor * costs.MACS.of(graph, rounded)
+    assert not 0.95 * target <= costs.MACS.of(graph, rounded) <= target
     config = sampling.expected_config(graph, target)
-    assert 0.95 * target <= graph.flops(config) <= target
+    assert 0.95 * target <= costs.MACS.of(graph, config) <= target
     roundings = _roundings(graph)
     for gate in graph.gates:  # each gate kept one of its two roundings of E[c]
         assert config[gate.name] in roundings[gate.name], gate.name
@@ -62,12 +63,12 @@ def test_expected_config_with_a_target_lands_in_the_budget_band(factor):
 def test_expected_config_in_the_band_is_plain_rounding(graph):
     rounded = sampling.expected_config(graph)
     for factor in (1.0, 1.02, 1 / 0.96):  # the rounded structure spends 1.0, 0.98, 0.96 of these budgets
-        assert sampling.expected_config(graph, factor * graph.flops(rounded)) == rounded
+        assert sampling.expected_config(graph, factor * costs.MACS.of(graph, rounded)) == rounded
 
 
 def test_expected_config_of_a_search_off_its_budget_stays_rounding(graph):
     """Far above the budget, every gate takes its lower rounding and no more: the miss is not hidden."""
-    config = sampling.expected_config(graph, 0.5 * graph.flops(graph.smallest_config()))
+    config = sampling.expected_config(graph, 0.5 * costs.MACS.of(graph, graph.smallest_config()))
     for gate in graph.gates:
         assert config[gate.name] == max(np.floor(float(gate.expected_channels())), gate.prefix), gate.name
 
@@ -75,12 +76,12 @@ def test_expected_config_of_a_search_off_its_budget_stays_rounding(graph):
 def test_fit_to_budget_scales_a_structure_together_to_the_budget():
     graph = ChannelGraph(fashion_resnet(channels=(20, 20, 20), blocks=3, gate_kind="markov"))
     narrow_first = {g.name: 4 if g.name.startswith(("stem", "stage1")) else 10 for g in graph.gates}
-    target = 1.2 * graph.flops(narrow_first)  # a structure that spends 0.83 of its budget
+    target = 1.2 * costs.MACS.of(graph, narrow_first)  # a structure that spends 0.83 of its budget
     fitted, macs = sampling.fit_to_budget(graph, narrow_first, target)
-    assert macs == graph.flops(fitted) and abs(macs - target) <= 0.03 * target
+    assert macs == costs.MACS.of(graph, fitted) and abs(macs - target) <= 0.03 * target
     for gate in graph.gates:  # every gate grew by about the same factor (one channel of rounding)
         assert narrow_first[gate.name] <= fitted[gate.name] <= gate.channels
-        scale = (graph.flops(fitted) / graph.flops(narrow_first)) ** 0.5  # MACs grow with the square of the widths
+        scale = (costs.MACS.of(graph, fitted) / costs.MACS.of(graph, narrow_first)) ** 0.5  # MACs grow with the square of the widths
         assert abs(fitted[gate.name] - scale * narrow_first[gate.name]) <= 1.5, gate.name
     assert max(fitted[g] for g in fitted if g.startswith("stem")) < max(fitted[g] for g in fitted if "stage3" in g)
 
@@ -102,25 +103,25 @@ def test_cost_statistics_mean_is_the_expected_cost():
     assert stats["values"].shape == (3000,)
     # Independent gates and bilinear MACs: the sample mean estimates E[F]. The
     # relative std of one sample is below 0.5, so 2% is more than 5 standard errors.
-    assert stats["mean"] == pytest.approx(float(graph.expected_flops()), rel=0.02)
+    assert stats["mean"] == pytest.approx(float(costs.MACS.expected(graph)), rel=0.02)
 
 
-def test_expected_flops_is_the_specs_approximation_where_a_gate_meets_itself(graph):
+def test_expected_macs_is_the_specs_approximation_where_a_gate_meets_itself(graph):
     # In the residual block, conv c3 reads and writes channels of the same gate:
     # E[c^2] > E[c]^2, so sampled FLOPs exceed the spec's E[F] there.
     stats = sampling.cost_statistics(graph, np.random.default_rng(1), count=3000)
-    assert stats["mean"] > float(graph.expected_flops())
+    assert stats["mean"] > float(costs.MACS.expected(graph))
     graph = chain_graph()
     arrays = sampling.direct_configs(graph, np.random.default_rng(2), 5)
     single = [{name: int(values[i]) for name, values in arrays.items()} for i in range(5)]
-    assert all(graph.flops(c) > 0 for c in single)
-    np.testing.assert_array_equal(graph.flops(arrays), [graph.flops(c) for c in single])  # per-sample costs
+    assert all(costs.MACS.of(graph, c) > 0 for c in single)
+    np.testing.assert_array_equal(costs.MACS.of(graph, arrays), [costs.MACS.of(graph, c) for c in single])  # per-sample costs
 
 
 def test_sample_within_budget(graph):
-    target = graph.flops({"g1": 12, "g2": 24})  # on the grid: direct samples can hit it
+    target = costs.MACS.of(graph, {"g1": 12, "g2": 24})  # on the grid: direct samples can hit it
     config = sampling.sample_within_budget(graph, target, np.random.default_rng(3))
-    assert abs(graph.flops(config) - target) <= 0.01 * target
+    assert abs(costs.MACS.of(graph, config) - target) <= 0.01 * target
     grids = {g.name: g.widths_grid() for g in graph.gates}
     assert all(config[name] in grids[name] for name in config)
 
@@ -129,16 +130,16 @@ def test_sample_within_budget_gives_up_with_a_clear_error(graph):
     for gate in graph.gates:
         gate.alpha.assign(np.full(gate.num_groups, -30.0, "float32"))  # always the smallest
     with pytest.raises(RuntimeError, match="No direct sample within 1% of the budget"):
-        sampling.sample_within_budget(graph, graph.flops(), np.random.default_rng(0), max_tries=300)
+        sampling.sample_within_budget(graph, costs.MACS.of(graph), np.random.default_rng(0), max_tries=300)
 
 
 def test_channel_distributions_keep_samples_within_budget(graph):
-    target = graph.flops({"g1": 12, "g2": 24})
+    target = costs.MACS.of(graph, {"g1": 12, "g2": 24})
     dists = sampling.channel_distributions(graph, np.random.default_rng(4), target, count=2000)
     kept = len(next(iter(dists.values())))
     assert kept > 0
-    flops = graph.flops({name: values for name, values in dists.items()})
-    assert np.all(np.abs(flops - target) <= 0.01 * target)
+    macs = costs.MACS.of(graph, {name: values for name, values in dists.items()})
+    assert np.all(np.abs(macs - target) <= 0.01 * target)
 
 
 def test_config_json_round_trip(tmp_path, graph):

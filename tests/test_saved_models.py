@@ -8,8 +8,8 @@ import sys
 import keras
 import numpy as np
 
-from dmcp_tf.run import recipes
-from dmcp_tf.search import gates
+from dmcp_tf.search import recipes
+from dmcp_tf.channels import gates
 from tests.helpers import tiny_supernet
 
 # In a fresh Python: load with plain Keras (safe mode, compile on: the defaults), report what happened.

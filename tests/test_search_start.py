@@ -4,13 +4,14 @@ import keras
 import numpy as np
 import pytest
 
+from dmcp_tf import costs
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.channels.rebuild import rebuild
 from dmcp_tf.models import fashion_resnet
 from dmcp_tf.models.common import kernel_initializer
 from dmcp_tf.search import baselines, pretrained, search_init
 from dmcp_tf.search import trajectory as trajectory_lib
-from dmcp_tf.search.gates import BernoulliGate, MarkovGate
+from dmcp_tf.channels.gates import BernoulliGate, MarkovGate
 from dmcp_tf.search.supernet import DMCPModel, default_arch_optimizer, default_weight_optimizer
 from tests.helpers import blob_data, randomize_batch_norm, tiny_supernet
 
@@ -30,7 +31,7 @@ def test_alpha_for_fraction_gives_that_expected_width(gate_cls, fraction):
 
 def test_the_three_starts():
     graph = ChannelGraph(fashion_resnet(channels=(32, 32, 32), blocks=3))
-    full = graph.flops()
+    full = costs.MACS.of(graph)
     assert search_init.initialize(graph, "authors") < 0.1 * full  # every transition 0.5: far below any budget
     assert all(np.all(g.alpha.numpy() == 0) for g in graph.gates)
     assert search_init.initialize(graph, "full") > 0.9 * full
@@ -109,7 +110,7 @@ def test_weight_schedule_warms_up_and_keeps_its_floor():
 
 
 def test_coupled_weight_decay_is_an_l2_term_of_the_gradient():
-    from dmcp_tf.run.recipes import CoupledSGD
+    from dmcp_tf.search.recipes import CoupledSGD
 
     w = keras.Variable(np.array([1.0, -2.0], np.float32), name="kernel")
     b = keras.Variable(np.array([3.0], np.float32), name="bias")

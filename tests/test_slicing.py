@@ -9,7 +9,7 @@ from dmcp_tf.channels.autogate import insert_gates
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.channels.slicing import SlicedForward
 from dmcp_tf.models import mobilenet_v2, resnet50
-from dmcp_tf.search import gates as G
+from dmcp_tf.channels import gates as G
 from tests.helpers import random_config, randomize_batch_norm, tiny_supernet
 
 

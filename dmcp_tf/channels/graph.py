@@ -10,7 +10,7 @@ many filters as inputs passes its space on too, and asks it to keep whole groups
 (`Space.conv_group` channels at a time). A gate placed on a space governs it: the
 space keeps the gate's number of channels, always the first ones.
 
-Everything else reads this graph: costs (`costs.py`: MACs, parameters, real and
+Everything else reads this graph: costs (`dmcp_tf.costs`: MACs, parameters, real and
 expected), sampling and the slim rebuild.
 """
 
@@ -21,10 +21,9 @@ import re
 import keras
 import numpy as np
 
-from dmcp_tf import costs
 from dmcp_tf.channels import layer_rules as rules
 from dmcp_tf.channels import walk as walk_lib
-from dmcp_tf.search.gates import ChannelGate
+from dmcp_tf.channels.gates import ChannelGate
 
 
 # Why a model's own input and output channels are never pruned.
@@ -120,9 +119,9 @@ class ChannelGraph:
 
     Example:
         graph = ChannelGraph(model)
-        graph.flops()                       # MACs of the full model
-        graph.flops({"stem_gate": 16})      # MACs with that gate keeping 16 channels
-        graph.expected_flops()              # differentiable in the gates' alpha
+        costs.MACS.of(graph)                       # MACs of the full model
+        costs.MACS.of(graph, {"stem_gate": 16})    # MACs with that gate keeping 16 channels
+        costs.MACS.expected(graph)                 # differentiable in the gates' alpha
     """
 
     def __init__(self, model, exclude=(), strict=True):
@@ -454,23 +453,6 @@ class ChannelGraph:
     def conv_group(self, gate):
         """Channels `gate` keeps or prunes together (1 unless its space feeds grouped convolutions)."""
         return math.lcm(*(s.conv_group for i, s in enumerate(self._spaces) if self.find(i) == i and s.gate is gate))
-
-    # --- costs (counted in costs.py) ----------------------------------------
-    def flops(self, config=None):
-        """Multiply-accumulates of conv and dense layers with `config` kept channels (`costs.MACS`).
-
-        `config` values may be NumPy arrays of channel counts (one entry per
-        configuration); the result is then an array of MACs.
-        """
-        return costs.MACS.of(self, config)
-
-    def expected_flops(self):
-        """Expected MACs `E[F]` (a scalar tensor), differentiable in every gate's alpha."""
-        return costs.MACS.expected(self)
-
-    def params(self, config=None):
-        """Number of weights (trainable and not) with `config` kept channels; gates excluded (`costs.PARAMS`)."""
-        return costs.PARAMS.of(self, config)
 
     def weighted_layers(self):
         """Every layer that holds weights but the gates (their parameters are the search's, not the network's)."""

@@ -31,7 +31,7 @@ import tensorflow as tf
 from keras.src.ops import nn as nn_ops
 from keras.src.ops import numpy as numpy_ops
 
-from dmcp_tf.search.gates import ChannelGate
+from dmcp_tf.channels.gates import ChannelGate
 
 PRODUCE = "produce"
 THROUGH = "through"
@@ -145,7 +145,7 @@ def spatial_size(shape):
     dims = shape[1:-1]
     if any(d is None for d in dims):
         raise ValueError(
-            f"FLOPs need a fixed input size, but a tensor has shape {tuple(shape)}. "
+            f"MACs need a fixed input size, but a tensor has shape {tuple(shape)}. "
             "Build the model with a fixed `input_shape=(H, W, C)`."
         )
     return math.prod(dims)

@@ -5,7 +5,7 @@ import numpy as np
 
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.channels.walk import as_functional, copy_operation, layer_config, walk
-from dmcp_tf.search.gates import ChannelGate
+from dmcp_tf.channels.gates import ChannelGate
 
 
 def rebuild(model, config=None, *, copy_weights=True, graph=None, name=None, channel_order=None, dtype=None):

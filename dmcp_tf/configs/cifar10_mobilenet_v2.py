@@ -3,7 +3,7 @@
 `--config=configs/cifar10_mobilenet_v2.py:0.5x`.
 """
 
-from dmcp_tf.run.config import base_config
+from dmcp_tf.configs.base import base_config
 
 
 def get_config(budget="0.5x"):

@@ -4,7 +4,7 @@
 a prepared `--config.data.data_dir`).
 """
 
-from dmcp_tf.run.config import base_config
+from dmcp_tf.configs.base import base_config
 
 
 def get_config(budget="0.5x"):

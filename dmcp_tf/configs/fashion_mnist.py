@@ -8,7 +8,7 @@ where the choice of widths matters: at 0.25x DMCP's structure led uniform width 
 the wider 32-64-128 supernet at 0.5x tied.
 """
 
-from dmcp_tf.run.config import base_config
+from dmcp_tf.configs.base import base_config
 
 
 def get_config():

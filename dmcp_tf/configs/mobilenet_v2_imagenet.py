@@ -11,7 +11,7 @@ coupled L2 weight decay (PyTorch's). The batch is the authors' 64 per GPU on 8 G
 Data: `--config.data.data_dir=/path` holding TFDS's imagenet2012 (manual download).
 """
 
-from dmcp_tf.run.config import base_config
+from dmcp_tf.configs.base import base_config
 
 
 def get_config(budget="210M"):

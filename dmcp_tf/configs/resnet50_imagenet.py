@@ -8,7 +8,7 @@ cosine to 0.1; chains starting at alpha = 0; kaiming-normal (fan-out)
 initialisation; coupled (PyTorch) L2 weight decay in retraining. The authors used 32 GPUs; the batch here is 64 per GPU on 16.
 """
 
-from dmcp_tf.run.config import base_config
+from dmcp_tf.configs.base import base_config
 
 
 def get_config(budget="2.8G"):

@@ -2,7 +2,7 @@
 
 import keras
 
-from dmcp_tf.search.gates import make_gate
+from dmcp_tf.channels.gates import make_gate
 
 
 class GateFactory:

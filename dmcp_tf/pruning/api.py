@@ -10,14 +10,14 @@ import keras
 from dmcp_tf import costs
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.channels.rebuild import rebuild
+from dmcp_tf.configs.base import base_config
 from dmcp_tf.io_utils import atomic_save_model, atomic_write_json, atomic_write_text, read_json
 from dmcp_tf.pruning import checks
 from dmcp_tf.pruning.inputs import Batches, top1
-from dmcp_tf.run import config as config_lib
-from dmcp_tf.run import recipes
-from dmcp_tf.search import pretrained, sampling
+from dmcp_tf.search import pretrained, recipes, sampling
 from dmcp_tf.search.calibration import calibrate_batch_norm
 from dmcp_tf.search.supernet import ends_in_softmax
+from dmcp_tf.tables import structure_markdown
 
 # Default lengths, in steps, of the measured recipe (docs/benchmarks.md section 3, `dmcp_pretrained`):
 # its frozen-weight search (1 epoch of 468 steps) settled, and it fine-tuned for 3 epochs (1,404 steps).
@@ -130,7 +130,7 @@ def prune(model, budget, train_data, *, validation_data=None, search_epochs=None
 
     original = ChannelGraph(model)
     summary = {"budget": str(budget), "target": target, "unit": budget.cost.unit,
-               "macs_before": original.flops(), "params_before": original.params(),
+               "macs_before": costs.MACS.of(original), "params_before": costs.PARAMS.of(original),
                "search_epochs": search_epochs, "finetune_epochs": finetune_epochs, "steps_per_epoch": train.steps,
                "accuracy_before": top1(model, validation) if validation else None}
 
@@ -144,7 +144,8 @@ def prune(model, budget, train_data, *, validation_data=None, search_epochs=None
         _finetune(slim, train, validation, finetune_epochs, fit("finetune"), log)
         slim = stages.save_model("slim.keras", _deliverable(slim, train.one_hot))
     pruned = ChannelGraph(slim)
-    summary = dict(stages.previous_summary(), **summary, macs_after=pruned.flops(), params_after=pruned.params(),
+    summary = dict(stages.previous_summary(), **summary, macs_after=costs.MACS.of(pruned),
+                   params_after=costs.PARAMS.of(pruned),
                    cost_after=budget.cost.of(pruned), accuracy_after=top1(slim, validation) if validation else None)
     summary["budget_fraction"] = summary["cost_after"] / target
     stages.save_summary(summary)
@@ -193,7 +194,7 @@ def _inherit(supernet, graph, channels, name, train, validation, log):
 
 def _finetune(slim, train, validation, epochs, fit, log):
     began = time.time()
-    recipes.compile_classifier(slim, config_lib.base_config().retrain, epochs * train.steps)
+    recipes.compile_classifier(slim, base_config().retrain, epochs * train.steps)
     slim.fit(train.stream(), epochs=epochs, validation_data=validation.dataset if validation else None, **fit)
     log(f"[prune] fine-tuning: {epochs} epochs in {time.time() - began:.0f} s")
 
@@ -263,11 +264,9 @@ class _Stages:
 
     def save_channels(self, channels, graph):
         if self.root is not None:
-            from dmcp_tf.run import report  # noqa: PLC0415 (matplotlib: not loaded by `import dmcp_tf`)
-
             title = f"{graph.model.name}: channels kept (expected sampling, widths scaled to the budget)"
             atomic_write_text(self._path("structure.md"),
-                              report.structure_markdown(graph.gate_rows(channels), graph.layer_rows(channels), title))
+                              structure_markdown(graph.gate_rows(channels), graph.layer_rows(channels), title))
             sampling.save_config(self._path("channels.json"), channels)
         return channels
 

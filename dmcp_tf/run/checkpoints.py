@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from dmcp_tf.io_utils import file_sha256
+from dmcp_tf.search.supernet import seed_generator_states  # noqa: F401 (its old home; checkpoints hold these)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -136,11 +137,6 @@ def list_checkpoints(directory):
         if match and os.path.isdir(os.path.join(directory, name)):
             found.append((int(match.group(1)), os.path.join(directory, name)))
     return sorted(found)
-
-
-def seed_generator_states(model):
-    """The state variables of every Keras `SeedGenerator` a model (or layer) owns."""
-    return [v for v in model.variables if v.name == "seed_generator_state"]
 
 
 class CheckpointManager:

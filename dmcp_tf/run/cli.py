@@ -10,7 +10,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-MODES = ("all", "search", "sample", "retrain", "eval", "export", "flops", "latency_table")
+MODES = ("all", "search", "sample", "retrain", "eval", "export", "macs", "flops", "latency_table")  # flops: macs
 
 FLAGS = flags.FLAGS
 
@@ -29,7 +29,8 @@ def define_flags(flag_values=FLAGS, argv=None):
     )
     fv = {"flag_values": flag_values}
     flags.DEFINE_enum("mode", "all", MODES, "Pipeline step to run; `all` runs search, sample, retrain, eval, export; "
-                      "`latency_table` measures the supernet's per-layer TFLite latency into the run directory.", **fv)
+                      "`latency_table` measures the supernet's per-layer TFLite latency into the run directory; "
+                      "`macs` counts MACs and parameters (`flops` is its old name).", **fv)
     flags.DEFINE_string("model", None, "Prune your own model: a trained classifier saved with model.save('x.keras') "
                         "(pruned from its trained weights, as dmcp_tf.prune does; image size from its input), or "
                         "keras.applications.<Name> (built untrained for the data, searched from scratch) instead of "
@@ -46,8 +47,8 @@ def define_flags(flag_values=FLAGS, argv=None):
                        "start (saying which, every 10 s) before giving up with exit code 2.", lower_bound=0, **fv)
     flags.DEFINE_bool("deterministic", False, "TensorFlow op determinism and fixed seeds: two runs of the same "
                       "config give identical results (slower on GPUs).", **fv)
-    flags.DEFINE_string("channels", None, "With --mode=flops: a channels.json to count.", **fv)
-    flags.DEFINE_string("structure", None, "With --mode=flops: a paper structure, e.g. mobilenet_v2_210M or "
+    flags.DEFINE_string("channels", None, "With --mode=macs: a channels.json to count.", **fv)
+    flags.DEFINE_string("structure", None, "With --mode=macs: a paper structure, e.g. mobilenet_v2_210M or "
                         "resnet50_2.8G.", **fv)
     for name in ("config", "mode", "model", "run_dir", "overwrite", "data_dir", "strategy", "worker_timeout",
                  "deterministic", "channels", "structure"):  # what --help and --helpshort list
@@ -74,12 +75,11 @@ def _strategy(name):
     return distributed.make_strategy(name, worker_timeout=FLAGS.worker_timeout)
 
 
-def _flops(config):
+def _count(config):
     """Prints the MACs, parameters (and latency, given a table) of the supernet and its budget, or of a channel
     configuration or paper structure."""
     from dmcp_tf import costs, models, sampling  # noqa: PLC0415 (after flag parsing: --help stays fast)
     from dmcp_tf.channels.graph import ChannelGraph  # noqa: PLC0415
-    from dmcp_tf.deploy import latency  # noqa: PLC0415
 
     kinds = [costs.MACS, costs.PARAMS]
 
@@ -98,8 +98,8 @@ def _flops(config):
     supernet = models.build_supernet(config.model.name, input_shape=shape, num_classes=classes,
                                      gate_kind=config.model.gate_kind, **config.model.options.to_dict())
     graph = ChannelGraph(supernet)
-    kinds += latency.latency_costs(config.search.latency_table)
-    budget = costs.Budget.parse(config.search.budget, latency=latency.configured_cost(config.search))
+    kinds += costs.latency_costs(config.search.latency_table)
+    budget = costs.Budget.parse(config.search.budget, latency=costs.configured_cost(config.search))
     print(f"{supernet.name}: {describe(graph)}, {len(graph.gates)} gates; smallest sub-network "
           f"{describe(graph, graph.smallest_config())}; budget {config.search.budget} = "
           f"{budget.cost.format(budget.target(graph))}")
@@ -116,15 +116,15 @@ def run(argv):
     config = FLAGS.config
     if FLAGS.data_dir:
         config.data.data_dir = FLAGS.data_dir
-    if FLAGS.mode == "flops":
+    if FLAGS.mode in ("macs", "flops"):
         if FLAGS.model:
-            raise ValueError("--mode=flops counts the config's zoo supernet; count your model's MACs in Python with "
-                             "dmcp_tf.count_flops(keras.models.load_model(PATH)).")
-        return _flops(config)
+            raise ValueError("--mode=macs counts the config's zoo supernet; count your model's MACs in Python with "
+                             "dmcp_tf.count_macs(keras.models.load_model(PATH)).")
+        return _count(config)
     ignored = [f"--{name}" for name in ("channels", "structure") if getattr(FLAGS, name)]
     if ignored:
-        raise ValueError(f"{' and '.join(ignored)} only apply to --mode=flops (counting a structure); "
-                         f"--mode={FLAGS.mode} would ignore them. Drop them, or add --mode=flops.")
+        raise ValueError(f"{' and '.join(ignored)} only apply to --mode=macs (counting a structure); "
+                         f"--mode={FLAGS.mode} would ignore them. Drop them, or add --mode=macs.")
     strategy = _strategy(FLAGS.strategy)  # first: multi-worker set-up must precede other TensorFlow work
     from dmcp_tf.run import pipeline, report, user_model  # noqa: PLC0415
     from dmcp_tf.run.rundir import STEPS  # noqa: PLC0415

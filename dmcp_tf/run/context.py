@@ -9,9 +9,10 @@ from dmcp_tf import data as data_lib
 from dmcp_tf.channels.rebuild import rebuild
 from dmcp_tf.models import build_supernet
 from dmcp_tf.run import config as config_lib
-from dmcp_tf.run import distributed, recipes, user_model
+from dmcp_tf.run import distributed, user_model
 from dmcp_tf.run.rundir import PipelineError
 from dmcp_tf.run.trainer import Trainer
+from dmcp_tf.search import recipes
 from dmcp_tf.search.calibration import calibrate_batch_norm
 
 

@@ -13,125 +13,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from dmcp_tf import costs
-from dmcp_tf.costs import format_count
 from dmcp_tf.io_utils import atomic_write_bytes, atomic_write_text
 from dmcp_tf.run.rundir import STEPS
 from dmcp_tf.search.trajectory import budget_verdict, verdict
-
-
-def _format_cell(value):
-    """Text of one table cell: `None` -> `"-"`, floats to 4 significant digits."""
-    if value is None:
-        return "-"
-    if isinstance(value, (float, np.floating)):
-        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
-    return str(value)
-
-
-def _is_number(value):
-    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
-
-
-def _table_cells(rows, columns):
-    """Headers, cell texts and right-alignment flags (numeric columns) of a table."""
-    keys = [key for key, _ in columns]
-    headers = [header for _, header in columns]
-    cells = [[_format_cell(row.get(key)) for key in keys] for row in rows]
-    numeric = [
-        any(_is_number(row.get(key)) for row in rows)
-        and all(row.get(key) is None or _is_number(row.get(key)) for row in rows)
-        for key in keys
-    ]
-    return headers, cells, numeric
-
-
-def summary_table(rows, columns):
-    """Plain-text table with aligned columns, for the console.
-
-    Args:
-        rows: list of dicts.
-        columns: list of `(key, header)`; a missing or `None` value shows as "-".
-
-    Returns:
-        The table as lines of equal width: header, dashes, one line per row.
-    """
-    headers, cells, numeric = _table_cells(rows, columns)
-    widths = [max(map(len, column)) for column in zip(headers, *cells)]
-
-    def line(texts):
-        return "  ".join(
-            text.rjust(width) if right else text.ljust(width)
-            for text, width, right in zip(texts, widths, numeric)
-        )
-
-    dashes = ["-" * width for width in widths]
-    return "\n".join(line(texts) for texts in [headers, dashes, *cells])
-
-
-def markdown_table(rows, columns):
-    """GitHub markdown table; same arguments as `summary_table`."""
-    headers, cells, numeric = _table_cells(rows, columns)
-    separator = ["---:" if right else "---" for right in numeric]
-
-    def line(texts):
-        return "| " + " | ".join(text.replace("|", r"\|") for text in texts) + " |"
-
-    return "\n".join(line(texts) for texts in [headers, separator, *cells])
-
-
-def structure_markdown(gate_rows, layer_rows, title):
-    """Markdown description of a pruned structure (DMCP paper, Tables 7/8).
-
-    Args:
-        gate_rows: dicts `gate, kept, channels, expected`, in network order.
-        layer_rows: dicts `layer, type, in_kept, in_full, out_kept, out_full,
-            macs_kept, macs_full`, one per conv/dense layer in network order.
-        title: text of the title line.
-
-    Returns:
-        Title line, gates table, layers table and a line of total MACs.
-    """
-    gates = [
-        {
-            "gate": row["gate"],
-            "kept": f"{row['kept']} / {row['channels']}",
-            "percent": f"{100 * row['kept'] / row['channels']:.1f}%",
-            "expected": float(row["expected"]),
-        }
-        for row in gate_rows
-    ]
-    layers = [
-        {
-            "layer": row["layer"],
-            "type": row["type"],
-            "in": f"{row['in_kept']} / {row['in_full']}",
-            "out": f"{row['out_kept']} / {row['out_full']}",
-            "macs_kept": format_count(row["macs_kept"]),
-            "macs_full": format_count(row["macs_full"]),
-        }
-        for row in layer_rows
-    ]
-    kept = sum(row["macs_kept"] for row in layer_rows)
-    full = sum(row["macs_full"] for row in layer_rows)
-    gate_table = markdown_table(
-        gates, [("gate", "gate"), ("kept", "kept / channels"), ("percent", "kept %"), ("expected", "E[c]")]
-    )
-    layer_table = markdown_table(
-        layers,
-        [
-            ("layer", "layer"),
-            ("type", "type"),
-            ("in", "in channels kept / full"),
-            ("out", "out channels kept / full"),
-            ("macs_kept", "MACs kept"),
-            ("macs_full", "MACs full"),
-        ],
-    )
-    totals = (
-        f"**Total MACs:** {format_count(kept)} kept / {format_count(full)} full "
-        f"(ratio {kept / full:.4f}, {100 * kept / full:.2f}%)"
-    )
-    return "\n\n".join([f"### {title}", gate_table, layer_table, totals]) + "\n"
+from dmcp_tf.tables import (  # noqa: F401 (the text tables: report.markdown_table and the others)
+    format_count, markdown_table, structure_markdown, summary_table,
+)
 
 
 def write_report(path, sections):
@@ -301,7 +188,7 @@ def plot_channel_distributions(distributions, channels, path, *, expected=None, 
     return _save_png(figure, path)
 
 
-def plot_accuracy_vs_flops(series, path, *, reference=None, title=None):
+def plot_accuracy_vs_macs(series, path, *, reference=None, title=None):
     """Top-1 accuracy against MACs, one line with error bars per method.
 
     Args:
@@ -333,6 +220,9 @@ def plot_accuracy_vs_flops(series, path, *, reference=None, title=None):
     return _save_png(figure, path)
 
 
+plot_accuracy_vs_flops = plot_accuracy_vs_macs  # its old name
+
+
 # --- the report of a run directory ------------------------------------------------
 UNIFORM_ROW = "uniform width"  # the summary row of the uniform baseline: "uniform width, same <unit>"
 SUMMARY_COLUMNS = [("model", "model"), ("macs", "MACs"), ("params", "params"), ("top1", "top-1"),
@@ -357,7 +247,7 @@ def summary_rows(rundir):
         tfl = exported.get(f"{label}_float32", {})
         int8 = exported.get(f"{label}_int8", {})
         rows.append({
-            "model": title, "macs": _count(ev.get("flops")), "params": _count(ev.get("params")),
+            "model": title, "macs": _count(ev.get("macs", ev.get("flops"))), "params": _count(ev.get("params")),
             "top1": ev.get("accuracy"), "fp32_kb": _kb(tfl.get("bytes")), "fp32_ms": tfl.get("latency_ms"),
             "int8_kb": _kb(int8.get("bytes")), "int8_ms": int8.get("latency_ms"),
         })

@@ -18,7 +18,7 @@ import keras
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.channels.rebuild import rebuild
 from dmcp_tf.search import baselines
-from dmcp_tf.search.gates import ChannelGate
+from dmcp_tf.channels.gates import ChannelGate
 from dmcp_tf.search.supernet import DMCPModel
 
 

@@ -16,7 +16,7 @@ so the start may be set any time before the search phase.
 import numpy as np
 
 from dmcp_tf import costs
-from dmcp_tf.search import gates as gates_lib
+from dmcp_tf.channels import gates as gates_lib
 
 INITS = ("authors", "full", "budget")
 FULL_TRANSITION = 0.99

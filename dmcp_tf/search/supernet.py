@@ -12,10 +12,9 @@ import tensorflow as tf
 from keras import ops
 
 from dmcp_tf import costs
+from dmcp_tf.channels import gates as gates_lib
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.channels.slicing import SlicedForward
-from dmcp_tf.run.checkpoints import seed_generator_states
-from dmcp_tf.search import gates as gates_lib
 from dmcp_tf.search import losses as losses_lib
 from dmcp_tf.search import search_init
 
@@ -56,6 +55,11 @@ def default_arch_optimizer(search_steps, learning_rate=0.5, final_learning_rate=
 # shift of one step (a logit of 2 moves a transition probability from 0.5 to 0.88).
 PROJECTION_STEPS = 5
 MAX_PROJECTION_SHIFT = 2.0
+
+
+def seed_generator_states(model):
+    """The state variables of every Keras `SeedGenerator` a model (or layer) owns (checkpointed with it)."""
+    return [v for v in model.variables if v.name == "seed_generator_state"]
 
 
 class DMCPModel(keras.Model):
@@ -142,7 +146,7 @@ class DMCPModel(keras.Model):
         sliced = SlicedForward(self.graph)
         self.sliced = sliced if slice_subnetworks and sliced.supported else None
         self.slicing_note = "sliced" if self.sliced else sliced.reason or "masking requested"
-        self.full_flops = self.graph.flops()
+        self.full_macs = costs.MACS.of(self.graph)
         # A variable, so that `set_budget` changes the target without retracing the step.
         self._target = self.add_weight(name="target_cost", shape=(), trainable=False, dtype="float32")
         self.set_budget(budget)
@@ -219,6 +223,13 @@ class DMCPModel(keras.Model):
     @property
     def gates(self):
         return self.graph.gates
+
+    @property
+    def full_flops(self):
+        """Deprecated: `full_macs` (the same number)."""
+        warnings.warn("DMCPModel.full_flops is deprecated: use full_macs (the same number).", DeprecationWarning,
+                      stacklevel=2)
+        return self.full_macs
 
     @property
     def metrics(self):

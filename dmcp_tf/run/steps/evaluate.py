@@ -2,7 +2,7 @@
 
 from dmcp_tf import costs
 from dmcp_tf.channels.graph import ChannelGraph
-from dmcp_tf.run import recipes
+from dmcp_tf.search import recipes
 
 
 def run(ctx):
@@ -14,6 +14,7 @@ def run(ctx):
     results = {}
     for label, model in (("full", ctx.full_model()), ("slim", ctx.slim)):
         graph = ChannelGraph(model)
-        results[label] = dict(recipes.evaluate(model, ctx.data.test), flops=graph.flops(), params=graph.params())
-        ctx.log(f"{label}: top-1 {results[label]['accuracy']:.4f}, {costs.MACS.format(graph.flops())}")
+        results[label] = dict(recipes.evaluate(model, ctx.data.test), macs=costs.MACS.of(graph),
+                              params=costs.PARAMS.of(graph))
+        ctx.log(f"{label}: top-1 {results[label]['accuracy']:.4f}, {costs.MACS.format(results[label]['macs'])}")
     return results

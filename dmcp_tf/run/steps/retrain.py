@@ -14,9 +14,9 @@ from dmcp_tf import costs
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.channels.rebuild import rebuild
 from dmcp_tf.io_utils import file_sha256
-from dmcp_tf.run import recipes
-from dmcp_tf.run.checkpoints import list_checkpoints, seed_generator_states
-from dmcp_tf.search import baselines, pretrained, sampling
+from dmcp_tf.run.checkpoints import list_checkpoints
+from dmcp_tf.search import baselines, pretrained, recipes, sampling
+from dmcp_tf.search.supernet import seed_generator_states
 
 
 def run(ctx):
@@ -117,11 +117,11 @@ def _train_uniform(ctx, graph, source, target, steps):
         _calibrate_inherited(ctx, model, source, config)
     with ctx.strategy.scope():
         recipes.compile_classifier(model, r, steps * r.epochs)
-    macs = graph.flops(config)
+    macs = costs.MACS.of(graph, config)
     ctx.log(f"uniform width {fraction:.3f} ({costs.MACS.format(macs)}): training {r.epochs} epochs")
     ctx.trainer.train(model, epochs=r.epochs, steps_per_epoch=steps)
-    measured = {"fraction": fraction, "flops": macs, "params": graph.params(config), "unit": ctx.budget.cost.unit,
-                "inherited": not r.from_scratch}
+    measured = {"fraction": fraction, "macs": macs, "params": costs.PARAMS.of(graph, config),
+                "unit": ctx.budget.cost.unit, "inherited": not r.from_scratch}
     if ctx.multi_worker:
         return dict(measured, note="not evaluated")
     return dict(recipes.evaluate(model, ctx.data.test), channels=config, **measured)

@@ -6,6 +6,7 @@ Writes `channels.json`, `samples.json` (budget-constrained direct samples),
 
 import numpy as np
 
+from dmcp_tf import costs
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.io_utils import atomic_write_json, atomic_write_text
 from dmcp_tf.run import report
@@ -41,7 +42,7 @@ def run(ctx):
     try:
         for _ in range(cfg.direct_samples):
             sample = sampling.sample_within_budget(graph, target, rng, cost=cost, tolerance=cfg.tolerance)
-            direct.append({"channels": sample, "cost": cost.of(graph, sample), "flops": graph.flops(sample)})
+            direct.append({"channels": sample, "cost": cost.of(graph, sample), "macs": costs.MACS.of(graph, sample)})
     except RuntimeError as error:
         note = str(error)
     stats = sampling.cost_statistics(graph, rng, cfg.statistics_samples, cost)
@@ -62,7 +63,7 @@ def run(ctx):
             f"direct samples: mean {cost.format(stats['mean'])}")
     return {
         "cost": cost.name, "unit": cost.unit, "target": target, "expected_cost": float(cost.expected(graph)),
-        "es_cost": chosen_cost, "es_flops": graph.flops(chosen), "es_params": graph.params(chosen),
+        "es_cost": chosen_cost, "es_macs": costs.MACS.of(graph, chosen), "es_params": costs.PARAMS.of(graph, chosen),
         "round_to": cfg.round_to, "fit_to_budget": cfg.fit_to_budget, "unfitted_es_cost": expected_sampling_cost,
         "direct_mean_cost": stats["mean"], "direct_std_cost": stats["std"],
         "direct_samples": len(direct), "within_budget_samples": int(len(next(iter(dists.values())))),

@@ -18,7 +18,7 @@ def run(ctx):
     keras.utils.set_random_seed(ctx.config.seed)
     steps = ctx.trainer.steps_per_epoch(s.steps_per_epoch)
     model = ctx.build_search_model(steps)
-    ctx.log(f"supernet {model.supernet.name}: {costs.MACS.format(model.full_flops)}, "
+    ctx.log(f"supernet {model.supernet.name}: {costs.MACS.format(model.full_macs)}, "
             f"{len(model.gates)} gates, budget {model.cost.format(model.target)}")
     if s.initial_weights:
         pretrained.load_initial_weights(model.supernet, s.initial_weights, sort_channels=s.sort_initial_channels)
@@ -47,7 +47,7 @@ def run(ctx):
                                       unit=model.cost.unit)
     return {
         "cost": model.cost.name, "unit": model.cost.unit, "full_cost": model.cost.of(model.graph),
-        "target": model.target, "expected_cost": expected, "full_flops": model.full_flops,
+        "target": model.target, "expected_cost": expected, "full_macs": model.full_macs,
         "steps": model.total_steps, "warmup_steps": model.warmup_steps, "resumed_from_step": resumed.start or None,
         "replicas": ctx.strategy.num_replicas_in_sync, "init": s.init, "start_cost": start_cost,
         "settling": settling, "budget_weight_growth": s.budget_weight_growth, "history": history,
