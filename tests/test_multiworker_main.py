@@ -148,7 +148,10 @@ def successful_writes(trace, cwd):
         if call.startswith("open") and not any(flag in args for flag in WRITE_FLAGS):
             continue
         for directory, path in re.findall(r'(?:(?:\d+|AT_FDCWD)<([^>]*)>, )?"((?:[^"\\]|\\.)*)"', args):
-            writes.append((call, os.path.join(directory or str(cwd), path)))
+            written = os.path.join(directory or str(cwd), path)
+            if "O_TMPFILE" in args:  # an unnamed file inside the directory opened (tempfile.TemporaryFile)
+                written = os.path.join(written, "<unnamed>")
+            writes.append((call, written))
     return writes
 
 
