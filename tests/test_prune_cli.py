@@ -163,3 +163,40 @@ def test_a_bad_model_exclude_is_named(path, exclude, message):
     config.model.path, config.model.exclude = path, exclude
     with pytest.raises(ValueError, match=f"model.exclude.*{message}"):
         config_lib.validate(config)
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.slow  # 3 short gate searches on a saved model
+def test_a_model_run_crashed_in_its_search_continues_to_the_uninterrupted_result(folder, tmp_path, monkeypatch):
+    from dmcp_tf.run.checkpoints import CheckpointCallback
+
+    model = saved_model(tmp_path / "my_cnn.keras")
+    args = (f"--model={model}", "--config.data.name=image_folder", f"--config.data.data_dir={folder}",
+            "--config.search.budget=0.5x", "--mode=search", "--config.search.epochs=2",
+            "--config.search.checkpoint_every_steps=2", *SMALL_RUN)
+    code, out = main_in_process(*args, f"--run_dir={tmp_path / 'reference'}")
+    assert code in (0, None), out
+    original = CheckpointCallback.on_train_batch_end
+
+    def crash_after_step_9(self, batch, logs=None):
+        original(self, batch, logs)
+        if self._step() == 9:
+            raise Crash  # in epoch 2 of 2 (6 steps each), after the checkpoints of steps 2, 4, 6 and 8
+
+    with monkeypatch.context() as patch:
+        patch.setattr(CheckpointCallback, "on_train_batch_end", crash_after_step_9)
+        with pytest.raises(Crash):
+            main_in_process(*args, f"--run_dir={tmp_path / 'crashed'}")
+    assert not (tmp_path / "crashed" / "supernet.keras").exists()
+    code, out = main_in_process(*args, f"--run_dir={tmp_path / 'crashed'}")  # the same command again
+    assert code in (0, None) and "resuming from step 8 of 12" in out, out
+    gates = lambda run: {w.path: w.numpy() for w in keras.saving.load_model(  # noqa: E731
+        run / "supernet.keras", compile=False).weights if "alpha" in w.path}
+    reference, resumed = gates(tmp_path / "reference"), gates(tmp_path / "crashed")
+    assert reference and reference.keys() == resumed.keys()
+    for path, alpha in reference.items():  # the same batches after the restart: the same gates
+        np.testing.assert_allclose(resumed[path], alpha, rtol=1e-5, atol=1e-6, err_msg=path)
+    assert json.loads((tmp_path / "crashed" / "search.json").read_text())["resumed_from_step"] == 8
