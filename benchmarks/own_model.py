@@ -44,14 +44,23 @@ MODELS = {
 }
 
 
-def image_folder(work_dir):
-    """Fashion-MNIST as 32x32 RGB PNGs in `work_dir/fashion32/{train,test}/<class>/` (written once)."""
+def fashion_mnist(per_class):
+    """Fashion-MNIST's `(x_train, y_train), (x_test, y_test)`; the first `per_class` images of each class (0: all)."""
+    splits = data_lib.load_fashion_mnist()
+    if not per_class:
+        return splits
+    first = lambda y: np.sort(np.concatenate([np.flatnonzero(y == c)[:per_class] for c in range(10)]))  # noqa: E731
+    return tuple((x[first(y)], y[first(y)]) for x, y in splits)
+
+
+def image_folder(work_dir, per_class):
+    """Those images as 32x32 RGB PNGs in `work_dir/fashion32[_<per_class>]/{train,test}/<class>/` (written once)."""
     from PIL import Image  # noqa: PLC0415 (matplotlib's dependency)
 
-    root = os.path.join(work_dir, "fashion32")
+    root = os.path.join(work_dir, "fashion32" + (f"_{per_class}" if per_class else ""))
     done = os.path.join(root, ".complete")
     if not os.path.exists(done):
-        (x_train, y_train), (x_test, y_test) = data_lib.load_fashion_mnist()
+        (x_train, y_train), (x_test, y_test) = fashion_mnist(per_class)
         for split, xs, ys in (("train", x_train, y_train), ("test", x_test, y_test)):
             for i, (x, y) in enumerate(zip(xs, ys)):
                 folder = os.path.join(root, split, f"class{y}")
@@ -75,7 +84,7 @@ def all_layers(model):
             yield from all_layers(layer)
 
 
-def trained_model(name, work_dir, epochs, seed):
+def trained_model(name, work_dir, epochs, seed, per_class):
     """`name` trained by plain Keras on Fashion-MNIST 32x32 RGB and saved; returns `(path, test top-1, seconds)`."""
     path = os.path.join(work_dir, f"{name}.keras")
     record = path + ".json"
@@ -83,7 +92,7 @@ def trained_model(name, work_dir, epochs, seed):
         with open(record) as f:
             return path, *json.load(f)
     keras.utils.set_random_seed(seed)
-    (x_train, y_train), (x_test, y_test) = data_lib.load_fashion_mnist()
+    (x_train, y_train), (x_test, y_test) = fashion_mnist(per_class)
     model = MODELS[name]()
     for layer in all_layers(model):
         # Keras' MobileNetV3 keeps batch-norm statistics with momentum 0.999: after 3 epochs they are
@@ -101,12 +110,12 @@ def trained_model(name, work_dir, epochs, seed):
     return path, accuracy, seconds
 
 
-def prune_by_command(model_path, folder, budget, run_dir, retrain_epochs):
-    """Runs `main.py --model=...`; returns the row of the results file."""
+def prune_by_command(model_path, folder, budget, run_dir, retrain_epochs, main_flags=()):
+    """Runs `main.py --model=... *main_flags`; returns the row of the results file."""
     command = [sys.executable, str(common.ROOT / "main.py"), f"--model={model_path}",
                "--config.data.name=image_folder", f"--config.data.data_dir={folder}",
                f"--config.search.budget={budget}", f"--config.retrain.epochs={retrain_epochs}",
-               f"--run_dir={run_dir}"]
+               f"--run_dir={run_dir}", *main_flags]
     start = time.time()
     result = subprocess.run(command, capture_output=True, text=True)
     seconds = time.time() - start
@@ -130,24 +139,28 @@ def main(argv=None):
     parser.add_argument("--retrain_epochs", type=int, default=2, help="fine-tuning epochs (slim and L1 baseline)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work_dir", default="/tmp/dmcp_own_model", help="image folder, trained models, runs")
+    parser.add_argument("--images_per_class", type=int, default=0, help="the first N images of each class "
+                        "in each split (0: all 60,000 and 10,000)")
+    parser.add_argument("--main_flag", action="append", default=[], help="a flag for every main.py (repeatable)")
     parser.add_argument("--json_out", default=None, help="every finished (model, budget) is appended here")
     args = parser.parse_args(argv)
     os.makedirs(args.work_dir, exist_ok=True)
-    results = {"settings": {k: v for k, v in vars(args).items() if k != "json_out"}, "machine": common.machine_info(),
-               "rows": []}
+    settings = lambda values: {k: v for k, v in vars(values).items() if k != "json_out"}  # noqa: E731
+    results = {"settings": settings(args), "machine": common.machine_info(), "rows": []}
     if args.json_out and os.path.exists(args.json_out):
         with open(args.json_out) as f:
             saved = json.load(f)
-        if saved["settings"] == results["settings"]:
+        if {**settings(parser.parse_args([])), **saved["settings"]} == results["settings"]:  # flags added since: defaults
             results["rows"] = saved["rows"]
-    folder = image_folder(args.work_dir)
+    folder = image_folder(args.work_dir, args.images_per_class)
     for name in args.models.split(","):
-        path, accuracy, train_seconds = trained_model(name, args.work_dir, args.train_epochs, args.seed)
+        path, accuracy, train_seconds = trained_model(name, args.work_dir, args.train_epochs, args.seed,
+                                                      args.images_per_class)
         for budget in args.budgets.split(","):
             if any(r["model"] == name and r["budget"] == budget for r in results["rows"]):
                 continue
             row = prune_by_command(path, folder, budget, os.path.join(args.work_dir, f"run_{name}_{budget}"),
-                                   args.retrain_epochs)
+                                   args.retrain_epochs, args.main_flag)
             results["rows"].append(dict(model=name, budget=budget, trained_top1=accuracy,
                                         train_seconds=round(train_seconds, 1), **row))
             if args.json_out:

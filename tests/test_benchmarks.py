@@ -313,3 +313,27 @@ def test_accuracy_results_take_flags_added_since_at_their_defaults(tmp_path):
     assert accuracy.Results(accuracy.parse_args(argv)).rows == []
     with pytest.raises(SystemExit, match="pretrained_arch_learning_rate differ"):
         accuracy.Results(accuracy.parse_args([*argv, "--pretrained_arch_learning_rate=2.0"]))
+
+
+@pytest.mark.slow  # a plain Keras training and one main.py --model run on 60 + 60 images
+def test_own_model_trains_saves_prunes_by_the_command_and_continues(tmp_path, monkeypatch):
+    import keras
+
+    from benchmarks import own_model
+
+    monkeypatch.setitem(own_model.MODELS, "TinyCNN", lambda: keras.Sequential([
+        keras.Input((32, 32, 3)), keras.layers.Rescaling(1 / 255.0),
+        keras.layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False), keras.layers.BatchNormalization(),
+        keras.layers.ReLU(), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10, activation="softmax")]))
+    args = ["--models=TinyCNN", "--budgets=0.5x", "--train_epochs=1", "--retrain_epochs=1", "--images_per_class=6",
+            f"--work_dir={tmp_path}", f"--json_out={tmp_path / 'own.json'}", "--main_flag=--config.data.batch_size=8",
+            "--main_flag=--config.export.representative_images=8", "--main_flag=--config.export.parity_images=8",
+            "--main_flag=--config.export.latency_runs=2", "--main_flag=--config.sample.statistics_samples=200"]
+    (row,) = own_model.main(args)["rows"]
+    assert len(list((tmp_path / "fashion32_6" / "train").glob("class*/*.png"))) == 60
+    assert row["model"] == "TinyCNN" and row["budget"] == "0.5x" and 0 <= row["trained_top1"] <= 1
+    full = costs.count_macs(keras.saving.load_model(tmp_path / "TinyCNN.keras"))
+    assert 0.9 <= row["eval"]["slim"]["macs"] / (0.5 * full) <= 1.0, row["eval"]
+    assert row["uniform"]["inherited"] and "slim_int8" in row["export"]
+    monkeypatch.setattr(own_model, "prune_by_command", lambda *a, **k: pytest.fail("a finished row was run again"))
+    assert own_model.main(args)["rows"] == json.loads((tmp_path / "own.json").read_text())["rows"] == [row]
