@@ -84,6 +84,7 @@ def _count(config):
     configuration or paper structure."""
     from dmcp_tf import costs, models, sampling  # noqa: PLC0415 (after flag parsing: --help stays fast)
     from dmcp_tf.channels.graph import ChannelGraph  # noqa: PLC0415
+    from dmcp_tf.run.context import RunContext  # noqa: PLC0415
 
     kinds = [costs.MACS, costs.PARAMS]
 
@@ -96,11 +97,7 @@ def _count(config):
             raise ValueError(f"Unknown structure {FLAGS.structure!r}; choose one of {sorted(models.PAPER_MODELS)}.")
         print(f"{FLAGS.structure}: {describe(ChannelGraph(models.PAPER_MODELS[FLAGS.structure]()))}")
         return
-    from dmcp_tf.data import DATASET_SHAPES  # noqa: PLC0415
-
-    shape, classes = DATASET_SHAPES[config.data.name](config.data.image_size or None)
-    supernet = models.build_supernet(config.model.name, input_shape=shape, num_classes=classes,
-                                     gate_kind=config.model.gate_kind, **config.model.options.to_dict())
+    supernet = RunContext(config, None, strategy=_strategy("default")).new_supernet(load_data=False)
     graph = ChannelGraph(supernet)
     kinds += costs.latency_costs(config.search.latency_table)
     budget = costs.Budget.parse(config.search.budget, latency=costs.configured_cost(config.search))
