@@ -1,5 +1,6 @@
 """What a hostile user tried (issue 26): each ends in a clear error with exit code 2, or in the right behaviour."""
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -24,7 +25,7 @@ from dmcp_tf.deploy.latency import LatencyTableError
 from dmcp_tf.run import cli, distributed, report
 from dmcp_tf.run.pipeline import Pipeline
 from dmcp_tf.run.rundir import LOCK, OUTPUTS, STEPS, PipelineError, RunDirectory
-from dmcp_tf.run.steps import RUN
+from dmcp_tf.run.steps import BY_NAME
 from dmcp_tf.search import search_init
 from tests.helpers import learnable_fashion_mnist, main_in_process, tiny_supernet
 from tests.test_multiworker import free_ports
@@ -88,6 +89,11 @@ def test_a_run_directory_that_is_a_file_is_named(tmp_path):
     assert (tmp_path / "run").read_text() == "notes"
 
 
+def replace_run(monkeypatch, step, run):
+    """Runs `run(ctx)` instead of the step `step` for the rest of the test."""
+    monkeypatch.setitem(BY_NAME, step, dataclasses.replace(BY_NAME[step], run=run))
+
+
 def finished_run(root):
     """A run directory in which every step finished (empty stand-ins for the outputs)."""
     for step in STEPS:
@@ -114,7 +120,7 @@ def test_sample_overwritten_on_a_finished_run_says_what_it_removed_and_the_repor
     finished_run(tmp_path)
     (tmp_path / "config.json").write_text(fashion_mnist.get_config().to_json())
     monkeypatch.setattr(Pipeline, "preflight", lambda self, steps: None)  # the stand-in files are no models
-    monkeypatch.setitem(RUN, "sample", lambda ctx: {"cost": "macs", "unit": "MACs", "target": 100.0, "es_cost": 98.0,
+    replace_run(monkeypatch, "sample", lambda ctx: {"cost": "macs", "unit": "MACs", "target": 100.0, "es_cost": 98.0,
                                                     "direct_mean_cost": 99.0})
     code, out = main_in_process(f"--run_dir={tmp_path}", "--mode=sample", "--overwrite")
     assert code == 0, out
@@ -209,7 +215,7 @@ def test_ctrl_c_during_the_search_ends_with_one_line_exit_130_releases_the_lock_
         assert (tmp_path / "run" / LOCK).exists()
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(RUN, "search", interrupted)
+    replace_run(monkeypatch, "search", interrupted)
     code, out = main_in_process(f"--run_dir={tmp_path / 'run'}", f"--data_dir={fashion_dir}", "--mode=search")
     assert code == 130
     assert [line for line in out.splitlines() if line] == [

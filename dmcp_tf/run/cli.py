@@ -9,8 +9,12 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from dmcp_tf.run import rundir
+from dmcp_tf.run.steps import BY_NAME
+
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-MODES = ("all", "search", "sample", "retrain", "eval", "export", "macs", "flops", "latency_table")  # flops: macs
+# all (the pipeline), one step, counting (flops: the old name of macs); the steps outside the pipeline last
+MODES = ("all", *rundir.STEPS, "macs", "flops", *(name for name in BY_NAME if name not in rundir.STEPS))
 
 FLAGS = flags.FLAGS
 
@@ -28,7 +32,7 @@ def define_flags(flag_values=FLAGS, argv=None):
         lock_config=True, flag_values=flag_values, sys_argv=argv,
     )
     fv = {"flag_values": flag_values}
-    flags.DEFINE_enum("mode", "all", MODES, "Pipeline step to run; `all` runs search, sample, retrain, eval, export; "
+    flags.DEFINE_enum("mode", "all", MODES, f"Pipeline step to run; `all` runs {', '.join(rundir.STEPS)}; "
                       "`latency_table` measures the supernet's per-layer TFLite latency into the run directory; "
                       "`macs` counts MACs and parameters (`flops` is its old name).", **fv)
     flags.DEFINE_string("model", None, "Prune your own model: a trained classifier saved with model.save('x.keras') "
@@ -80,6 +84,7 @@ def _count(config):
     configuration or paper structure."""
     from dmcp_tf import costs, models, sampling  # noqa: PLC0415 (after flag parsing: --help stays fast)
     from dmcp_tf.channels.graph import ChannelGraph  # noqa: PLC0415
+    from dmcp_tf.run.context import RunContext  # noqa: PLC0415
 
     kinds = [costs.MACS, costs.PARAMS]
 
@@ -92,11 +97,7 @@ def _count(config):
             raise ValueError(f"Unknown structure {FLAGS.structure!r}; choose one of {sorted(models.PAPER_MODELS)}.")
         print(f"{FLAGS.structure}: {describe(ChannelGraph(models.PAPER_MODELS[FLAGS.structure]()))}")
         return
-    from dmcp_tf.data import DATASET_SHAPES  # noqa: PLC0415
-
-    shape, classes = DATASET_SHAPES[config.data.name](config.data.image_size or None)
-    supernet = models.build_supernet(config.model.name, input_shape=shape, num_classes=classes,
-                                     gate_kind=config.model.gate_kind, **config.model.options.to_dict())
+    supernet = RunContext(config, None, strategy=_strategy("default")).new_supernet(load_data=False)
     graph = ChannelGraph(supernet)
     kinds += costs.latency_costs(config.search.latency_table)
     budget = costs.Budget.parse(config.search.budget, latency=costs.configured_cost(config.search))
@@ -127,14 +128,13 @@ def run(argv):
                          f"--mode={FLAGS.mode} would ignore them. Drop them, or add --mode=macs.")
     strategy = _strategy(FLAGS.strategy)  # first: multi-worker set-up must precede other TensorFlow work
     from dmcp_tf.run import pipeline, report, user_model  # noqa: PLC0415
-    from dmcp_tf.run.rundir import STEPS  # noqa: PLC0415
 
     if FLAGS.model:
         overridden = [name[len("config."):] for name in FLAGS if name.startswith("config.") and FLAGS[name].present]
         for note in user_model.configure(config, FLAGS.model, overridden):
             print(note)
 
-    steps = STEPS if FLAGS.mode == "all" else (FLAGS.mode,)
+    steps = rundir.STEPS if FLAGS.mode == "all" else (FLAGS.mode,)
     run_dir = FLAGS.run_dir or os.path.join("runs", config.name)
     runner = pipeline.Pipeline(config, run_dir, overwrite=FLAGS.overwrite, strategy=strategy,
                                deterministic=FLAGS.deterministic)

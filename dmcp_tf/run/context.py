@@ -48,7 +48,7 @@ class RunContext:
 
     Args:
         config: the run's ConfigDict.
-        rundir: its `RunDirectory`.
+        rundir: its `RunDirectory` (None for `--mode=macs`, which writes nothing).
         strategy: a `tf.distribute` strategy (models are built in its scope).
         log: where progress lines go (the chief's only).
 
@@ -87,14 +87,20 @@ class RunContext:
             )
         return self._data
 
-    def new_supernet(self, sync_bn=False):
-        """A new supernet of `config.model` for the data set (fresh weights; `--model`: the user's, gated)."""
-        m = self.config.model
+    def new_supernet(self, sync_bn=False, *, load_data=True):
+        """A new supernet of `config.model` for the data set (fresh weights; `--model`: the user's, gated).
+
+        `load_data=False` takes the data set's image shape and classes as known without reading it
+        (`data.DATASET_SHAPES`; `--mode=macs`).
+        """
+        m, d = self.config.model, self.config.data
+        shape, classes = (self.data.input_shape, self.data.num_classes) if load_data \
+            else data_lib.DATASET_SHAPES[d.name](d.image_size or None)
         if m.path:
-            return user_model.supernet(m.path, self.data.input_shape, self.data.num_classes, gate_kind=m.gate_kind,
+            return user_model.supernet(m.path, shape, classes, gate_kind=m.gate_kind,
                                        exclude=config_lib.excluded_layers(self.config), sync_bn=sync_bn)
-        return build_supernet(m.name, input_shape=self.data.input_shape, num_classes=self.data.num_classes,
-                              gate_kind=m.gate_kind, sync_bn=sync_bn, **m.options.to_dict())
+        return build_supernet(m.name, input_shape=shape, num_classes=classes, gate_kind=m.gate_kind, sync_bn=sync_bn,
+                              **m.options.to_dict())
 
     def build_search_model(self, steps_per_epoch):
         """A new supernet of `config.model` in a compiled `DMCPModel` for `config.search` and the budget."""

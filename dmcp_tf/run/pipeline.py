@@ -26,8 +26,9 @@ from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.run import config as config_lib
 from dmcp_tf.run import distributed, report
 from dmcp_tf.run.context import RunContext
-from dmcp_tf.run.rundir import TRAINING_STEPS, PipelineError, RunDirectory
-from dmcp_tf.run.steps import RUN, sample
+from dmcp_tf.run.errors import PipelineError
+from dmcp_tf.run.rundir import RunDirectory
+from dmcp_tf.run.steps import BY_NAME, sample
 from dmcp_tf.search import pretrained
 
 # Training keeps every layer's outputs for the backward pass and their gradients beside them. A lower bound
@@ -94,9 +95,9 @@ class Pipeline:
                                 f"{2 * replicas} or more.")
         self.dir.check(self.config, steps)
         self.dir.check_inputs(steps)
-        if any(s in steps for s in ("search", "retrain", "eval", "export")):
+        if any(BY_NAME[s].needs_data for s in steps):
             ctx.data  # noqa: B018 (loads the data now, so a missing data set fails before training)
-        fresh = ctx.new_supernet() if any(s in steps for s in TRAINING_STEPS) else None
+        fresh = ctx.new_supernet() if any(BY_NAME[s].trains for s in steps) else None
         if fresh is not None:
             self._check_memory(fresh)
             if self.config.search.initial_weights:  # a damaged file or a custom layer fails now, not in the step
@@ -164,7 +165,7 @@ class Pipeline:
         """Runs `steps`: training steps on every worker, the others on the chief only."""
         for step in steps:
             if self.context.multi_worker:
-                if step not in TRAINING_STEPS:
+                if not BY_NAME[step].trains:
                     if self.chief:
                         self._run_step(step)
                     continue
@@ -175,7 +176,7 @@ class Pipeline:
         self.context.log(f"== {step} ==")
         start = time.time()
         self.dir.start_step(step)
-        result = RUN[step](self.context)
+        result = BY_NAME[step].run(self.context)
         result["seconds"] = round(time.time() - start, 1)
         self.dir.finish_step(step, result)
 

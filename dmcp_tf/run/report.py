@@ -14,7 +14,6 @@ from matplotlib.figure import Figure
 
 from dmcp_tf import costs
 from dmcp_tf.io_utils import atomic_write_bytes, atomic_write_text
-from dmcp_tf.run.rundir import STEPS
 from dmcp_tf.search.trajectory import budget_verdict, verdict
 from dmcp_tf.tables import (  # noqa: F401 (the text tables: report.markdown_table and the others)
     format_count, markdown_table, structure_markdown, summary_table,
@@ -305,10 +304,7 @@ def write_run_report(rundir, budget):
 
 def _missing_steps_section(rundir):
     """The line that names the steps without results after one that has them (not run yet, or since it was redone)."""
-    done = [os.path.exists(rundir.path(f"{step}.json")) for step in STEPS]
-    if True not in done:
-        return []
-    missing = [step for step, ran in zip(STEPS, done) if not ran and STEPS.index(step) > done.index(True)]
+    missing = rundir.steps_left()
     if not missing:
         return []
     return [("Steps without results", (

@@ -1,4 +1,4 @@
-"""The run directory: which step writes which file, whose run it is, and what may be replaced.
+"""The run directory: which step writes which file (as `steps/` declares), whose run it is, what may be replaced.
 
 A run directory belongs to one config: its `config.json`, whose settings in
 `IDENTITY` must match for a run to continue there. Every step writes its outputs
@@ -27,19 +27,14 @@ import tempfile
 import time
 
 from dmcp_tf.io_utils import atomic_save_model, atomic_write_json, atomic_write_text, read_json
+from dmcp_tf.run.errors import PipelineError
+from dmcp_tf.run.steps import STEPS as DECLARED
 
-STEPS = ("search", "sample", "retrain", "eval", "export")
-TRAINING_STEPS = ("search", "retrain")  # run on every worker; the others on the chief only
-OUTPUTS = {
-    "search": ("supernet.keras", "search.json", "search_trajectory.png"),
-    "sample": ("channels.json", "samples.json", "structure.md", "cost_histogram.png", "channel_distributions.png"),
-    "retrain": ("slim.keras", "retrain.json"),
-    "eval": ("eval.json",),
-    "export": ("export", "export.json"),
-    "latency_table": ("latency_table.json",),  # --mode=latency_table only (not in STEPS); its JSON is the table
-}
-INPUTS = {"sample": ("supernet.keras",), "retrain": ("supernet.keras", "channels.json"),
-          "eval": ("supernet.keras", "slim.keras"), "export": ("supernet.keras", "slim.keras")}
+# What the steps declare (`steps/`), by name:
+STEPS = tuple(step.name for step in DECLARED if step.in_all)  # the pipeline (--mode=all), in order
+TRAINING_STEPS = tuple(step.name for step in DECLARED if step.trains)  # run on every worker; others on the chief
+OUTPUTS = {step.name: step.outputs for step in DECLARED}
+INPUTS = {step.name: step.inputs for step in DECLARED if step.inputs}
 # Config sections that define the supernet: a run directory belongs to one of them.
 IDENTITY = ("data.name", "data.image_size", "data.preprocess", "mixed_precision", "model", "search")
 # A latency table depends on the supernet alone: a run directory that holds only a table
@@ -50,10 +45,6 @@ NOT_IDENTITY = ("search.checkpoint_every_steps", "retrain.checkpoint_every_steps
 # Identity keys added after runs were made: a config.json without them had these values.
 IDENTITY_DEFAULTS = {"mixed_precision": "float32", "data.preprocess": "normalize", "model.path": ""}
 LOCK = ".lock"
-
-
-class PipelineError(ValueError):
-    """The run cannot start as asked; the message says what to change."""
 
 
 class RunDirectory:
@@ -213,6 +204,11 @@ class RunDirectory:
     def finished(self, step):
         """True if `step` completed in the run directory (its outputs and `<step>.json` exist)."""
         return all(os.path.exists(self.path(f)) for f in OUTPUTS[step] + (f"{step}.json",))
+
+    def steps_left(self):
+        """The pipeline steps without results (`<step>.json`) after the first with them: not run yet, or made stale."""
+        done = [step for step in STEPS if os.path.exists(self.path(f"{step}.json"))]
+        return [step for step in STEPS[STEPS.index(done[0]):] if step not in done] if done else []
 
     def resumable_prefix(self, steps):
         """Leading steps that an earlier, interrupted run finished: skipped when it is started again.

@@ -2,6 +2,7 @@
 
 from dmcp_tf import costs
 from dmcp_tf.channels.graph import ChannelGraph
+from dmcp_tf.run.steps.step import Step
 from dmcp_tf.search import recipes
 
 
@@ -18,3 +19,6 @@ def run(ctx):
                               params=costs.PARAMS.of(graph))
         ctx.log(f"{label}: top-1 {results[label]['accuracy']:.4f}, {costs.MACS.format(results[label]['macs'])}")
     return results
+
+
+STEP = Step("eval", run, outputs=("eval.json",), inputs=("supernet.keras", "slim.keras"), needs_data=True)

@@ -6,6 +6,7 @@ import numpy as np
 
 from dmcp_tf.deploy import export
 from dmcp_tf.run import config as config_lib
+from dmcp_tf.run.steps.step import Step
 
 
 def run(ctx):
@@ -32,6 +33,9 @@ def run(ctx):
         }
         ctx.log(f"{label} {quantization}: {results[f'{label}_{quantization}']}")
     return results
+
+
+STEP = Step("export", run, outputs=("export", "export.json"), inputs=("supernet.keras", "slim.keras"), needs_data=True)
 
 
 def _test_images(dataset, count):

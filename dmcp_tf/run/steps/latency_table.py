@@ -6,6 +6,7 @@ budget (`dmcp_tf/deploy/latency.py` describes the file and how to measure it on 
 
 from dmcp_tf.deploy import latency
 from dmcp_tf.run import config as config_lib
+from dmcp_tf.run.steps.step import Step
 
 
 def run(ctx):
@@ -16,3 +17,6 @@ def run(ctx):
     """
     return latency.measure_latency_table(ctx.new_supernet(), quantizations=config_lib.quantizations(ctx.config),
                                          threads=ctx.config.export.latency_threads, log=ctx.log).to_json()
+
+
+STEP = Step("latency_table", run, outputs=("latency_table.json",), in_all=False)  # its JSON is the table

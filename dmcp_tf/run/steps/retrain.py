@@ -15,6 +15,7 @@ from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.channels.rebuild import rebuild
 from dmcp_tf.io_utils import file_sha256
 from dmcp_tf.run.checkpoints import list_checkpoints
+from dmcp_tf.run.steps.step import Step
 from dmcp_tf.search import baselines, pretrained, recipes, sampling
 from dmcp_tf.search.supernet import seed_generator_states
 
@@ -58,6 +59,10 @@ def run(ctx):
         "from_scratch": r.from_scratch, "inherited": inherited, "resumed_from_step": resumed.start or None,
         "history": history, "uniform": uniform,
     }
+
+
+STEP = Step("retrain", run, outputs=("slim.keras", "retrain.json"), inputs=("supernet.keras", "channels.json"),
+            trains=True, needs_data=True)
 
 
 def _weights_source(ctx):

@@ -10,7 +10,8 @@ from dmcp_tf import costs
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.io_utils import atomic_write_json, atomic_write_text
 from dmcp_tf.run import report
-from dmcp_tf.run.rundir import PipelineError
+from dmcp_tf.run.errors import PipelineError
+from dmcp_tf.run.steps.step import Step
 from dmcp_tf.search import sampling
 
 
@@ -68,6 +69,10 @@ def run(ctx):
         "direct_mean_cost": stats["mean"], "direct_std_cost": stats["std"],
         "direct_samples": len(direct), "within_budget_samples": int(len(next(iter(dists.values())))),
     }
+
+
+STEP = Step("sample", run, outputs=("channels.json", "samples.json", "structure.md", "cost_histogram.png",
+                                     "channel_distributions.png"), inputs=("supernet.keras",))
 
 
 def check_round_to(graph, budget, config):

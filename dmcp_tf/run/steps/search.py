@@ -4,6 +4,7 @@ import keras
 
 from dmcp_tf import costs
 from dmcp_tf.run import report
+from dmcp_tf.run.steps.step import Step
 from dmcp_tf.search import pretrained
 from dmcp_tf.search import trajectory as trajectory_lib
 
@@ -53,3 +54,7 @@ def run(ctx):
         "settling": settling, "budget_weight_growth": s.budget_weight_growth, "history": history,
         "trajectory": tracker.records,
     }
+
+
+STEP = Step("search", run, outputs=("supernet.keras", "search.json", "search_trajectory.png"), trains=True,
+            needs_data=True)
