@@ -53,12 +53,13 @@ def validate(config):
 
 
 def _fail(key, message):
+    """Raises the ValueError of a bad `key`."""
     raise ValueError(f"Config key `{key}`: {message}")
 
 
 def _budget(config):
     """The `costs.Budget` of `search.budget`, priced by the latency table `search.latency_table` if one is named."""
-    from dmcp_tf import costs  # noqa: PLC0415 (reads the table file, if one is named)
+    from dmcp_tf import costs  # noqa: PLC0415
 
     try:
         latency = costs.configured_cost(config.search)
