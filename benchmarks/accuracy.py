@@ -72,6 +72,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402  (sets up the path and TF logging)
+from benchmarks import plots  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -505,8 +506,8 @@ def plot(summary, methods, path):
                            if s["method"] == m] for m in methods}
     full = next((s for s in summary if s["method"] == FULL), None)
     reference = ("unpruned", full["accuracy_mean"]) if full else None
-    return report.plot_accuracy_vs_macs(series, path, reference=reference,
-                                         title="Fashion-MNIST: top-1 against MACs (mean ± std over seeds)")
+    return plots.plot_accuracy_vs_macs(series, path, reference=reference,
+                                        title="Fashion-MNIST: top-1 against MACs (mean ± std over seeds)")
 
 
 def plot_trajectories(rows, folder, seed=0):

@@ -210,7 +210,7 @@ def test_mismatched_image_and_label_counts(fashion):
 
 
 def test_without_any_source_tells_how_to_get_the_data(monkeypatch, tmp_path):
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "absent"))
+    monkeypatch.setattr(data.fashion_mnist, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "absent"))
 
     def offline(*args, **kwargs):
         raise ConnectionError("no network")
@@ -222,7 +222,7 @@ def test_without_any_source_tells_how_to_get_the_data(monkeypatch, tmp_path):
 
 
 def test_falls_back_to_tfds_as_numpy(monkeypatch, tmp_path):
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "absent"))
+    monkeypatch.setattr(data.fashion_mnist, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "absent"))
     calls = []
 
     def fake_load(name, **kwargs):

@@ -21,7 +21,7 @@ def test_a_damaged_gzip_stream_is_named(tmp_path):
     path = tmp_path / FASHION_FILES[0]
     path.write_bytes(bytes(raw))
     with pytest.raises(data.DataError, match=f"{path}.*not a readable gzip file.*intact copy") as raised:
-        data._read_idx(str(path), 3)
+        data.idx.read_idx(str(path), 3)
     assert isinstance(raised.value.__cause__, zlib.error)
 
 

@@ -110,7 +110,7 @@ def test_redoing_a_step_removes_the_outputs_of_the_steps_after_it_and_the_report
         assert all((tmp_path / name).exists() == (step in ("search", "sample"))
                    for name in (*OUTPUTS[step], f"{step}.json")), step
     assert not (tmp_path / "checkpoints" / "retrain").exists()
-    [(title, text)] = report._missing_steps_section(rundir)
+    [(title, text)] = report.markdown._missing_steps_section(rundir)
     assert text.startswith("retrain, eval, export: no results here, as they have not run since the steps before")
     assert "--mode=retrain" in text
 
