@@ -12,7 +12,7 @@ import keras
 from dmcp_tf.channels import layer_rules as rules
 from dmcp_tf.channels.gates import check_width_grid, make_gate, split_channels
 from dmcp_tf.channels.graph import ChannelGraph, GraphError, whole_groups_reason
-from dmcp_tf.channels.walk import as_functional, copy_operation, walk
+from dmcp_tf.channels.walk import as_functional, clone, copy_operation
 
 MAX_PLACEMENT_ROUNDS = 8
 
@@ -94,7 +94,6 @@ def _clone_with_gates(model, gates_at):
     Returns:
         The gated model, and a map from its tensors' ids to the original tensors' ids.
     """
-    functional = as_functional(model)
     origin, copies = {}, {}  # copies: id(original) -> (original, copy)
 
     def visit(layer, args, kwargs, node):
@@ -109,14 +108,8 @@ def _clone_with_gates(model, gates_at):
                 origin[id(flat[i])] = id(old)
         return flat
 
-    inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name) for t in functional.inputs]
-    origin.update((id(new), id(old)) for new, old in zip(inputs, functional.inputs))
-    outputs = walk(functional, inputs, visit)
-    gated = keras.Model(
-        keras.tree.pack_sequence_as(functional._inputs_struct, inputs),
-        keras.tree.pack_sequence_as(functional._outputs_struct, outputs),
-        name=f"{model.name}_supernet",
-    )
+    gated = clone(model, visit, f"{model.name}_supernet")
+    origin.update((id(new), id(old)) for new, old in zip(gated.inputs, as_functional(model).inputs))
     for original, copy in copies.values():
         if isinstance(copy, keras.layers.Layer):  # keras operations that are not layers hold no weights
             copy.set_weights([w.numpy() for w in original.weights])

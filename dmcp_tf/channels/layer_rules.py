@@ -32,6 +32,7 @@ from keras.src.ops import nn as nn_ops
 from keras.src.ops import numpy as numpy_ops
 
 from dmcp_tf.channels.gates import ChannelGate
+from dmcp_tf.channels.walk import takes_training
 
 PRODUCE = "produce"
 THROUGH = "through"
@@ -128,7 +129,7 @@ class LayerRule:
 
 def call_as_is(layer, args, kwargs, training):
     """`layer.call(*args, **kwargs)`, with `training` where the layer takes it."""
-    if getattr(layer, "_call_has_training_arg", False):
+    if takes_training(layer):
         kwargs = dict(kwargs, training=training)
     return layer.call(*args, **kwargs)
 

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 
 from dmcp_tf.channels.graph import ChannelGraph
-from dmcp_tf.channels.walk import as_functional, copy_operation, layer_config, walk
+from dmcp_tf.channels.walk import clone, copy_operation, layer_config
 from dmcp_tf.channels.gates import ChannelGate
 
 
@@ -47,14 +47,7 @@ def rebuild(model, config=None, *, copy_weights=True, graph=None, name=None, cha
             slim_layers[id(layer)] = (layer, _slim_layer(graph, layer, records.get(id(layer)), config, dtype))
         return slim_layers[id(layer)][1](*args, **kwargs)
 
-    functional = as_functional(model)
-    inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name) for t in functional.inputs]
-    outputs = walk(functional, inputs, visit)
-    slim = keras.Model(
-        keras.tree.pack_sequence_as(functional._inputs_struct, inputs),
-        keras.tree.pack_sequence_as(functional._outputs_struct, outputs),
-        name=name or f"{model.name}_slim",
-    )
+    slim = clone(model, visit, name or f"{model.name}_slim")
     if copy_weights:
         for layer_id, (layer, slim_layer) in slim_layers.items():
             _copy_weights(graph, layer, records.get(layer_id), slim_layer, config, channel_order)

@@ -5,6 +5,10 @@ graph on their own kind of values (channel layouts, or new symbolic tensors);
 this is the one traversal they share. A node's operation is a layer or a
 keras operation that is not a layer (`x + y`, `keras.ops.relu(x)`); both are
 visited alike.
+
+It is also the one module that reads Keras' private API (`_inbound_nodes`,
+`_keras_history`, `_inputs_struct`, ...): the rest of the package goes through
+the small helpers here, so a Keras upgrade that moves them is fixed in one place.
 """
 
 import keras
@@ -26,6 +30,31 @@ def as_functional(model):
             "so its layer graph can be read."
         )
     return model
+
+
+def all_layers(model):
+    """Every layer inside `model`, each once: nested models and their layers included, `model` not."""
+    return model._flatten_layers(include_self=False)
+
+
+def call_nodes(layer):
+    """The calls of `layer` in the functional graphs that use it (Keras nodes: `input_tensors`, `output_tensors`)."""
+    return layer._inbound_nodes
+
+
+def producer_of(tensor):
+    """The layer or keras operation whose call made the symbolic `tensor`."""
+    return tensor._keras_history.operation
+
+
+def takes_training(layer):
+    """Whether `layer.call` takes a `training` argument."""
+    return getattr(layer, "_call_has_training_arg", False)
+
+
+def applies_weight_decay(optimizer, variable):
+    """Whether `optimizer`'s weight decay applies to `variable` (not excluded by `exclude_from_weight_decay`)."""
+    return optimizer._use_weight_decay(variable)
 
 
 def is_nested_model(layer):
@@ -94,3 +123,26 @@ def walk(model, inputs, visit):
             for old, new in zip(node.outputs, keras.tree.flatten(outputs)):
                 values[id(old)] = new
     return [values[id(t)] for t in model.outputs]
+
+
+def clone(model, visit, name):
+    """A new functional model of `model`'s graph with every layer call made by `visit`.
+
+    Args:
+        model: a functional model or Sequential.
+        visit: as in `walk`, called on the new model's symbolic tensors: it returns
+            the outputs of the call (a copy of the layer's, or its input to drop it).
+        name: the new model's name.
+
+    Returns:
+        A `keras.Model` on fresh inputs of the same shapes, dtypes and names, with
+        `model`'s structure of inputs and outputs.
+    """
+    functional = as_functional(model)
+    inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name) for t in functional.inputs]
+    outputs = walk(functional, inputs, visit)
+    return keras.Model(
+        keras.tree.pack_sequence_as(functional._inputs_struct, inputs),
+        keras.tree.pack_sequence_as(functional._outputs_struct, outputs),
+        name=name,
+    )

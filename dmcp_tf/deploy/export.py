@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+from dmcp_tf.channels import walk
 from dmcp_tf.channels.rebuild import rebuild
 from dmcp_tf.io_utils import atomic_directory, atomic_write_bytes
 
@@ -36,7 +37,7 @@ def float32_copy(model):
     under the `float32` dtype policy, and the same weights, which a mixed policy
     keeps in float32 already.
     """
-    layers = [layer for layer in model._flatten_layers(include_self=False)
+    layers = [layer for layer in walk.all_layers(model)
               if not isinstance(layer, keras.layers.InputLayer)]
     if all(layer.compute_dtype == layer.variable_dtype for layer in layers):
         return model

@@ -48,7 +48,7 @@ import numpy as np
 from dmcp_tf.channels import layer_rules as rules
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.channels.rebuild import rebuild
-from dmcp_tf.channels.walk import layer_config
+from dmcp_tf.channels.walk import call_nodes, layer_config
 from dmcp_tf.costs.latency import (  # noqa: F401 (the table's API, where it was: `deploy.latency.load_latency_table`)
     FILE_NAME, FORMAT, FUSED_ACTIVATIONS, FUSED_LAYERS, VERSION, Latency, LatencyTable, LatencyTableError, LayerLatency,
     channel_grid, configured_cost, hat_weights, latency_cost, latency_costs, layer_grids, load_latency_table,
@@ -69,7 +69,7 @@ def isolated_layer(record, cin, cout):
     layer = record.layer
     copy = type(layer).from_config(layer_config(layer, record.rule.slim_config(layer, cin, cout), "float32"))
     inputs = keras.Input(tuple(record.in_shape[1:-1]) + (int(cin),))
-    operands = len(keras.tree.flatten(layer._inbound_nodes[0].input_tensors))  # noqa: SLF001
+    operands = len(keras.tree.flatten(call_nodes(layer)[0].input_tensors))
     outputs = copy([inputs] * operands if record.rule.role in (rules.COUPLE, rules.CONCAT) else inputs)
     return keras.Model(inputs, outputs, name=f"{layer.name}_{cin}_{cout}")
 

@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from dmcp_tf.channels.graph import ChannelGraph
+from dmcp_tf.channels.walk import call_nodes
 from dmcp_tf.run import config as config_lib
 from dmcp_tf.run import distributed, report
 from dmcp_tf.run.context import RunContext
@@ -125,7 +126,7 @@ class Pipeline:
             return
         images = self.config.data.batch_size // max(1, distributed.cluster_workers())
         values = sum(int(np.prod(t.shape[1:])) for layer in supernet.layers  # a shared layer: once per call
-                     for node in layer._inbound_nodes for t in node.output_tensors)
+                     for node in call_nodes(layer) for t in node.output_tensors)
         needed = values * images * 4 * TRAINING_MEMORY_FACTOR
         available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         if needed > available:

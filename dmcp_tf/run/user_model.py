@@ -18,6 +18,7 @@ import zipfile
 
 import keras
 
+from dmcp_tf.channels.walk import all_layers
 from dmcp_tf.pruning import checks
 from dmcp_tf.search import pretrained
 
@@ -75,7 +76,7 @@ def load(value, input_shape=None, classes=None):
 
 def has_preprocessing(model):
     """Whether `model` scales its own input (a Rescaling or Normalization layer, nested models included)."""
-    return any(isinstance(layer, PREPROCESSING_LAYERS) for layer in model._flatten_layers())
+    return any(isinstance(layer, PREPROCESSING_LAYERS) for layer in all_layers(model))
 
 
 def configure(config, value, overridden=()):
@@ -141,7 +142,7 @@ def supernet(value, input_shape, classes, gate_kind="markov", *, exclude=(), syn
         raise ValueError(f"--model={value} has {model.outputs[0].shape[-1]} outputs, but the data set has {classes} "
                          "classes: the data's class count differs from the model's.")
     gated = checks.gated_supernet(model, exclude, gate_kind=gate_kind)
-    for layer in gated._flatten_layers() if sync_bn else ():
+    for layer in all_layers(gated) if sync_bn else ():
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.synchronized = True
     if not is_application(value):

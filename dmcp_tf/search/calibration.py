@@ -6,6 +6,8 @@ they fit none of them well; the spec re-estimates them on a few training batches
 
 import keras
 
+from dmcp_tf.channels.walk import all_layers
+
 
 def calibrate_batch_norm(model, batches):
     """Sets every batch norm's moving statistics to their average over `batches`.
@@ -18,7 +20,7 @@ def calibrate_batch_norm(model, batches):
     Returns:
         The number of batches used.
     """
-    norms = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    norms = [layer for layer in all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
     momenta = [bn.momentum for bn in norms]
     count = 0
     try:

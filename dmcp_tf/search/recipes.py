@@ -7,6 +7,7 @@ portable copy of a trained classifier that plain Keras loads, and its evaluation
 
 import keras
 
+from dmcp_tf.channels.walk import applies_weight_decay
 from dmcp_tf.search import losses as losses_lib
 from dmcp_tf.search.supernet import DMCPModel, default_arch_optimizer, default_weight_optimizer, ends_in_softmax
 
@@ -62,7 +63,7 @@ class CoupledSGD(keras.optimizers.SGD):
         self.l2 = float(l2)
 
     def update_step(self, gradient, variable, learning_rate):
-        if self.l2 and self._use_weight_decay(variable):
+        if self.l2 and applies_weight_decay(self, variable):
             gradient = gradient + keras.ops.cast(self.l2, variable.dtype) * variable
         super().update_step(gradient, variable, learning_rate)
 

@@ -15,6 +15,7 @@ from dmcp_tf import costs
 from dmcp_tf.channels import gates as gates_lib
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.channels.slicing import SlicedForward
+from dmcp_tf.channels.walk import producer_of
 from dmcp_tf.search import losses as losses_lib
 from dmcp_tf.search import search_init
 
@@ -454,7 +455,7 @@ def planned_steps(data, epochs, initial_epoch=0, steps_per_epoch=None):
 
 def ends_in_softmax(model):
     """Whether the model's output is a softmax (as in keras.applications) rather than logits."""
-    layer = model.outputs[0]._keras_history.operation
+    layer = producer_of(model.outputs[0])
     activation = getattr(layer, "activation", None)
     return isinstance(layer, keras.layers.Softmax) or getattr(activation, "__name__", "") == "softmax"
 
