@@ -294,8 +294,8 @@ def _config_file(argv):
 
 def _bad_command_line(error):
     text = str(error).strip("'\"").replace("\\'", "'").replace("\\n", " ").replace("\n", " ")
-    print(f"error: bad command line: {text}. Config keys and their defaults are in "
-          "dmcp_tf/run/config.py; flags are listed by --helpshort.", file=sys.stderr)
+    print(f"error: bad command line: {text}. The flags, config keys and their defaults are listed by --help.",
+          file=sys.stderr)
     sys.exit(2)
 
 
