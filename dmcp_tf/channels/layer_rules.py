@@ -9,8 +9,11 @@ multiply-accumulates it costs for given input/output channel counts, which axes
 of its weights follow the input and output channels, how its config changes
 when channels are removed, and how it runs on the first channels only (the
 sliced weight stage). The channel graph, costs, masks, the slim rebuild and the
-sliced forward read these rules; supporting a new layer type (a user's own
-layer too, with `register_rule`) means registering one rule.
+sliced forward read these rules, and so do the latency table (which layers
+TFLite fuses into the op before them), the search's weight decay (which weights
+it decays) and the search's start (how many groups a gate keeps); supporting a
+new layer type (a user's own layer too, with `register_rule`) means registering
+one rule.
 
 Roles:
 - `PRODUCE`: creates new output channels from all input channels (Conv2D, Dense).
@@ -27,12 +30,13 @@ Roles:
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras.src.ops import nn as nn_ops
 from keras.src.ops import numpy as numpy_ops
 
-from dmcp_tf.channels.gates import ChannelGate
-from dmcp_tf.channels.walk import takes_training
+from dmcp_tf.channels.gates import ChannelGate, MarkovGate
+from dmcp_tf.channels.walk import all_layers, takes_training
 
 PRODUCE = "produce"
 THROUGH = "through"
@@ -45,6 +49,10 @@ ZERO_PRESERVING_ACTIVATIONS = {
     "linear", "relu", "relu6", "leaky_relu", "elu", "selu", "tanh", "swish", "silu",
     "gelu", "hard_swish", "hard_silu", "mish", "softsign", "celu", "glu",
 }
+# Activations TFLite runs as the fused activation of the op before them.
+FUSED_ACTIVATIONS = ("linear", "relu", "relu6")
+# The weights the search's L2 weight decay applies to by default: conv and dense kernels.
+DECAYED_WEIGHTS = ("kernel", "depthwise_kernel", "pointwise_kernel")
 
 
 class LayerRule:
@@ -59,6 +67,8 @@ class LayerRule:
             input axis is used.
         width_key: the config key holding the output channel count (`filters`,
             `units`), for `PRODUCE` layers.
+        decayed_weights: names of the weights the search's L2 weight decay applies
+            to (`DECAYED_WEIGHTS`, conv and dense kernels, by default).
 
     Example:
         class ChannelScaleRule(LayerRule):  # y = x * scale, one scale per channel
@@ -73,6 +83,7 @@ class LayerRule:
     role = THROUGH
     weight_axes = {}
     width_key = None
+    decayed_weights = DECAYED_WEIGHTS
 
     def check(self, layer, in_shape):
         """Returns a reason why this layer's channels cannot be pruned, or None."""
@@ -91,6 +102,12 @@ class LayerRule:
     def macs(self, layer, in_shape, out_shape, cin, cout):
         """Multiply-accumulates for one call with `cin` input / `cout` output channels."""
         return 0
+
+    def fused(self, layer):
+        """Whether TFLite folds this layer into the op before it (batch norm into a convolution, ReLU into
+        its fused activation) or drops it (dropout, reshapes): it runs no op of its own, and latency
+        tables do not time it. By default only a `FLATTEN` layer, a reshape."""
+        return self.role == FLATTEN
 
     def slim_config(self, layer, cin, cout):
         """The layer's config with `cin` input and `cout` output channels."""
@@ -266,6 +283,9 @@ class BatchNormRule(LayerRule):
     def zero_preserving(self, layer):
         return False
 
+    def fused(self, layer):
+        return True
+
     def sliced_call(self, layer, args, kwargs, cin, cout, training):
         """Batch norm over the first `cin` channels; in training, their moving statistics are updated.
 
@@ -336,9 +356,22 @@ class ActivationRule(LayerRule):
     def zero_preserving(self, layer):
         return getattr(layer.activation, "__name__", None) in ZERO_PRESERVING_ACTIVATIONS
 
+    def fused(self, layer):
+        return getattr(layer.activation, "__name__", None) in FUSED_ACTIVATIONS
+
 
 class ZeroPreservingRule(LayerRule):
-    """Pooling, padding, dropout, reshaping of spatial axes: zero stays zero."""
+    """Pooling, padding, dropout, reshaping of spatial axes: zero stays zero.
+
+    Args:
+        fused: whether TFLite runs no op for the layer (ReLU, dropout; see `LayerRule.fused`).
+    """
+
+    def __init__(self, fused=False):
+        self.is_fused = fused
+
+    def fused(self, layer):
+        return self.is_fused
 
 
 class CoupleRule(LayerRule):
@@ -457,10 +490,28 @@ class ReduceOpRule(LayerRule):
 
 
 class GateRule(LayerRule):
-    """A gate passes its channels through (the graph reads its width); sliced inputs already have that width."""
+    """A gate passes its channels through (the graph reads its width); sliced inputs already have that width.
+
+    It keeps its groups independently (`BernoulliGate`); a gate class of your own
+    registers a subclass that says how many it keeps (`kept_groups`).
+    """
 
     def sliced_call(self, layer, args, kwargs, cin, cout, training):
         return args[0]
+
+    def fused(self, layer):
+        return True
+
+    def kept_groups(self, gate, p):
+        """Expected kept groups of `gate` when every transition (or keep) probability is `p`."""
+        return float(gate.num_groups * p)
+
+
+class MarkovGateRule(GateRule):
+    """A Markov chain keeps group `k` with probability `p ** k`."""
+
+    def kept_groups(self, gate, p):
+        return float(np.sum(p ** np.arange(1, gate.num_groups + 1)))
 
 
 ROLES = (PRODUCE, THROUGH, COUPLE, CONCAT, FLATTEN)
@@ -529,6 +580,18 @@ def rule_for(layer):
     return None
 
 
+def decayed_weight_ids(model):
+    """Ids of the weights of `model` that the search's L2 weight decay applies to.
+
+    A weight is decayed when the rule of the innermost layer holding it names it
+    in `decayed_weights` (`DECAYED_WEIGHTS` for a layer without a rule).
+    """
+    holders = {}
+    for layer in [model, *all_layers(model)]:  # outer layers first: the innermost holder is set last
+        holders.update((id(w), (layer, w.name)) for w in layer.weights)
+    return {key for key, (layer, name) in holders.items() if name in (rule_for(layer) or LayerRule).decayed_weights}
+
+
 L = keras.layers
 register_rule(L.Conv2D, ConvRule())
 register_rule(L.Conv2DTranspose, ConvTransposeRule())
@@ -539,12 +602,13 @@ register_rule(L.BatchNormalization, BatchNormRule())
 register_rule(L.LayerNormalization, LayerNormRule())
 register_rule(L.Activation, ActivationRule())
 for _cls in (
-    L.ReLU, L.LeakyReLU, L.ELU,
+    L.LeakyReLU, L.ELU,
     L.MaxPooling2D, L.AveragePooling2D, L.GlobalAveragePooling2D, L.GlobalMaxPooling2D,
-    L.ZeroPadding2D, L.Cropping2D, L.UpSampling2D, L.Dropout, L.SpatialDropout2D,
-    L.GaussianDropout, L.Identity,
+    L.ZeroPadding2D, L.Cropping2D, L.UpSampling2D, L.GaussianDropout, L.Identity,
 ):
     register_rule(_cls, ZeroPreservingRule())
+for _cls in (L.ReLU, L.Dropout, L.SpatialDropout2D):
+    register_rule(_cls, ZeroPreservingRule(fused=True))
 for _cls in (L.Add, L.Subtract, L.Average, L.Maximum, L.Minimum):
     register_rule(_cls, CoupleRule())
 register_rule(L.Multiply, CoupleRule(zero_if_any_zero=True))
@@ -568,3 +632,4 @@ for _cls in (nn_ops.Sigmoid, nn_ops.HardSigmoid, nn_ops.Softplus, numpy_ops.Exp)
 register_rule(numpy_ops.Reshape, ReshapeRule(shape_key="newshape"))
 register_rule(numpy_ops.Mean, ReduceOpRule())
 register_rule(ChannelGate, GateRule())
+register_rule(MarkovGate, MarkovGateRule())

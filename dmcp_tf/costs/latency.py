@@ -44,18 +44,11 @@ import keras
 import numpy as np
 from keras import ops
 
-from dmcp_tf.channels import layer_rules as rules
-from dmcp_tf.channels.gates import ChannelGate
 from dmcp_tf.costs.kinds import Cost
 from dmcp_tf.io_utils import atomic_write_json
 
 FORMAT, VERSION = "dmcp_tf.latency_table", 1
 FILE_NAME = "latency_table.json"
-# Layers TFLite folds into the op before them (batch norm into a convolution, ReLU
-# into its fused activation) or drops (dropout, reshapes): they cost no op of their own.
-FUSED_LAYERS = (keras.layers.BatchNormalization, keras.layers.ReLU, keras.layers.Dropout,
-                keras.layers.SpatialDropout2D, keras.layers.Flatten, keras.layers.Reshape, ChannelGate)
-FUSED_ACTIVATIONS = ("linear", "relu", "relu6")
 LATENCY_NEEDS_TABLE = (
     "A latency budget needs a measured latency table: write one with python main.py --mode=latency_table "
     "(or dmcp_tf.deploy.latency.measure_latency_table) and pass it with --config.search.latency_table=PATH "
@@ -324,14 +317,8 @@ def configured_cost(search):
 
 
 def timed_records(graph):
-    """The layer calls of `graph` that TFLite runs as ops of their own (see `FUSED_LAYERS`)."""
-    def fused(layer):
-        activation = getattr(getattr(layer, "activation", None), "__name__", None)
-        return isinstance(layer, FUSED_LAYERS) or (
-            isinstance(layer, keras.layers.Activation) and activation in FUSED_ACTIVATIONS)
-
-    return [r for r in graph.records if isinstance(r.layer, keras.layers.Layer) and not fused(r.layer)
-            and r.rule.role != rules.FLATTEN]
+    """The layer calls of `graph` that TFLite runs as ops of their own (see `LayerRule.fused`)."""
+    return [r for r in graph.records if isinstance(r.layer, keras.layers.Layer) and not r.rule.fused(r.layer)]
 
 
 def channel_grid(graph, layout, points):

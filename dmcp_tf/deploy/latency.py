@@ -50,7 +50,7 @@ from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.channels.rebuild import rebuild
 from dmcp_tf.channels.walk import call_nodes, layer_config
 from dmcp_tf.costs.latency import (  # noqa: F401 (the table's API, where it was: `deploy.latency.load_latency_table`)
-    FILE_NAME, FORMAT, FUSED_ACTIVATIONS, FUSED_LAYERS, VERSION, Latency, LatencyTable, LatencyTableError, LayerLatency,
+    FILE_NAME, FORMAT, VERSION, Latency, LatencyTable, LatencyTableError, LayerLatency,
     channel_grid, configured_cost, hat_weights, latency_cost, latency_costs, layer_grids, load_latency_table,
     save_latency_table, timed_records,
 )

@@ -16,7 +16,7 @@ so the start may be set any time before the search phase.
 import numpy as np
 
 from dmcp_tf import costs
-from dmcp_tf.channels import gates as gates_lib
+from dmcp_tf.channels import layer_rules as rules
 
 INITS = ("authors", "full", "budget")
 FULL_TRANSITION = 0.99
@@ -28,11 +28,8 @@ def _logit(p):
 
 
 def _kept_groups(gate, p):
-    """Expected kept groups of `gate` when every transition (or keep) probability is `p`."""
-    k = np.arange(1, gate.num_groups + 1)
-    if isinstance(gate, gates_lib.MarkovGate):
-        return float(np.sum(p ** k))
-    return float(gate.num_groups * p)
+    """Expected kept groups of `gate` when every transition (or keep) probability is `p` (its rule's `kept_groups`)."""
+    return rules.rule_for(gate).kept_groups(gate, p)
 
 
 def alpha_for_fraction(gate, fraction, iterations=60):

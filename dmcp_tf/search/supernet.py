@@ -13,6 +13,7 @@ from keras import ops
 
 from dmcp_tf import costs
 from dmcp_tf.channels import gates as gates_lib
+from dmcp_tf.channels import layer_rules as rules
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.channels.slicing import SlicedForward
 from dmcp_tf.channels.walk import producer_of
@@ -86,7 +87,8 @@ class DMCPModel(keras.Model):
         label_smoothing: for the largest sub-network's cross-entropy.
         arch_label_smoothing: for the architecture stage's cross-entropy (the
             authors use the training's label smoothing there too).
-        weight_decay: L2 on conv and dense kernels (none on biases, BN, gates).
+        weight_decay: L2 on the weights layer rules name in `decayed_weights`: conv and
+            dense kernels (none on biases, BN, gates) unless a registered rule says otherwise.
         uniform_decay, uniform_decay_every: after warm-up a random sub-network is
             uniform with probability `s`, multiplied by `uniform_decay` every
             `uniform_decay_every` steps, and Markov-sampled otherwise.
@@ -177,7 +179,8 @@ class DMCPModel(keras.Model):
         self.arch_variables = [g.alpha for g in self.graph.gates]
         arch_ids = {id(v) for v in self.arch_variables}
         self.weight_variables = [v for v in supernet.trainable_variables if id(v) not in arch_ids]
-        self._decayed = [v for v in self.weight_variables if v.name in ("kernel", "depthwise_kernel", "pointwise_kernel")]
+        decayed = rules.decayed_weight_ids(supernet)
+        self._decayed = [v for v in self.weight_variables if id(v) in decayed]
         names = ("loss", "accuracy", "loss_full", "loss_smallest", "loss_random1", "loss_random2",
                  "arch_loss", "budget_loss", "expected_cost")
         self.trackers = {n: keras.metrics.Mean(name=n) for n in names}
