@@ -248,7 +248,7 @@ def test_measured_table_of_a_tiny_model(tmp_path):
         assert recorded["scale"] > 0
         for n, total in zip(recorded["networks"], sums):
             predicted = costs.Latency(table, q).of(graph, networks[n["label"]])
-            # rel 1e-5: the predictor sums in float32, this line in float64 (1e-6 failed once by 1.1e-6).
+            # rel 1e-5: float32 rounding (einsum in Keras ops); 1e-6 failed once, off by 1.1e-6.
             assert predicted == pytest.approx(recorded["scale"] * total + recorded["overhead_ms"], rel=1e-5)
 
 
