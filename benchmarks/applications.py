@@ -373,12 +373,12 @@ continues where it stopped: the JSON file keeps every finished family.
   machine shared with other jobs (load average {load} when this page was written), so
   they are upper bounds.
 
-In the test suite, the slow test `tests/test_applications.py` asserts full-width and
+In the test suite, the slow test `tests/channels/test_applications.py` asserts full-width and
 sub-network exactness, MACs and parameters as predicted and TFLite float32 conversion for
 the cheap families (MobileNet, MobileNetV3Small, EfficientNetB0 at 32x32), and the slow
-sweep of `tests/test_ops_nodes.py` asserts exactness and MACs/parameters for
+sweep of `tests/channels/test_ops_nodes.py` asserts exactness and MACs/parameters for
 MobileNetV3Small/Large, EfficientNetB0, EfficientNetV2B0 and ConvNeXtTiny (every inner 4x
-expansion of ConvNeXt has its own gate); `tests/test_autogate.py` does so for ResNet50 and
+expansion of ConvNeXt has its own gate); `tests/channels/test_autogate.py` does so for ResNet50 and
 MobileNetV2 and runs a search and a TFLite export of MobileNetV2. The heavy families, and
 the search of every family, are covered by this script, with the command above.
 {missing}

@@ -1,6 +1,6 @@
 """main.py under MultiWorkerMirroredStrategy: two processes on 127.0.0.1, as two machines would run it.
 
-tests/test_multiworker.py tests the training loop; these start the product: two
+tests/search/test_multiworker.py tests the training loop; these start the product: two
 `main.py --strategy=multi_worker` processes, each with its own `TF_CONFIG` task, on
 a tiny search of the learnable Fashion-MNIST fixture (2 warm-up steps, 2 search
 steps, a checkpoint at each epoch end). They share the run directory, as the
@@ -16,6 +16,7 @@ README asks of several machines.
 
 import json
 import os
+import pathlib
 import re
 import shutil
 import signal
@@ -27,9 +28,9 @@ import numpy as np
 import pytest
 
 from tests.helpers import learnable_fashion_mnist
-from tests.test_multiworker import free_ports
+from tests.search.test_multiworker import free_ports
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(pathlib.Path(__file__).resolve().parents[2])
 SEARCH = [
     "--mode=search", "--config.data.train_limit=512", "--config.data.test_limit=256",
     "--config.data.batch_size=64", "--config.model.options.channels=(16,)", "--config.model.options.blocks=1",

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from dmcp_tf.run.context import RunContext
 from dmcp_tf.run.steps import BY_NAME, STEPS
 from tests.helpers import main_in_process
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(pathlib.Path(__file__).resolve().parents[2])
 
 FAKE_STEP = '''
 """A made-up step: writes fake.txt; reads channels.json."""

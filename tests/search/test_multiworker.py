@@ -2,13 +2,14 @@
 
 Keras 3 `fit` fails under that strategy (keras issue 20585); `dmcp_tf.run.distributed.
 train_loop` runs the model's own `train_step` through `strategy.run` instead.
-This file is also the worker program: `python tests/test_multiworker.py worker
+This file is also the worker program: `python tests/search/test_multiworker.py worker
 <index> <ports> <out_dir>` (each worker is a process of its own, configured by
 TF_CONFIG before TensorFlow starts).
 """
 
 import json
 import os
+import pathlib
 import socket
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(pathlib.Path(__file__).resolve().parents[2])
 STEPS, STEPS_PER_EPOCH, BATCH, SEED = 8, 4, 32, 3  # 4 warm-up steps, then 4 search steps
 TIMEOUT = 240  # seconds for the whole two-worker run
 

@@ -7,7 +7,7 @@ import re
 
 import keras
 
-PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "dmcp_tf"
+PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "dmcp_tf"
 ALLOWED = {PACKAGE / "channels" / "walk.py"}
 ATTRIBUTE_FUNCTIONS = ("getattr", "hasattr", "setattr")
 

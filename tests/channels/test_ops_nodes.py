@@ -11,8 +11,8 @@ from dmcp_tf.channels.slicing import SlicedForward
 from dmcp_tf.search.autogate import analyze, make_supernet
 from dmcp_tf.channels.gates import ChannelGate
 from tests.helpers import blob_data, unit_layer_scales
-from tests.test_autogate import WIDTH, conv_bn, gate_of, gated_exactly, model_of
-from tests.test_slicing import float64, masked_and_sliced  # noqa: F401 (float64 is a fixture)
+from tests.channels.test_autogate import WIDTH, conv_bn, gate_of, gated_exactly, model_of
+from tests.channels.test_slicing import float64, masked_and_sliced  # noqa: F401 (float64 is a fixture)
 
 L = keras.layers
 ops = keras.ops

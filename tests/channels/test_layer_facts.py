@@ -13,7 +13,7 @@ from dmcp_tf.channels.layer_rules import DenseRule, GateRule, LayerRule
 from dmcp_tf.costs import latency
 from dmcp_tf.search import search_init
 from dmcp_tf.search.supernet import DMCPModel
-from tests.test_register_rule import ChannelScale, ChannelScaleRule
+from tests.channels.test_register_rule import ChannelScale, ChannelScaleRule
 
 L = keras.layers
 

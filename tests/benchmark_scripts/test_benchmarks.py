@@ -221,7 +221,7 @@ def test_gpu_script_without_a_gpu_says_so_and_exits_0():
 
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("this machine has a GPU: the script would time it")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = str(pathlib.Path(__file__).resolve().parents[2])
     done = subprocess.run(["bash", os.path.join(root, "benchmarks", "gpu.sh")], capture_output=True, text=True,
                           timeout=300, env=dict(os.environ, OUT=os.path.join(root, "runs", "never")))
     assert done.returncode == 0 and "sees no GPU" in done.stdout, done.stdout + done.stderr

@@ -11,9 +11,9 @@ from dmcp_tf.channels.graph import ChannelGraph, GraphError
 from dmcp_tf.channels.rebuild import rebuild
 from dmcp_tf.channels.gates import MarkovGate
 from tests.helpers import assert_rebuild_exact, grid_config
-from tests.test_autogate import WIDTH, conv_bn, gate_of, gated_exactly, model_of
-from tests.test_ops_nodes import analysis, head
-from tests.test_slicing import float64, masked_and_sliced  # noqa: F401 (float64 is a fixture)
+from tests.channels.test_autogate import WIDTH, conv_bn, gate_of, gated_exactly, model_of
+from tests.channels.test_ops_nodes import analysis, head
+from tests.channels.test_slicing import float64, masked_and_sliced  # noqa: F401 (float64 is a fixture)
 
 L = keras.layers
 GROUPS = 4  # 16 channels in groups of 4; WIDTH keeps 4 + k * 4 of them

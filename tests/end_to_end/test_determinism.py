@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import pytest
 import dmcp_tf.channels.gates  # noqa: F401 (registers the gate layers for loading)
 from tests.helpers import learnable_fashion_mnist
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(pathlib.Path(__file__).resolve().parents[2])
 SEARCH = [
     "--mode=search", "--deterministic",
     "--config.data.train_limit=512", "--config.data.test_limit=128", "--config.data.batch_size=64",

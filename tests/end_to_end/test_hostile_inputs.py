@@ -4,6 +4,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import pathlib
 import re
 import signal
 import socket
@@ -28,9 +29,9 @@ from dmcp_tf.run.rundir import LOCK, OUTPUTS, STEPS, PipelineError, RunDirectory
 from dmcp_tf.run.steps import BY_NAME
 from dmcp_tf.search import search_init
 from tests.helpers import learnable_fashion_mnist, main_in_process, tiny_supernet
-from tests.test_multiworker import free_ports
+from tests.search.test_multiworker import free_ports
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(pathlib.Path(__file__).resolve().parents[2])
 
 
 @pytest.fixture(scope="module")
@@ -405,7 +406,7 @@ def test_a_gif_named_png_in_an_image_folder_is_named(tmp_path):
 
 
 def test_a_latency_table_of_a_narrower_supernet_is_refused():
-    from tests.test_latency import synthetic_table  # noqa: PLC0415
+    from tests.costs.test_latency import synthetic_table  # noqa: PLC0415
 
     def supernet(channels):
         keras.backend.clear_session()  # the same automatic layer names (add, ...) in both

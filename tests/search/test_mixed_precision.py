@@ -22,8 +22,8 @@ from dmcp_tf.run.pipeline import dtype_policy
 from dmcp_tf.channels import gates as G
 from dmcp_tf.search.supernet import DMCPModel, default_weight_optimizer
 from tests.helpers import blob_data, learnable_fashion_mnist, randomize_batch_norm, tiny_supernet
-from tests.test_pipeline import TINY, main
-from tests.test_slicing import masked_and_sliced
+from tests.end_to_end.test_pipeline import TINY, main
+from tests.channels.test_slicing import masked_and_sliced
 
 # The whole module on one xdist worker: its module-scoped fixture (a bfloat16 search)
 # is then built once, not once per worker.

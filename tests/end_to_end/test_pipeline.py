@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from dmcp_tf.run.rundir import RunDirectory
 from dmcp_tf.search import baselines, trajectory
 from tests.helpers import learnable_fashion_mnist, main_in_process
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(pathlib.Path(__file__).resolve().parents[2])
 TINY = [
     "--config.data.train_limit=512", "--config.data.test_limit=256", "--config.data.batch_size=64",
     "--config.model.options.channels=(16, 32)", "--config.model.options.blocks=1",

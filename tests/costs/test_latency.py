@@ -254,7 +254,7 @@ def test_measured_table_of_a_tiny_model(tmp_path):
 
 def test_macs_mode_prints_latency_given_a_table(tmp_path):
     from tests.helpers import main_in_process as main  # noqa: PLC0415
-    from tests.test_pipeline import fashion_mnist_supernet  # noqa: PLC0415
+    from tests.end_to_end.test_pipeline import fashion_mnist_supernet  # noqa: PLC0415
 
     graph = ChannelGraph(fashion_mnist_supernet())
     path = latency.save_latency_table(tmp_path / "latency_table.json", synthetic_table(graph, curved_ms))

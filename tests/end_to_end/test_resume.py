@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import random
 import shutil
 import signal
@@ -21,7 +22,7 @@ from dmcp_tf.run.pipeline import Pipeline
 from dmcp_tf.search.supernet import DMCPModel
 from tests.helpers import blob_data, learnable_fashion_mnist, tiny_supernet
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(pathlib.Path(__file__).resolve().parents[2])
 
 
 # --- the checkpoint module ----------------------------------------------------
