@@ -3,11 +3,13 @@
 import json
 
 import keras
+import numpy as np
 import pytest
 
 from benchmarks import accuracy
 from dmcp_tf import costs
 from dmcp_tf.channels.graph import ChannelGraph
+from dmcp_tf.channels.rebuild import rebuild
 from tests.helpers import learnable_fashion_mnist
 
 
@@ -81,3 +83,23 @@ def test_the_mobilenet_v2_config_builds_the_benchmark_network():
     benchmark = accuracy.benchmark_config(args)
     assert config.model.options.to_dict() == benchmark.model.options.to_dict()  # the same network
     assert config.search.budget == "0.5x" and shape == (32, 32, 3) and len(graph.gates) == 25
+
+
+def test_calibrate_batches_sets_the_batch_norm_statistics_after_training(tmp_path):
+    data_dir = learnable_fashion_mnist(tmp_path)
+    flags = ["--seeds=0", "--budgets=0.5x", "--channels=10", "--blocks=1", "--train_limit=64", "--test_limit=32",
+             "--batch_size=32", "--retrain_epochs=1", "--tolerance=0.15", f"--data_dir={data_dir}"]
+    means = {}
+    for batches in (0, 1):
+        benchmark = accuracy.Benchmark(accuracy.parse_args(flags + [f"--calibrate_batches={batches}"]), 0)
+        keras.utils.set_random_seed(0)
+        model = rebuild(benchmark.template, copy_weights=False)
+        benchmark.train(model, 1)
+        norm = next(layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization))
+        first = next(iter(benchmark.data.calibration_batches(1)))[0]
+        below = keras.Model(model.inputs, norm.input)(first, training=True)
+        means[batches] = norm.moving_mean.numpy(), np.mean(below.numpy(), axis=(0, 1, 2))
+    calibrated, batch_mean = means[1]
+    np.testing.assert_allclose(calibrated, batch_mean, rtol=1e-4, atol=1e-5)  # one batch: its statistics
+    moving, batch_mean = means[0]
+    assert not np.allclose(moving, batch_mean, rtol=1e-2, atol=1e-3)  # without: the moving average
