@@ -99,7 +99,9 @@ def configure(config, value, overridden=()):
         config.name = os.path.splitext(os.path.basename(value))[0] if not is_application(value) else value.split(".")[-1]
     if is_application(value):  # built here only to see whether it scales its own input
         size = config.data.image_size or APPLICATION_SIZE
-        model, settings = load(value, (size, size, 3), 2), {}
+        # Untrained, trained as long as the config says: its batch norms' moving averages
+        # (momentum 0.999 in keras.applications) lag a short training.
+        model, settings = load(value, (size, size, 3), 2), {"retrain.calibrate_after": True}
         notes = [f"--model={value}: built untrained for the data's image size and classes"]
     else:
         model = load(value)

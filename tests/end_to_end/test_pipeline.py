@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 
 from dmcp_tf import costs
+from dmcp_tf import data as data_lib
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.configs import fashion_mnist
 from dmcp_tf.run import report
 from dmcp_tf.run.rundir import RunDirectory
 from dmcp_tf.search import baselines, trajectory
+from dmcp_tf.search.calibration import calibrate_batch_norm
 from tests.helpers import learnable_fashion_mnist, main_in_process
 
 ROOT = str(pathlib.Path(__file__).resolve().parents[2])
@@ -53,7 +55,8 @@ def data_dir(tmp_path_factory):
 def finished_run(tmp_path_factory, data_dir):
     """`main.py` end to end in a new Python (TINY, ROUNDED): (run directory, output); read it, copy it to change it."""
     run_dir = tmp_path_factory.mktemp("finished") / "run"
-    code, out = main(f"--data_dir={data_dir}", f"--run_dir={run_dir}", *ROUNDED, *TINY)
+    code, out = main(f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--config.retrain.calibrate_after=True",
+                     *ROUNDED, *TINY)
     assert code == 0, out
     return run_dir, out
 
@@ -101,6 +104,7 @@ def test_whole_pipeline_writes_every_artefact(finished_run):
                             "assert 'dmcp_tf' not in sys.modules and m.compiled; print(m.count_params())",
                             str(run_dir / "slim.keras")], capture_output=True, text=True, timeout=120)
     assert plain.returncode == 0 and int(plain.stdout.split()[-1]) == slim.count_params(), plain.stderr
+    _assert_batch_norms_hold_the_calibration_statistics(slim, run_dir)  # retrain.calibrate_after
     evaluated = json.loads((run_dir / "eval.json").read_text())
     assert evaluated["slim"]["macs"] == costs.MACS.of(ChannelGraph(slim)) == costs.MACS.of(graph, channels)
     assert evaluated["full"]["macs"] == costs.MACS.of(graph)
@@ -120,6 +124,24 @@ def test_whole_pipeline_writes_every_artefact(finished_run):
     assert f"{100 * (evaluated['slim']['accuracy'] - uniform['accuracy']):+.2f} points" in report
 
     assert not list(run_dir.glob(".*.started"))  # every step finished
+
+
+def _assert_batch_norms_hold_the_calibration_statistics(slim, run_dir):
+    """Calibrated again on the run's calibration batches, `slim`'s batch norms keep their statistics."""
+    config = json.loads((run_dir / "config.json").read_text())
+    d = config["data"]
+    data = data_lib.load(d["name"], batch_size=d["batch_size"], data_dir=d["data_dir"], train_limit=d["train_limit"],
+                         test_limit=d["test_limit"], image_size=d["image_size"] or None, augment=d["augment"],
+                         seed=config["seed"], preprocess=d["preprocess"])
+    again = keras.models.clone_model(slim)
+    again.set_weights(slim.get_weights())
+    calibrate_batch_norm(again, data.calibration_batches(config["sample"]["calibration_batches"]))
+    norms = [(a, b) for a, b in zip(slim.layers, again.layers) if isinstance(a, keras.layers.BatchNormalization)]
+    assert norms
+    for saved, recomputed in norms:
+        np.testing.assert_allclose(saved.moving_mean.numpy(), recomputed.moving_mean.numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(saved.moving_variance.numpy(), recomputed.moving_variance.numpy(), rtol=1e-4,
+                                   atol=1e-5)
 
 
 @pytest.mark.slow

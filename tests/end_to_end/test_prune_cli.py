@@ -68,6 +68,7 @@ def test_main_prunes_a_saved_model_into_a_run_directory(folder, tmp_path):
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["path"] == model and config["data"]["image_size"] == SIZE
     assert config["data"]["preprocess"] == "raw" and config["search"]["train_weights"] is False
+    assert config["retrain"]["calibrate_after"] is False  # fine-tuned from trained statistics
     for name in ("search.json", "search_trajectory.png", "channels.json", "structure.md", "slim.keras",
                  "export/slim_int8.tflite", "export/saved_model", "report.md"):
         assert (run / name).exists(), name
@@ -113,6 +114,7 @@ def test_application_flag_keeps_the_configs_recipe_and_feeds_raw_pixels_to_its_o
     notes = user_model.configure(config, "keras.applications.MobileNetV3Small", overridden=["data.image_size"])
     assert config.model.path == "keras.applications.MobileNetV3Small" and config.name == "MobileNetV3Small"
     assert config.data.preprocess == "raw" and config.search.train_weights  # trained from scratch
+    assert config.retrain.calibrate_after  # momentum 0.999 lags a short training
     assert "pixel values 0-255" in notes[-1]
     config_lib.validate(config)
     supernet = user_model.supernet(config.model.path, (32, 32, 3), CLASSES)

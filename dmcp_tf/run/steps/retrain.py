@@ -4,8 +4,9 @@ From scratch as the paper (`retrain.from_scratch`), or fine-tuning inherited
 weights after a batch-norm calibration: the searched supernet's, or (`retrain.inherit=
 "initial_weights"`) those of the trained model the search started from, each layer's
 channels sorted by L1 norm as the search's were: L1-norm pruning at DMCP's widths.
-With `retrain.compare_uniform` the uniform-width network of the same cost is trained
-the same way beside it.
+With `retrain.calibrate_after` the trained model's batch-norm statistics are
+re-estimated before it is saved. With `retrain.compare_uniform` the uniform-width
+network of the same cost is trained the same way beside it.
 """
 
 import keras
@@ -51,6 +52,8 @@ def run(ctx):
     history = ctx.trainer.fit(slim, resumed, step="retrain", epochs=r.epochs, steps_per_epoch=steps,
                               extra={"inherited": inherited},
                               validation_data=None if ctx.multi_worker else ctx.data.test)
+    if r.calibrate_after:
+        _calibrate(ctx, slim, source, channels)
     uniform = _train_uniform(ctx, graph, source, ctx.budget.cost.of(graph, channels), steps) \
         if r.compare_uniform else None
     ctx.dir.save_model(recipes.portable_copy(slim), "slim.keras")  # loads with plain Keras
@@ -85,16 +88,31 @@ def _calibrate_inherited(ctx, slim, source, channels):
     (Keras 3 evaluate does not run under MultiWorkerMirroredStrategy), whose
     weights are then copied in.
     """
-    local = rebuild(source, channels) if ctx.multi_worker else slim
+    local = _calibrate(ctx, slim, source, channels)
     inherited = None
+    if ctx.chief:
+        with ctx.local_scope():
+            inherited = recipes.evaluate(local, ctx.data.test)
+        ctx.log(f"inherited weights after BN calibration: top-1 {inherited['accuracy']:.4f}")
+    return inherited
+
+
+def _calibrate(ctx, model, source, channels):
+    """Re-estimates the batch-norm statistics of `model` (`source` rebuilt to `channels`); returns the model calibrated.
+
+    Under several workers that is a local copy (Keras 3 calls no model eagerly under
+    MultiWorkerMirroredStrategy) whose weights are then copied into `model`.
+    """
+    local = model
+    if ctx.multi_worker:
+        with ctx.local_scope():
+            local = rebuild(source, channels)
+        local.set_weights(model.get_weights())
     with ctx.local_scope():
         ctx.calibrate(local)
-        if ctx.chief:
-            inherited = recipes.evaluate(local, ctx.data.test)
-            ctx.log(f"inherited weights after BN calibration: top-1 {inherited['accuracy']:.4f}")
-    if local is not slim:
-        slim.set_weights(local.get_weights())
-    return inherited
+    if local is not model:
+        model.set_weights(local.get_weights())
+    return local
 
 
 def _train_uniform(ctx, graph, source, target, steps):
@@ -125,6 +143,8 @@ def _train_uniform(ctx, graph, source, target, steps):
     macs = costs.MACS.of(graph, config)
     ctx.log(f"uniform width {fraction:.3f} ({costs.MACS.format(macs)}): training {r.epochs} epochs")
     ctx.trainer.train(model, epochs=r.epochs, steps_per_epoch=steps)
+    if r.calibrate_after:
+        _calibrate(ctx, model, source, config)
     measured = {"fraction": fraction, "macs": macs, "params": costs.PARAMS.of(graph, config),
                 "unit": ctx.budget.cost.unit, "inherited": not r.from_scratch}
     if ctx.multi_worker:
