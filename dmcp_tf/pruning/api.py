@@ -24,7 +24,7 @@ from dmcp_tf.tables import structure_markdown
 SEARCH_STEPS = 400
 FINETUNE_STEPS = 1400
 MAX_DEFAULT_EPOCHS = 30  # a tiny data set: at most this many passes by default
-CALIBRATION_BATCHES = 20  # batch-norm re-estimation of the slim model before fine-tuning
+CALIBRATION_BATCHES = 20  # batch-norm re-estimation of the slim model before and after fine-tuning
 
 
 @dataclasses.dataclass
@@ -64,7 +64,8 @@ def prune(model, budget, train_data, *, validation_data=None, search_epochs=None
        (`sampling.fit_to_budget`);
     4. the slim model inherits the kept channels, its batch norms are re-estimated,
        and it is fine-tuned (SGD with Nesterov momentum, cosine from 0.05, weight decay
-       1e-4: `config.retrain`'s defaults).
+       1e-4: `config.retrain`'s defaults); then its batch norms are re-estimated again
+       (moving averages lag a short fine-tuning).
 
     Input preprocessing layers (Rescaling, Normalization), a softmax or logits output
     and nested models (a keras.applications base inside a wrapper) are kept; the
@@ -196,7 +197,8 @@ def _finetune(slim, train, validation, epochs, fit, log):
     began = time.time()
     recipes.compile_classifier(slim, base_config().retrain, epochs * train.steps)
     slim.fit(train.stream(), epochs=epochs, validation_data=validation.dataset if validation else None, **fit)
-    log(f"[prune] fine-tuning: {epochs} epochs in {time.time() - began:.0f} s")
+    calibrate_batch_norm(slim, train.first(CALIBRATION_BATCHES))
+    log(f"[prune] fine-tuning: {epochs} epochs in {time.time() - began:.0f} s, then batch norm re-estimated")
 
 
 def _deliverable(slim, one_hot):

@@ -29,7 +29,7 @@ TRAINED_RECIPE = {
     "search.train_weights": False, "search.init": "budget", "search.epochs": 1, "search.steps_per_epoch": 0,
     "search.arch_learning_rate": 0.5, "search.arch_final_learning_rate": 0.1,
     "sample.fit_to_budget": True, "sample.round_to": 0,
-    "retrain.from_scratch": False, "retrain.inherit": "supernet",
+    "retrain.from_scratch": False, "retrain.inherit": "supernet", "retrain.calibrate_after": True,
     "retrain.compare_uniform": True,  # the report's baseline: L1-norm pruning at uniform widths, fine-tuned alike
 }
 PREPROCESSING_LAYERS = (keras.layers.Rescaling, keras.layers.Normalization)
@@ -85,7 +85,9 @@ def configure(config, value, overridden=()):
     `model.path`, the default run directory's `name`, and `data.preprocess` `"raw"` when the
     model has its own preprocessing layers. A trained `.keras` model also: `data.image_size`
     from its input and `TRAINED_RECIPE`. An application's input size follows the data and
-    the config's recipe trains it.
+    the config's recipe trains it. Both re-estimate batch-norm statistics after training
+    (`retrain.calibrate_after`): the moving averages (momentum 0.999 in keras.applications)
+    lag a short training.
 
     Returns:
         The lines to log: what was taken from the model.
@@ -99,8 +101,6 @@ def configure(config, value, overridden=()):
         config.name = os.path.splitext(os.path.basename(value))[0] if not is_application(value) else value.split(".")[-1]
     if is_application(value):  # built here only to see whether it scales its own input
         size = config.data.image_size or APPLICATION_SIZE
-        # Untrained, trained as long as the config says: its batch norms' moving averages
-        # (momentum 0.999 in keras.applications) lag a short training.
         model, settings = load(value, (size, size, 3), 2), {"retrain.calibrate_after": True}
         notes = [f"--model={value}: built untrained for the data's image size and classes"]
     else:

@@ -176,6 +176,16 @@ def test_nested_backbone_from_a_dataset_with_one_hot_labels_and_a_params_budget(
     assert not dmcp_tf.search.supernet.ends_in_softmax(result.model)  # logits stay logits
     assert not any(isinstance(layer, keras.Model) for layer in result.model.layers)  # a flat, plain model
     assert any(isinstance(layer, keras.layers.Rescaling) for layer in result.model.layers)
+    # Fine-tuned, then its batch norms re-estimated: calibrated again on the same batches, they keep their statistics.
+    again = keras.models.clone_model(result.model)
+    again.set_weights(result.model.get_weights())
+    dmcp_tf.calibrate_batch_norm(again, Batches.read(one_hot, model).first(api.CALIBRATION_BATCHES))
+    norms = [(a, b) for a, b in zip(result.model.layers, again.layers) if isinstance(a, keras.layers.BatchNormalization)]
+    assert norms
+    for kept, recomputed in norms:
+        np.testing.assert_allclose(kept.moving_mean.numpy(), recomputed.moving_mean.numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(kept.moving_variance.numpy(), recomputed.moving_variance.numpy(), rtol=1e-4,
+                                   atol=1e-5)
 
 
 @pytest.mark.slow
