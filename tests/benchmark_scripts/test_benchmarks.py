@@ -1,6 +1,9 @@
 """Smoke tests of the benchmark scripts on tiny settings (well-formed outputs, no timing thresholds)."""
 
 import json
+import os
+import pathlib
+import subprocess
 
 import pytest
 import tensorflow as tf
@@ -216,9 +219,6 @@ def test_input_pipeline_rate(tmp_path):
 
 
 def test_gpu_script_without_a_gpu_says_so_and_exits_0():
-    import os
-    import subprocess
-
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("this machine has a GPU: the script would time it")
     root = str(pathlib.Path(__file__).resolve().parents[2])
