@@ -39,8 +39,8 @@ take `--image_size=32` (bilinear RGB copies of the images).
                    (the paper's other ablation), from scratch
 
 Every model trains for `--retrain_epochs` on the same batches; with `--calibrate_batches=N`
-its batch norms' statistics are then re-estimated on N training batches before the test
-(as the pipeline does for inherited weights): moving averages lag a network trained for
+its batch norms' statistics are then re-estimated on its first N training batches, augmented
+as in training, before the test (as `retrain.calibrate_after` does): moving averages lag a network trained for
 a few hundred steps, and MobileNetV3Small's put every model near chance without it.
 The unpruned network, trained as long from scratch, is the reference and the source of `l1`, `dmcp_pretrained` and `from_full`. The
 warm-up does not depend on the budget, the start or the gate kind, so it runs
@@ -163,7 +163,8 @@ class Benchmark:
             model.fit(self.data.train_stream(0, self.steps * epochs), epochs=epochs, steps_per_epoch=self.steps,
                       shuffle=False, verbose=0)
         if epochs and self.args.calibrate_batches:
-            calibration.calibrate_batch_norm(model, self.data.calibration_batches(self.args.calibrate_batches))
+            batches = self.data.calibration_batches(self.args.calibrate_batches, augmented=True)
+            calibration.calibrate_batch_norm(model, batches)
         return recipes.evaluate(model, self.data.test)["accuracy"]
 
     def record(self, method, budget, model, **extra):
@@ -549,7 +550,8 @@ def parse_args(argv=None):
                         help="dmcp_pretrained's search epochs on frozen weights (architecture steps only)")
     parser.add_argument("--retrain_epochs", type=int, default=3, help="training epochs of every model")
     parser.add_argument("--calibrate_batches", type=int, default=0, help="re-estimate every trained model's "
-                        "batch-norm statistics on this many training batches before its test (0: the moving averages)")
+                        "batch-norm statistics on its first this many (augmented) training batches before its test "
+                        "(0: the moving averages)")
     parser.add_argument("--init", default="budget", choices=search_init.INITS,
                         help="the gates' start for dmcp_pretrained")
     parser.add_argument("--model", default="fashion_resnet", help="fashion_resnet, mobilenet_v2 or "

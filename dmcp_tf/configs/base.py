@@ -86,8 +86,9 @@ def base_config():
     c.retrain.weight_decay_type = "decoupled"  # Keras' weight decay, or "coupled": the authors' L2 term
     c.retrain.label_smoothing = 0.0
     c.retrain.checkpoint_every_steps = 100
-    c.retrain.calibrate_after = False  # re-estimate batch-norm statistics (sample.calibration_batches) after
-                                       # training: for moving averages that lag a short training (momentum 0.999)
+    c.retrain.calibrate_after = False  # re-estimate batch-norm statistics (sample.calibration_batches of augmented
+                                       # training batches) after training: for moving averages that lag a short
+                                       # training (momentum 0.999)
     c.retrain.compare_uniform = False  # also train the uniform-width network of the slim model's MACs, the same
                                        # way (from scratch, or fine-tuned from the same inherited weights)
 

@@ -50,8 +50,20 @@ class DataBundle:
     train_stream: Callable[[int, int], tf.data.Dataset] = dataclasses.field(repr=False)
     train_unaugmented: Optional[tf.data.Dataset] = dataclasses.field(default=None, repr=False)
 
-    def calibration_batches(self, n):
-        """Returns the first `n` batches of un-augmented training `(x, y)` (for BN calibration)."""
+    def calibration_batches(self, n, augmented=False):
+        """Returns `n` batches of training `(x, y)` for batch-norm calibration.
+
+        Args:
+            n: number of batches.
+            augmented: False: the first `n` in file order, preprocessed as test
+                images (a sub-network's statistics before it trains). True: the
+                first `n` batches of the training stream, augmented as training
+                sees them: the statistics a trained network's moving averages
+                estimate (with a random-resized crop the two differ enough to
+                cost a trained network a point or more of top-1).
+        """
+        if augmented:
+            return self.train_stream(0, n)
         source = self.train if self.train_unaugmented is None else self.train_unaugmented
         return source.take(n)
 

@@ -117,9 +117,14 @@ class RunContext:
                 self.calibrate(self._full)
         return self._full
 
-    def calibrate(self, model):
-        """Re-estimates the batch-norm statistics of a sub-network on `sample.calibration_batches` batches."""
-        calibrate_batch_norm(model, self.data.calibration_batches(self.config.sample.calibration_batches))
+    def calibrate(self, model, augmented=False):
+        """Re-estimates the batch-norm statistics of a sub-network on `sample.calibration_batches` batches.
+
+        `augmented`: on training batches as training sees them (after training), not
+        test-time preprocessed ones (see `DataBundle.calibration_batches`).
+        """
+        batches = self.data.calibration_batches(self.config.sample.calibration_batches, augmented=augmented)
+        calibrate_batch_norm(model, batches)
 
     def load_model(self, name, step):
         """Loads a model the run wrote; a damaged file is an error that names it and `step`, which rewrites it."""

@@ -96,7 +96,7 @@ def test_calibrate_batches_sets_the_batch_norm_statistics_after_training(tmp_pat
         model = rebuild(benchmark.template, copy_weights=False)
         benchmark.train(model, 1)
         norm = next(layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization))
-        first = next(iter(benchmark.data.calibration_batches(1)))[0]
+        first = next(iter(benchmark.data.train_stream(0, 1)))[0]  # the first training batch, augmented
         below = keras.Model(model.inputs, norm.input)(first, training=True)
         means[batches] = norm.moving_mean.numpy(), np.mean(below.numpy(), axis=(0, 1, 2))
     calibrated, batch_mean = means[1]

@@ -161,6 +161,20 @@ def test_calibration_batches_and_representative_images(fashion):
         bundle.representative_images(33)
 
 
+def test_augmented_calibration_batches_are_the_first_training_batches(fashion):
+    folder, _ = fashion
+    bundle = data.load("fashion_mnist", data_dir=str(folder), batch_size=16, seed=3)
+    first, again = (list(bundle.calibration_batches(2, augmented=True).as_numpy_iterator()) for _ in range(2))
+    stream = list(bundle.train_stream(0, 2).as_numpy_iterator())
+    assert len(first) == 2
+    for (x, y), (x_again, y_again), (x_stream, y_stream) in zip(first, again, stream):
+        np.testing.assert_array_equal(x, x_again)  # the same batches on every call
+        np.testing.assert_array_equal(x, x_stream)
+        np.testing.assert_array_equal(y, y_stream)
+    plain = list(bundle.calibration_batches(2).as_numpy_iterator())
+    assert not np.allclose(first[0][0], plain[0][0])  # augmented and shuffled, not test-time images in file order
+
+
 def test_missing_data_dir(tmp_path):
     with pytest.raises(data.DataError, match="does not exist") as info:
         data.load_fashion_mnist(str(tmp_path / "nope"))

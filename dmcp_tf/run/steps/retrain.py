@@ -53,7 +53,7 @@ def run(ctx):
                               extra={"inherited": inherited},
                               validation_data=None if ctx.multi_worker else ctx.data.test)
     if r.calibrate_after:
-        _calibrate(ctx, slim, source, channels)
+        _calibrate(ctx, slim, source, channels, augmented=True)
     uniform = _train_uniform(ctx, graph, source, ctx.budget.cost.of(graph, channels), steps) \
         if r.compare_uniform else None
     ctx.dir.save_model(recipes.portable_copy(slim), "slim.keras")  # loads with plain Keras
@@ -97,8 +97,10 @@ def _calibrate_inherited(ctx, slim, source, channels):
     return inherited
 
 
-def _calibrate(ctx, model, source, channels):
+def _calibrate(ctx, model, source, channels, augmented=False):
     """Re-estimates the batch-norm statistics of `model` (`source` rebuilt to `channels`); returns the model calibrated.
+
+    `augmented`: on training batches as training sees them, after training (`ctx.calibrate`).
 
     Under several workers that is a local copy (Keras 3 calls no model eagerly under
     MultiWorkerMirroredStrategy) whose weights are then copied into `model`.
@@ -109,7 +111,7 @@ def _calibrate(ctx, model, source, channels):
             local = rebuild(source, channels)
         local.set_weights(model.get_weights())
     with ctx.local_scope():
-        ctx.calibrate(local)
+        ctx.calibrate(local, augmented=augmented)
     if local is not model:
         model.set_weights(local.get_weights())
     return local
@@ -144,7 +146,7 @@ def _train_uniform(ctx, graph, source, target, steps):
     ctx.log(f"uniform width {fraction:.3f} ({costs.MACS.format(macs)}): training {r.epochs} epochs")
     ctx.trainer.train(model, epochs=r.epochs, steps_per_epoch=steps)
     if r.calibrate_after:
-        _calibrate(ctx, model, source, config)
+        _calibrate(ctx, model, source, config, augmented=True)
     measured = {"fraction": fraction, "macs": macs, "params": costs.PARAMS.of(graph, config),
                 "unit": ctx.budget.cost.unit, "inherited": not r.from_scratch}
     if ctx.multi_worker:
