@@ -5,10 +5,11 @@ import os
 import pathlib
 import subprocess
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
-from benchmarks import accuracy, applications, budget_kinds, common, latency, onednn, step_time
+from benchmarks import accuracy, applications, budget_kinds, common, latency, onednn, sensitivity, step_time
 from dmcp_tf import costs
 from dmcp_tf.channels.graph import ChannelGraph
 from dmcp_tf.models import fashion_resnet
@@ -140,6 +141,41 @@ def test_accuracy_benchmark_every_method_tiny(tmp_path):
     assert (tmp_path / "traj" / "trajectory_dmcp_budget_0.5x.png").read_bytes()[:4] == b"\x89PNG"
     table = accuracy.tables(out["summary"], ["0.5x"], list(accuracy.METHODS))
     assert all(label in table for label in accuracy.METHODS.values()) and "Unpruned network" in table
+
+
+@pytest.mark.slow
+def test_sensitivity_cuts_each_gate_alone_and_compares_the_searched_widths(tmp_path, monkeypatch):
+    (tmp_path / "fashion").mkdir()
+    data_dir = learnable_fashion_mnist(tmp_path / "fashion")
+    accuracy.main(["--seeds=0", "--budgets=0.5x", "--channels=16", "--blocks=1", "--train_limit=128",
+                   "--test_limit=64", "--methods=uniform,dmcp_fit", "--batch_size=32", "--search_epochs=2",
+                   "--retrain_epochs=1", "--tolerance=0.1", f"--data_dir={data_dir}", f"--json_out={tmp_path / 'acc.json'}"])
+    rows = {r["method"]: r for r in json.loads((tmp_path / "acc.json").read_text())["results"]["rows"]}
+    args = [f"--from_json={tmp_path / 'acc.json'}", "--budget=0.5x", "--keep=0.5", f"--json_out={tmp_path / 's.json'}"]
+    out = sensitivity.main(args)
+    gates = out["seeds"][0]["gates"]
+    assert sorted(g["gate"] for g in gates) == sorted(rows["uniform"]["config"])  # every gate, alone
+    for gate in gates:
+        assert gate["kept"] == round(0.5 * gate["channels"]) and 0 < gate["macs_saved"] < 1
+        assert 0.0 <= gate["accuracy"] <= 1.0
+    ratios = out["seeds"][0]["ratios"]
+    assert set(ratios) == {"dmcp_fit"}
+    assert ratios["dmcp_fit"] == {g: rows["dmcp_fit"]["config"][g] / w for g, w in rows["uniform"]["config"].items()}
+    assert set(out["correlation"]) == {"dmcp_fit"}
+    assert out["correlation"]["dmcp_fit"] == pytest.approx(sensitivity.spearman(
+        [t["sensitivity"] for t in out["table"]], [t["ratios"]["dmcp_fit"] for t in out["table"]]), nan_ok=True)
+    # Seeds the file holds are not measured again.
+    monkeypatch.setattr(sensitivity, "gate_sensitivity", lambda *a, **k: pytest.fail("measured again"))
+    assert sensitivity.main(args)["table"] == out["table"]
+    with pytest.raises(SystemExit, match="keep"):
+        sensitivity.main(args[:2] + ["--keep=0.25", args[3]])
+
+
+def test_spearman_ranks():
+    assert sensitivity.spearman([1, 2, 3, 4], [10, 30, 20, 40]) == pytest.approx(0.8)
+    assert sensitivity.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert sensitivity.spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833)  # a tie: mean rank
+    assert np.isnan(sensitivity.spearman([1, 2, 3], [5, 5, 5]))  # nothing to rank
 
 
 def test_applications_table_resumes_and_records_failures(tmp_path, monkeypatch):
