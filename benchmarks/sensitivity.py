@@ -149,10 +149,10 @@ def main(argv=None):
     if done["keep"] != args.keep:
         raise SystemExit(f"{out} holds results at --keep={done['keep']}: pass another --json_out")
     cache = path.with_name(path.name + ".cache")  # the run's trained networks, or where this run keeps them
-    cache.mkdir(exist_ok=True)
     for seed in seeds:
         if any(s["seed"] == seed for s in done["seeds"]):
             continue
+        cache.mkdir(exist_ok=True)
         ratios = width_ratios(rows, seed, args.budget)
         finished = {(r["method"], r["budget"]): r for r in rows if r["seed"] == seed}
         benchmark = accuracy.Benchmark(run_args, seed, done=finished, cache=cache,
