@@ -3,7 +3,8 @@
 Gates (names are the keys of a channel configuration):
 - `stem`: the 3x3 stem conv and the depthwise conv of block 1-1;
 - `block{s}_{i}_expand`: the 1x1 expansion of block i of stage s (and its depthwise conv);
-- `stage{s}`: the 1x1 projections of all blocks of stage s (coupled by the residual adds);
+- `stage{s}`: the 1x1 projections of all blocks of stage s (coupled by the residual adds; a stage
+  whose first block adds its input, as stage 1 at multiplier 0.25, shares its input's gate);
 - `last`: the final 1x1 conv before pooling.
 Inside a block the gate follows the ReLU6; on projections it follows the batch norm.
 """
@@ -59,7 +60,7 @@ def mobilenet_v2(
     x = conv_bn(inputs, channels, 3, stride=stem_stride, name="stem", sync_bn=sync_bn, initializer=kernel_initializer)
     x = keras.layers.ReLU(6.0, name="stem_relu")(x)
     x = apply(x, gates("stem"))
-    in_gate = gates("stem")
+    in_gate, x_gate = gates("stem"), "stem"  # x_gate: the gate of x's channels
     for s, (t, c, n, first_stride) in enumerate(stages, start=1):
         out_channels = make_divisible(c * width_multiplier)
         for i in range(1, n + 1):
@@ -75,8 +76,12 @@ def mobilenet_v2(
             x = keras.layers.ReLU(6.0, name=f"{block}_depthwise_relu")(x)
             x = apply(x, in_gate)
             x = conv_bn(x, out_channels, 1, name=f"{block}_project", sync_bn=sync_bn, initializer=kernel_initializer)
-            x = apply(x, gates(f"stage{s}"))
-            if stride == 1 and channels == out_channels:
+            residual = stride == 1 and channels == out_channels
+            # Added to its input, a projection's channels are its input's (at small multipliers a stage's first
+            # block too, e.g. block1_1 at 0.25: 8 channels in and out), so they take that gate.
+            x_gate = x_gate if residual else f"stage{s}"
+            x = apply(x, gates(x_gate))
+            if residual:
                 x = keras.layers.Add(name=f"{block}_add")([shortcut, x])
             channels = out_channels
     last = make_divisible(last_channels * max(1.0, width_multiplier))

@@ -14,14 +14,23 @@ from tests.helpers import assert_rebuild_exact, tiny_supernet
     "build",
     [
         lambda: mobilenet_v2(1.5, input_shape=(32, 32, 3), num_classes=10),
+        lambda: mobilenet_v2(0.25, input_shape=(32, 32, 3), num_classes=10, min_width=0.25 / 8, width_offset=0.25 / 8),
         lambda: resnet50(input_shape=(32, 32, 3), num_classes=10),
         lambda: resnet18(input_shape=(32, 32, 3), num_classes=10),
         tiny_supernet,
     ],
-    ids=["mobilenet_v2", "resnet50", "resnet18", "tiny"],
+    ids=["mobilenet_v2", "mobilenet_v2_0.25", "resnet50", "resnet18", "tiny"],
 )
 def test_slim_model_equals_gated_subnetwork(build):
     assert_rebuild_exact(build(), np.random.default_rng(0))
+
+
+def test_mobilenet_v2_block_added_to_its_input_shares_the_input_gate():
+    """At multiplier 0.25 block1_1 maps the stem's 8 channels to 8 and adds them: one channel space, one gate."""
+    gates = {g.name for g in ChannelGraph(mobilenet_v2(0.25, input_shape=(32, 32, 3), num_classes=10)).gates}
+    assert "stem" in gates and "stage1" not in gates and {"stage2", "block2_1_expand", "last"} <= gates
+    wider = {g.name for g in ChannelGraph(mobilenet_v2(0.5, input_shape=(32, 32, 3), num_classes=10)).gates}
+    assert wider == gates | {"stage1"}  # no add there: stage 1 keeps its own gate
 
 
 def test_rebuild_keeps_first_channels_and_names():
