@@ -361,7 +361,8 @@ def _searched_as(method):
 def supernet(args, config, input_shape, num_classes, gate_kind):
     """The benchmark's gated supernet (`--model`) for images of `input_shape`."""
     if user_model.is_application(args.model):
-        model = user_model.supernet(args.model, input_shape, num_classes, gate_kind)
+        model = user_model.supernet(args.model, input_shape, num_classes, gate_kind,
+                                    application_options=config.model.options.to_dict())
         for layer in model._flatten_layers():
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = min(layer.momentum, 0.99)
@@ -626,6 +627,7 @@ def benchmark_config(args):
         config.model.options = {"channels": tuple(args.channels), "blocks": args.blocks}
     if user_model.is_application(args.model):
         config.data.preprocess = "raw"  # keras.applications networks scale their own input
+        config.model.options = {}  # the application's keyword arguments: `--set model.options.alpha=0.5`
     for key, value in args.set or ():
         _set_config_key(config, key, value)
     return config

@@ -61,11 +61,14 @@ def check_flag(value):
         raise ValueError(f"--model={value}: no such file.")
 
 
-def load(value, input_shape=None, classes=None):
-    """The model of `--model`: the `.keras` file (not compiled), or the application built untrained."""
+def load(value, input_shape=None, classes=None, application_options=None):
+    """The model of `--model`: the `.keras` file (not compiled), or the application built untrained
+    (with `application_options`, its keyword arguments such as MobileNets' `alpha`)."""
     if is_application(value):
         build = getattr(keras.applications, value[len(APPLICATIONS):])
-        return build(input_shape=tuple(input_shape), weights=None, classes=classes)
+        return build(input_shape=tuple(input_shape), weights=None, classes=classes, **(application_options or {}))
+    if application_options:
+        raise ValueError(f"--model={value} is a saved model: it takes no application options ({application_options}).")
     try:
         return keras.models.load_model(value, safe_mode=True, compile=False)
     except (zipfile.BadZipFile, OSError, ValueError, TypeError) as error:
@@ -123,19 +126,20 @@ def configure(config, value, overridden=()):
     return notes
 
 
-def supernet(value, input_shape, classes, gate_kind="markov", *, exclude=(), sync_bn=False):
+def supernet(value, input_shape, classes, gate_kind="markov", *, exclude=(), sync_bn=False, application_options=None):
     """The gated supernet of `--model=value` for images of `input_shape` and `classes` classes.
 
     A trained model's gated channels are sorted by the L1 norm of their filters (the
     channels every sub-network keeps are those L1-norm pruning would keep). Layers
     matching `exclude` (names or regular expressions) keep their channels whole; with
     `sync_bn`, batch norms compute their statistics over all replicas' batches (as the
-    zoo's supernets do under a distribution strategy).
+    zoo's supernets do under a distribution strategy). `application_options` are an
+    application's keyword arguments (e.g. `{"alpha": 0.5}` for MobileNetV3Small).
 
     Raises:
         ValueError: the model does not fit the data, or cannot be pruned (`pruning.checks`).
     """
-    model = load(value, input_shape, classes)
+    model = load(value, input_shape, classes, application_options)
     checks.check_classifier(model)
     if tuple(model.inputs[0].shape[1:]) != tuple(input_shape):
         raise ValueError(f"--model={value} takes images of shape {tuple(model.inputs[0].shape[1:])}, the data set's "

@@ -30,6 +30,18 @@ def test_mobile_supernets_take_32x32_rgb(model):
         assert norms and max(layer.momentum for layer in norms) <= 0.99
 
 
+def test_an_applications_keyword_arguments_come_from_set_model_options(capsys):
+    def macs(*flags):
+        args = accuracy.parse_args(["--model=keras.applications.MobileNetV3Small", "--image_size=32", *flags])
+        return costs.MACS.of(ChannelGraph(accuracy.supernet(args, accuracy.benchmark_config(args), (32, 32, 3), 10,
+                                                            "markov")))
+
+    assert macs("--set", "model.options.alpha=0.5") < 0.5 * macs()
+    with pytest.raises(SystemExit):
+        accuracy.parse_args(["--model=keras.applications.MobileNetV3Small", "--set", "model.options.alhpa=0.5"])
+    assert "alhpa" in capsys.readouterr().err
+
+
 def test_unknown_model_is_refused(capsys):
     with pytest.raises(SystemExit):
         accuracy.parse_args(["--model=resnet9"])

@@ -154,6 +154,8 @@ def test_model_exclude_keeps_layers_whole_and_sync_bn_synchronizes_the_batch_nor
     assert norms(kept) == [True, True] and norms(every) == [False, False]
     with pytest.raises(ValueError, match=r"exclude=\['c9'\] matches no layer"):
         user_model.supernet(path, (SIZE, SIZE, 3), CLASSES, exclude=("c1", "c9"))
+    with pytest.raises(ValueError, match="saved model: it takes no application options"):
+        user_model.supernet(path, (SIZE, SIZE, 3), CLASSES, application_options={"alpha": 0.5})
 
 
 @pytest.mark.parametrize("path, exclude, message", [("", "c1", "Give --model"),
